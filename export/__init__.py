@@ -1,0 +1,1 @@
+"""Training side: datasets, augmentation, training, ONNX export, quantisation, parity."""
