@@ -56,6 +56,13 @@ class ExportResult:
     parity: dict
 
 
+def _default_file_mode() -> int:
+    """0666 minus the process umask: what ``open(path, "w")`` would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 # --- model preparation --------------------------------------------------------------------------
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -378,6 +385,7 @@ def _write_with_metadata(candidate: Path, out: Path, metadata: ModelMetadata) ->
     os.close(fd)
     try:
         onnx.save(proto, tmp)
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a model file is shared data
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,444 @@
+"""The embedding API: build a ``Segmenter`` once, segment many scans, save when you choose.
+
+    from limbseg_rt.runtime.api import Segmenter
+
+    with Segmenter("unet", provider="cpu") as seg:
+        result = seg.segment("thigh.nii.gz")          # nothing written yet
+        print(result.report.total_volume_ml)
+        result.save("thigh_labels.nii.gz", report_json="thigh_report.json", csv="thigh_volumes.csv")
+
+``segment`` accepts a path or an in-memory nibabel image and never touches the disk (beyond
+reading the input). Labels come back on the input's own grid (same shape, affine, qform/sform).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from limbseg_rt.runtime.errors import InputError, OutputError
+from limbseg_rt.runtime.pipeline import PipelineOptions, check_limb_range, segment_canonical
+from limbseg_rt.runtime.report import (
+    Report,
+    muscle_stats,
+    peak_rss_mib,
+    runtime_versions,
+    sha256_file,
+    write_text_atomic,
+)
+
+FLAG_EMPTY = "empty_image"
+FLAG_FOV_CUT = "fov_cut"
+FLAG_FALLBACK = "provider_fallback"
+FLAG_SINGLE_SLICE = "single_slice"
+
+
+@dataclass
+class SegmentationResult:
+    """One segmentation. ``labels``: uint8 ``Nifti1Image`` on the input grid; ``labels_canonical``:
+    uint8 ``[X, Y, Z]`` RAS+ array; ``props``: the input's ``ImageProps``; ``report``: ``Report``.
+    """
+
+    labels: object
+    labels_canonical: np.ndarray
+    props: object
+    report: Report
+    table: object = field(repr=False, default=None)
+
+    @property
+    def empty(self) -> bool:
+        return FLAG_EMPTY in self.report.flags
+
+    def save(
+        self,
+        out_path: str | os.PathLike,
+        report_json: str | os.PathLike | None = None,
+        csv: str | os.PathLike | None = None,
+        *,
+        input_path: str | os.PathLike | None = None,
+    ) -> dict[str, Path]:
+        """Write the labels (atomic, verified, with ITK-SNAP/Slicer label files) and the reports.
+
+        Refuses (``OutputError``) to write over the input file, or any output onto another. If
+        any write fails, the files this call already wrote are removed. Returns the paths written
+        (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
+        """
+        from limbseg_rt.runtime.labelio import write_labels
+
+        src = input_path or self.report.manifest.get("input", {}).get("path")
+        targets = {"labels": Path(out_path)}
+        if report_json is not None:
+            targets["report"] = Path(report_json)
+        if csv is not None:
+            targets["csv"] = Path(csv)
+        check_output_paths(list(targets.values()), src)
+
+        t0 = time.perf_counter()
+        written: dict[str, Path] = {}
+        try:
+            files = write_labels(self.labels_canonical, targets["labels"], self.props, table=self.table)
+            written["labels"] = files.labels
+            for key, p in (("itksnap", files.itksnap), ("slicer", files.slicer)):
+                if p is not None:
+                    written[key] = Path(p)
+            manifest = self.report.manifest
+            manifest["outputs"] = {k: str(v) for k, v in {**written, **targets}.items()}
+            manifest["timings_s"]["write"] = time.perf_counter() - t0
+            manifest["peak_rss_mib"] = peak_rss_mib()
+            if "csv" in targets:
+                written["csv"] = write_text_atomic(targets["csv"], self.report.to_csv())
+            if "report" in targets:
+                written["report"] = write_text_atomic(targets["report"], self.report.to_json())
+        except BaseException:
+            for p in written.values():
+                Path(p).unlink(missing_ok=True)
+            raise
+        return written
+
+
+def check_output_paths(outputs: list[Path], input_path: str | os.PathLike | None) -> None:
+    """``OutputError`` if an output is the input, two outputs coincide, or a folder is missing."""
+    resolved = [p.expanduser().resolve() for p in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise OutputError("two outputs point to the same file; give each output its own name")
+    src = Path(input_path).expanduser().resolve() if input_path else None
+    for p, r in zip(outputs, resolved):
+        if src is not None and (r == src or (r.exists() and src.exists() and os.path.samefile(r, src))):
+            raise OutputError(f"refusing to overwrite the input scan {p}; choose another output name")
+        if not r.parent.is_dir():
+            raise OutputError(f"output folder {r.parent} does not exist; create it or choose another path")
+        if r.is_dir():
+            raise OutputError(f"output {p} is a folder; give a file name")
+
+
+class Segmenter:
+    """A model loaded on an execution provider, ready to segment scans one after another.
+
+    ``model``: ``"unet"``, ``"attention-unet"``, ``"sc-unet"`` (bundled) or a path to a
+    limbseg-rt ``.onnx`` file. ``provider``: ``"auto"``, ``"tensorrt"``, ``"cuda"``,
+    ``"openvino"``, ``"cpu"``. ``precision``: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"int8"``
+    (bundled models). ``allow_fallback``: accept a slower provider if the requested one is not
+    available (reported). ``batch_size``: slices per model call or ``"auto"`` (from a memory
+    budget of ``memory_budget_mb``). ``fit``: ``"resize"`` or ``"tile"`` (see pipeline.py).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "unet",
+        *,
+        provider: str = "auto",
+        precision: str = "auto",
+        allow_fallback: bool = False,
+        threads: int | None = None,
+        device_id: int = 0,
+        batch_size: int | str = "auto",
+        fit: str = "resize",
+        memory_budget_mb: float = 512.0,
+        max_batch: int = 16,
+        tile_overlap: float = 0.5,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        from limbseg_rt.runtime.engine import create_runner
+
+        self._options = PipelineOptions(
+            fit=fit, batch_size=batch_size, memory_budget_mb=memory_budget_mb, max_batch=max_batch,
+            tile_overlap=tile_overlap,
+        )
+        # TensorRT makes fp16 from the fp32 file (a builder flag); elsewhere fp16 means an fp16 file.
+        trt_fp16 = precision == "fp16" and provider == "tensorrt"
+        t0 = time.perf_counter()
+        self._runner = create_runner(
+            model, provider=provider, allow_fallback=allow_fallback, threads=threads, device_id=device_id,
+            fp16=trt_fp16, cache_dir=cache_dir, precision="fp32" if trt_fp16 else precision,
+            max_batch=max(max_batch, batch_size if isinstance(batch_size, int) else 1),
+        )
+        self.load_seconds = time.perf_counter() - t0
+        self.model_path = Path(self._runner.model_path)
+        self.model_sha256 = self._runner.model_sha256
+        self._requested = {"model": str(model), "provider": provider, "precision": precision,
+                           "allow_fallback": allow_fallback, "threads": threads, "device_id": device_id}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def metadata(self):
+        return self._runner.metadata
+
+    @property
+    def provider(self) -> str:
+        """The provider actually running the model (read back from the engine)."""
+        return self._runner.provider
+
+    @property
+    def precision(self) -> str:
+        return self._runner.precision
+
+    def describe(self) -> dict:
+        return self._runner.describe()
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        runner, self._runner = getattr(self, "_runner", None), None
+        if runner is not None:
+            runner.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ work
+    def segment(
+        self,
+        source,
+        *,
+        limb_range: tuple[float, float] | None = None,
+        read_options=None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SegmentationResult:
+        """Segment one scan (a NIfTI path or a nibabel image). Writes nothing.
+
+        ``limb_range``: ``(a, b)``, the part of the limb the scan covers (0 = hip, 1 = ankle),
+        used by SC-UNet. ``progress(done, total)``: called after each batch of slices.
+        """
+        from limbseg_rt.runtime.imageio import ReadOptions
+
+        if self._runner is None:
+            raise RuntimeError("this Segmenter is closed")
+        if limb_range is not None:
+            limb_range = check_limb_range(limb_range)
+        options = read_options if read_options is not None else ReadOptions()
+        md = self._runner.metadata
+
+        t0 = time.perf_counter()
+        canon, props, input_info = _read_source(source, options)
+        t_read = time.perf_counter() - t0
+
+        pipe_options = dataclasses.replace(self._options, limb_range=limb_range)
+        t1 = time.perf_counter()
+        run = segment_canonical(
+            canon, md, self._runner.predict, spacing_xy_mm=props.canonical_spacing[:2],
+            options=pipe_options, progress=progress,
+        )
+        t_slices = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        labels_img = labels_image(run.labels, props, md.labels)
+        axis = props.slice_axis
+        stats = muscle_stats(run.labels, canon, md.labels, props.voxel_volume_mm3, input_axis=axis,
+                             input_flipped=props.ornt[axis][1] == -1)
+        t_post_extra = time.perf_counter() - t2
+
+        engine_info = self._runner.describe()
+        fallback = engine_info.get("fallback")
+        flags, warnings = _flags_and_warnings(run, stats, props, md, limb_range, fallback)
+
+        manifest = {
+            "model": {
+                "requested": self._requested["model"],
+                "path": str(self.model_path),
+                "file": self.model_path.name,
+                "sha256": self.model_sha256,
+                "metadata": _metadata_summary(md),
+            },
+            "engine": {
+                "provider": self._runner.provider,
+                "precision": self._runner.precision,
+                "requested_provider": self._requested["provider"],
+                "requested_precision": self._requested["precision"],
+                "allow_fallback": self._requested["allow_fallback"],
+                "fallback": fallback or None,
+                "details": engine_info,
+            },
+            "pipeline": {
+                "fit": pipe_options.fit,
+                "batch_size": run.batch_size,
+                "batch_size_requested": pipe_options.batch_size,
+                "memory_budget_mb": pipe_options.memory_budget_mb,
+                "tile_overlap": pipe_options.tile_overlap if pipe_options.fit == "tile" else None,
+                "resampled_hw": list(run.resampled_hw) if run.resampled_hw else None,
+                "limb_range": list(limb_range) if limb_range else None,
+                "intensity_window": list(run.window),
+                "positions": _positions_summary(run.positions, md),
+            },
+            "timings_s": {
+                "model_load": self.load_seconds,
+                "read": t_read,
+                "preprocess": run.timings["preprocess"],
+                "infer": run.timings["infer"],
+                "postprocess": run.timings["postprocess"] + t_post_extra,
+                "write": None,
+                "slices_wall": t_slices,
+                "note": "preprocess runs in a background thread overlapping infer; stage sums can exceed wall time",
+            },
+            "peak_rss_mib": peak_rss_mib(),
+            "versions": runtime_versions(),
+            "input": {**input_info, "geometry": _geometry(props, canon.shape)},
+            "report_units": {"volume": "mL", "mean_intensity": "input values after scl_slope/inter"},
+        }
+        report = Report(stats, manifest, flags, warnings)
+        return SegmentationResult(labels_img, run.labels, props, report, md.labels)
+
+
+def labels_image(labels_canonical: np.ndarray, props, table):
+    """uint8 ``Nifti1Image`` of canonical labels on the input grid, with the input's header geometry.
+
+    Same conventions as ``labelio.write_labels`` (qform/sform and codes copied, intent label),
+    but in memory: nothing is written. ``.affine`` is the input's affine; when that was assumed
+    (``--assume-orientation``, no geometry in the file) nibabel marks it as an sform (code 2) in
+    memory, whereas ``save`` writes the file with the input's own (zero) codes.
+    """
+    import nibabel as nib
+
+    from limbseg_rt.runtime.geometry import from_canonical
+
+    data = np.asfortranarray(from_canonical(labels_canonical, props).astype(np.uint8, copy=False))
+    klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
+    header = klass.header_class.from_header(props.header)
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("label", (), name="labels")
+    header["cal_min"], header["cal_max"] = 0.0, float(len(table) - 1)
+    return klass(data, np.asarray(props.affine, dtype=np.float64), header)
+
+
+def _geometry(props, canonical_shape) -> dict:
+    header = props.header
+    return {
+        "shape": list(props.shape),
+        "file_shape": list(props.file_shape),
+        "canonical_shape": [int(s) for s in canonical_shape],
+        "spacing_mm": list(props.spacing),
+        "canonical_spacing_mm": list(props.canonical_spacing),
+        "voxel_volume_mm3": props.voxel_volume_mm3,
+        "orientation": "".join(props.orientation),
+        "slice_axis": props.slice_axis,
+        "tilt_deg": props.tilt_deg,
+        "affine_source": props.affine_source,
+        "qform_code": int(header["qform_code"]) if header is not None else None,
+        "sform_code": int(header["sform_code"]) if header is not None else None,
+        "affine": np.asarray(props.affine, dtype=float).tolist(),
+        "nifti_version": props.nifti_version,
+        "volume_index": props.volume_index,
+    }
+
+
+def _positions_summary(positions, md) -> dict | None:
+    """SC-UNet positions used: the direction rule and the values at both ends of the scan."""
+    if positions is None:
+        return None
+    return {
+        "direction": md.position.direction if md.position else None,
+        "p_most_inferior_slice": float(positions[0]),
+        "p_most_superior_slice": float(positions[-1]),
+    }
+
+
+def _metadata_summary(md) -> dict:
+    d = md.to_dict()
+    d["labels"] = f"{len(md.labels)} classes (table stored in the model)"
+    return d
+
+
+def _read_source(source, options) -> tuple[np.ndarray, object, dict]:
+    """(canonical float32 volume, ImageProps, input description) for a path or a nibabel image."""
+    from limbseg_rt.runtime.imageio import from_nibabel, read_image
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        canon, props = read_image(path, options=options)
+        return canon, props, {"path": str(path), "name": path.name, "sha256": sha256_file(path)}
+    if hasattr(source, "affine") and hasattr(source, "dataobj"):
+        canon, props = from_nibabel(source, options=options)
+        filename = source.get_filename() if hasattr(source, "get_filename") else None
+        return canon, props, {"path": filename, "name": Path(filename).name if filename else None, "sha256": None}
+    raise InputError(f"cannot segment a {type(source).__name__}; give a NIfTI path or a nibabel image")
+
+
+def _flags_and_warnings(run, stats, props, md, limb_range, fallback) -> tuple[list[str], list[str]]:
+    """Machine-readable flags and one-line warnings for the report (reader's first, then ours)."""
+    flags, warnings = [], [str(w) for w in props.warnings]
+    if run.empty:
+        flags.append(FLAG_EMPTY)
+    warnings.extend(run.notes)
+    cut = [m.code for m in stats if m.touches_first_slice or m.touches_last_slice]
+    if run.labels.shape[2] == 1:
+        flags.append(FLAG_SINGLE_SLICE)
+        warnings.append("a single slice was segmented: each 'volume' is the muscle's area times the slice thickness")
+    elif cut:
+        flags.append(FLAG_FOV_CUT)
+        listed = ", ".join(cut[:8]) + (f" and {len(cut) - 8} more" if len(cut) > 8 else "")
+        warnings.append(
+            f"{len(cut)} muscle(s) reach the first or last slice ({listed}): the field of view "
+            "cut them, so their volumes are lower bounds"
+        )
+    if limb_range is not None and not md.needs_position:
+        warnings.append(f"the limb range was ignored: the {md.architecture} model takes no slice position")
+    if fallback:
+        flags.append(FLAG_FALLBACK)
+        warnings.append(str(fallback))
+    return flags, warnings
+
+
+def default_output_paths(scan: str | os.PathLike) -> dict[str, Path]:
+    """``<stem>_labels.nii.gz``, ``<stem>_report.json``, ``<stem>_volumes.csv`` next to the scan."""
+    scan = Path(scan)
+    name = scan.name
+    for suffix in (".nii.gz", ".nii", ".gz"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return {
+        "labels": scan.with_name(f"{name}_labels.nii.gz"),
+        "report": scan.with_name(f"{name}_report.json"),
+        "csv": scan.with_name(f"{name}_volumes.csv"),
+    }
+
+
+def segment_file(
+    scan: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    report_json: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
+    limb_range: tuple[float, float] | None = None,
+    read_options=None,
+    progress: Callable[[int, int], None] | None = None,
+    segmenter: Segmenter | None = None,
+    **segmenter_kwargs,
+) -> tuple[SegmentationResult, dict[str, Path]]:
+    """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
+
+    Output paths are checked before any work (never the input, folders must exist); files are
+    written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
+    from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
+    Returns the result and the paths written.
+    """
+    scan = Path(scan)
+    if not scan.is_file():
+        raise InputError(f"input scan not found: {scan}")
+    defaults = default_output_paths(scan)
+    targets = {
+        "labels": Path(out) if out is not None else defaults["labels"],
+        "report": Path(report_json) if report_json is not None else defaults["report"],
+        "csv": Path(csv) if csv is not None else defaults["csv"],
+    }
+    check_output_paths(list(targets.values()), scan)
+    if not targets["labels"].name.lower().endswith((".nii.gz", ".nii")):
+        raise OutputError(f"{targets['labels']}: a label file name must end in .nii.gz or .nii; choose another output name")
+    own = segmenter is None
+    seg = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
+    try:
+        result = seg.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress)
+    finally:
+        if own:
+            seg.close()
+    written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
+    return result, written
