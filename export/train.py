@@ -1,0 +1,372 @@
+"""Training loop: cross-entropy + Adam on in-memory slices, paper augmentation, best checkpoint.
+
+``train(config, train_data, val_data, out)`` runs epochs of shuffled mini-batches, validates after
+each epoch (loss and 3D mean per-muscle Dice of each held-out subject, averaged), and writes the best
+model (highest validation Dice; lowest training loss without validation) in the authors' checkpoint
+format via ``models.save_checkpoint``. ``config.max_minutes`` bounds the wall time: training stops
+early enough to validate and save. The learning rate follows a cosine from ``lr`` to ~0 over the
+run, measured by steps or by elapsed time, whichever is further along, so a time-bounded run still
+anneals. Library code never prints: progress goes to the ``on_step``/``on_epoch`` callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from limbseg_rt.export.augment import AugmentSpec, augment_batch
+from limbseg_rt.export.datasets import SliceDataset
+from limbseg_rt.runtime.labels import default_label_table
+from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW, NormalisationSpec, resize_bilinear
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters. ``features``: channel widths of the four encoder levels."""
+
+    arch: str = "unet"
+    features: tuple[int, ...] = (64, 128, 256, 512)
+    classes: int = 38
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_minutes: float | None = None
+    augment: AugmentSpec = AugmentSpec()
+    threads: int = 2
+    channels_last: bool = False
+    min_lr_fraction: float = 0.02
+    loss: str = "ce"  # "ce" (the paper) or "ce+dice" (adds a soft Dice term; rare muscles learn sooner)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "ce+dice"):
+            raise ValueError(f"unknown loss {self.loss!r}; use 'ce' or 'ce+dice'")
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One epoch. Losses are mean cross-entropy per pixel; ``val_dice`` is the mean over validation
+    subjects of the 3D Dice averaged over muscles present in truth or prediction (None without
+    validation data). ``steps`` counts optimiser steps in this epoch (fewer if time ran out)."""
+
+    epoch: int
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    val_dice: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: tuple[EpochLog, ...]
+    best_epoch: int
+    checkpoint: Path
+    stopped_by_time: bool
+    seconds: float
+
+
+def is_position_model(arch: str) -> bool:
+    return arch == "sc-unet"
+
+
+def forward(model: torch.nn.Module, arch: str, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits ``[N, C, H, W]``; SC-UNet also takes the slice positions ``[N]``."""
+    return model(images, positions) if is_position_model(arch) else model(images)
+
+
+def confusion(pred: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:
+    """``[classes, classes]`` int64 counts, rows = truth, columns = prediction."""
+    idx = truth.reshape(-1).long() * classes + pred.reshape(-1).long()
+    return torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
+
+
+def dice_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Dice per class from a confusion matrix, float64 ``[classes]``; NaN where the class is absent
+    from both truth and prediction (it has no Dice)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    denom = conf.sum(axis=0) + conf.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2.0 * tp / denom, np.nan)
+
+
+def mean_muscle_dice(conf: np.ndarray) -> float:
+    """Mean Dice over the muscles (classes 1..C-1) that occur in truth or prediction."""
+    d = dice_from_confusion(conf)[1:]
+    return float(np.nanmean(d)) if np.any(np.isfinite(d)) else float("nan")
+
+
+@torch.no_grad()
+def validate(model, arch: str, data: SliceDataset, *, classes: int, batch_size: int = 8,
+             channels_last: bool = False) -> tuple[float, float]:
+    """``(mean cross-entropy, mean over subjects of the 3D mean muscle Dice)`` at the model's input size."""
+    model.eval()
+    loss_sum, n_pix, dices = 0.0, 0, []
+    for start, end in data.subject_ranges:
+        conf = torch.zeros(classes, classes, dtype=torch.int64)
+        for b in range(start, end, batch_size):
+            img, lab, pos = data.batch(np.arange(b, min(b + batch_size, end)))
+            if channels_last:
+                img = img.contiguous(memory_format=torch.channels_last)
+            logits = forward(model, arch, img, pos)
+            loss_sum += float(F.cross_entropy(logits, lab, reduction="sum"))
+            n_pix += lab.numel()
+            conf += confusion(logits.argmax(1), lab, classes)
+        dices.append(mean_muscle_dice(conf.numpy()))
+    return loss_sum / max(n_pix, 1), float(np.mean(dices))
+
+
+def init_for_training(model: torch.nn.Module, class_freq: np.ndarray | None) -> None:
+    """Start-of-training initialisation that speeds convergence without changing the architecture.
+
+    The final 1x1 convolution's bias is set to the log class frequencies (background ~90 % of pixels
+    would otherwise take hundreds of Adam steps to learn). SC-UNet's position layer starts as the
+    identity scaling (weight 0, bias 1): the network begins as a UNet and learns per-position weights,
+    instead of starting with logits multiplied by random +-0.1 factors.
+    """
+    final = getattr(model, "final_conv", None)
+    with torch.no_grad():
+        if class_freq is not None and isinstance(final, torch.nn.Conv2d) and final.bias is not None:
+            freq = np.asarray(class_freq, dtype=np.float64)
+            logp = np.log(np.maximum(freq / max(freq.sum(), 1.0), 1e-6))
+            final.bias.copy_(torch.from_numpy(logp - logp.mean()).to(final.bias.dtype))
+        lin = getattr(model, "spatiallinear", None)
+        if isinstance(lin, torch.nn.Linear):
+            lin.weight.zero_()
+            lin.bias.fill_(1.0)
+
+
+def _unet_key_to_attention(key: str) -> str:
+    # UNet decoder ``ups.{2i}`` (ConvTranspose2d) / ``ups.{2i+1}`` (DoubleConv) play the roles of the
+    # Attention UNet's ``up_samples.{i}`` / ``up_convs.{i}``; encoder and final conv share names.
+    parts = key.split(".")
+    if parts[0] == "ups" and len(parts) > 2:
+        i = int(parts[1])
+        return ".".join(["up_samples" if i % 2 == 0 else "up_convs", str(i // 2), *parts[2:]])
+    return key
+
+
+def warm_start(model: torch.nn.Module, path: str | Path) -> int:
+    """Copy every tensor of checkpoint ``path`` whose name (UNet names mapped to Attention UNet names)
+    and shape match ``model``; the rest keeps its initialisation. Returns how many tensors were copied.
+
+    Lets SC-UNet start from a trained UNet (identical keys plus its position layer) and the Attention
+    UNet reuse a UNet's encoder, decoder convolutions and classifier.
+    """
+    from limbseg_rt.models import read_checkpoint
+    from limbseg_rt.runtime.errors import ModelError
+
+    source = read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    picked = {}
+    for key, value in source.items():
+        for name in (key, _unet_key_to_attention(key)):
+            if name in own and tuple(own[name].shape) == tuple(value.shape):
+                picked[name] = value
+                break
+    if not picked:
+        raise ModelError(f"{Path(path).name}: no tensor fits this model (different widths?)")
+    model.load_state_dict(picked, strict=False)
+    return len(picked)
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the muscle classes present in the batch (batch Dice, nnU-Net style).
+
+    ``logits`` ``[N, C, H, W]``, ``labels`` int64 ``[N, H, W]``. Classes absent from the labels are
+    left out so an empty class does not reward predicting nothing.
+    """
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    present = onehot.sum(dim=(0, 2, 3)) > 0
+    present[0] = False
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    return 1.0 - dice[present].mean()
+
+
+def _lr_at(config: TrainConfig, progress: float) -> float:
+    frac = config.min_lr_fraction + (1 - config.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * frac
+
+
+def checkpoint_extra(config: TrainConfig, *, epoch: int, val_loss, val_dice, train_loss) -> dict:
+    """The keys we add to the authors' ``{"state_dict", "optimizer"}`` checkpoint."""
+    return {
+        "arch": config.arch,
+        "features": list(config.features),
+        "classes": config.classes,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_dice": val_dice,
+        "label_table": default_label_table().to_json(),
+        "input_hw": list(MODEL_INPUT_HW),
+        "normalisation": NormalisationSpec().to_dict(),
+        "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+                         if k != "augment"} | {"augment": {k: (list(v) if isinstance(v, tuple) else v)
+                                             for k, v in asdict(config.augment).items()}},
+    }
+
+
+def train(
+    config: TrainConfig,
+    train_data: SliceDataset,
+    val_data: SliceDataset | None,
+    out: str | Path,
+    *,
+    on_step: Callable[[int, int, int, float], None] | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train ``config.arch`` and write the best checkpoint to ``out``.
+
+    ``on_step(epoch, step, steps_per_epoch, loss)`` after every optimiser step; ``on_epoch(EpochLog)``
+    after every epoch. Input size is that of ``train_data`` (``[1, h, w]``, h and w multiples of 16).
+    ``resume``: a checkpoint of the same architecture/features to continue from (weights and, when
+    saved, the Adam state); the schedule restarts at ``config.lr``. ``init_from``: warm start from
+    another architecture's checkpoint (see ``warm_start``); fresh optimiser.
+    """
+    from limbseg_rt.models import create_model, load_checkpoint, save_checkpoint
+
+    if config.channels_last and config.arch == "attention-unet":
+        # torch 2.13 CPU segfaults in the backward pass of this model in channels-last (measured).
+        raise ValueError("channels_last training crashes PyTorch for attention-unet; train it without")
+    torch.set_num_threads(max(1, int(config.threads)))
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    model = create_model(config.arch, classes=config.classes, features=tuple(config.features), in_channels=1)
+    resumed = load_checkpoint(model, resume) if resume is not None else None
+    if resumed is None:
+        init_for_training(model, np.bincount(train_data.labels.ravel(), minlength=config.classes)[: config.classes])
+        if init_from is not None:
+            warm_start(model, init_from)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if resumed is not None and resumed.get("optimizer"):
+        opt.load_state_dict(resumed["optimizer"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    n = len(train_data)
+    bs = max(1, min(config.batch_size, n))
+    steps_per_epoch = n // bs  # drop the ragged tail: every step sees a full batch
+    total_steps = steps_per_epoch * config.epochs
+    budget = None if config.max_minutes is None else 60.0 * config.max_minutes
+    t0 = clock()
+    history: list[EpochLog] = []
+    best_score, best_epoch, step, stopped, val_seconds = -math.inf, 0, 0, False, 0.0
+
+    for epoch in range(1, config.epochs + 1):
+        t_epoch = clock()
+        model.train()
+        order = rng.permutation(n)
+        losses = []
+        for k in range(steps_per_epoch):
+            elapsed = clock() - t0
+            if budget is not None:
+                # Keep room for one validation + save (measured last epoch; guessed before that).
+                step_time = (elapsed / step) if step else 0.0
+                reserve = 1.2 * (val_seconds or step_time * (len(val_data) / bs if val_data else 1)) + 5.0
+                if losses and elapsed + step_time + reserve > budget:
+                    stopped = True
+                    break
+            progress = step / total_steps if total_steps else 1.0
+            if budget is not None:
+                progress = max(progress, elapsed / budget)
+            lr = _lr_at(config, progress)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            img, lab, pos = train_data.batch(order[k * bs:(k + 1) * bs])
+            img, lab = augment_batch(img, lab, config.augment, gen)
+            if config.channels_last:
+                img = img.contiguous(memory_format=torch.channels_last)
+            logits = forward(model, config.arch, img, pos)
+            loss = F.cross_entropy(logits, lab)
+            if config.loss == "ce+dice":
+                loss = loss + soft_dice_loss(logits, lab)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if on_step:
+                on_step(epoch, k + 1, steps_per_epoch, losses[-1])
+        if not losses:
+            break
+        train_loss = float(np.mean(losses))
+        val_loss = val_dice = None
+        if val_data is not None:
+            t_val = clock()
+            val_loss, val_dice = validate(model, config.arch, val_data, classes=config.classes,
+                                          batch_size=bs, channels_last=config.channels_last)
+            val_seconds = clock() - t_val
+        score = val_dice if val_dice is not None and math.isfinite(val_dice) else -train_loss
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            save_checkpoint(model, out, optimizer=opt, extra=checkpoint_extra(
+                config, epoch=epoch, val_loss=val_loss, val_dice=val_dice, train_loss=train_loss))
+        log = EpochLog(epoch, len(losses), train_loss, val_loss, val_dice, lr, clock() - t_epoch)
+        history.append(log)
+        if on_epoch:
+            on_epoch(log)
+        if stopped:
+            break
+    if not history:
+        raise ValueError("no training step fitted in the time budget; raise --max-minutes")
+    return TrainResult(tuple(history), best_epoch, out, stopped, clock() - t0)
+
+
+# --- evaluation at the native grid ---------------------------------------------------------------
+
+@torch.no_grad()
+def predict_volume(
+    model, arch: str, image: np.ndarray, *, positions: np.ndarray | None = None,
+    input_hw: tuple[int, int] = MODEL_INPUT_HW, spec: NormalisationSpec = NormalisationSpec(),
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Labels uint8 ``[X, Y, Z]`` for a RAS+ canonical volume ``[X, Y, Z]`` (z = 0 most inferior).
+
+    Slices are preprocessed as at runtime, logits are resized bilinearly back to the native
+    ``[X, Y]`` grid (``runtime.preprocess.resize_bilinear``) and argmax-ed there. ``positions``
+    (float32 ``[Z]``) default to ``slice_positions(Z, proximal_first=False)``.
+    """
+    from limbseg_rt.runtime.position import slice_positions
+    from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices
+
+    model.eval()
+    x, y, z = image.shape
+    lo, hi = intensity_window(image, spec)
+    if positions is None:
+        positions = slice_positions(z, proximal_first=False)
+    out = np.zeros((x, y, z), dtype=np.uint8)
+    for b in range(0, z, batch_size):
+        ks = np.arange(b, min(b + batch_size, z))
+        inp = preprocess_slices(np.moveaxis(image[:, :, ks], 2, 0), lo, hi, input_hw)
+        logits = forward(model, arch, torch.from_numpy(inp), torch.from_numpy(np.asarray(positions[ks], np.float32)))
+        native = resize_bilinear(logits.numpy(), (x, y))
+        out[:, :, ks] = np.moveaxis(native.argmax(axis=1).astype(np.uint8), 0, 2)
+    return out
+
+
+def volume_dice(pred: np.ndarray, truth: np.ndarray, classes: int = 38) -> np.ndarray:
+    """3D Dice per class (float64 ``[classes]``, NaN where absent from both)."""
+    conf = confusion(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)), classes)
+    return dice_from_confusion(conf.numpy())

@@ -1,0 +1,202 @@
+"""Augmentation keeps labels under their pixels; a tiny training run learns and saves a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec, augment_batch  # noqa: E402
+from limbseg_rt.export.train import (  # noqa: E402
+    TrainConfig,
+    dice_from_confusion,
+    confusion,
+    predict_volume,
+    train,
+    volume_dice,
+)
+
+
+def _painted_batch(n=16, hw=(64, 48), seed=0):
+    """Blocks of labels 1..6 on background; the image is the label times 0.1 (image encodes label)."""
+    g = np.random.default_rng(seed)
+    labels = np.zeros((n, *hw), np.int64)
+    for i in range(n):
+        for k in range(1, 7):
+            r, c = g.integers(4, hw[0] - 16), g.integers(4, hw[1] - 16)
+            labels[i, r:r + 12, c:c + 12] = k
+    labels = torch.from_numpy(labels)
+    return (labels[:, None].float() * 0.1), labels
+
+
+@pytest.mark.parametrize("crop", [None, (40, 32)])
+def test_rotation_flips_and_crops_keep_labels_under_their_pixels(crop):
+    images, labels = _painted_batch()
+    spec = AugmentSpec(35.0, 0.5, 0.5, crop)
+    out_img, out_lab = augment_batch(images, labels, spec, torch.Generator().manual_seed(1))
+    hw = crop or images.shape[2:]
+    assert out_img.shape == (16, 1, *hw) and out_lab.shape == (16, *hw) and out_lab.dtype == torch.int64
+    assert not torch.equal(out_lab, labels)  # something actually moved
+    # Where the 3x3 neighbourhood holds one label, bilinear image = nearest label exactly.
+    lab = out_lab.float()[:, None]
+    lo = -torch.nn.functional.max_pool2d(-lab, 3, 1, 1)
+    hi = torch.nn.functional.max_pool2d(lab, 3, 1, 1)
+    interior = (lo == hi)[:, 0]
+    interior[:, [0, -1], :] = False  # the output's edge pixels have unseen neighbours outside the window
+    interior[:, :, [0, -1]] = False
+    diff = (out_img[:, 0] - out_lab.float() * 0.1).abs()[interior]
+    assert float((diff < 1e-4).float().mean()) > 0.999
+    # Labels are resampled, not re-invented: only existing classes appear.
+    assert set(out_lab.unique().tolist()) <= set(labels.unique().tolist())
+
+
+def test_rotation_is_rigid_on_a_non_square_slice():
+    # A centred disc must stay a disc (area and centroid) under rotation of a 64 x 48 slice.
+    h, w = 64, 48
+    yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    disc = ((yy ** 2 + xx ** 2) <= 15 ** 2).long()
+    labels = disc[None].repeat(8, 1, 1)
+    _, out = augment_batch(labels[:, None].float(), labels, AugmentSpec(35.0, 0.0, 0.0), torch.Generator().manual_seed(0))
+    areas = out.sum(dim=(1, 2)).float()
+    assert torch.allclose(areas, disc.sum().float(), rtol=0.03)
+
+
+def test_flip_probabilities_match_the_paper():
+    n, hw = 4000, (16, 16)
+    images = torch.arange(hw[0] * hw[1], dtype=torch.float32).reshape(1, 1, *hw).repeat(n, 1, 1, 1)
+    labels = torch.zeros(n, *hw, dtype=torch.int64)
+    out, _ = augment_batch(images, labels, AugmentSpec(0.0, 0.5, 0.1), torch.Generator().manual_seed(123))
+    lr = (out - torch.flip(images, dims=[2])).abs().amax(dim=(1, 2, 3)) < 1e-3  # mirrors H only
+    ap = (out - torch.flip(images, dims=[3])).abs().amax(dim=(1, 2, 3)) < 1e-3  # mirrors W only
+    both = (out - torch.flip(images, dims=[2, 3])).abs().amax(dim=(1, 2, 3)) < 1e-3
+    none = (out - images).abs().amax(dim=(1, 2, 3)) < 1e-3
+    assert int((lr | ap | both | none).sum()) == n  # every output is exactly one of the four
+    p_lr = float((lr | both).float().mean())
+    p_ap = float((ap | both).float().mean())
+    # 4000 draws: standard errors 0.008 and 0.005; 4 sigma bounds.
+    assert abs(p_lr - 0.5) < 0.032 and abs(p_ap - 0.1) < 0.019
+    same, _ = augment_batch(images[:4], labels[:4], NO_AUGMENT)
+    assert torch.allclose(same, images[:4], atol=1e-4)
+
+
+def test_dice_helpers():
+    truth = torch.tensor([0, 1, 1, 2, 2, 2])
+    pred = torch.tensor([0, 1, 2, 2, 2, 0])
+    d = dice_from_confusion(confusion(pred, truth, 4).numpy())
+    np.testing.assert_allclose(d[:3], [2 / 3, 2 / 3, 2 * 2 / 6])
+    assert np.isnan(d[3])  # absent from both: no Dice
+    np.testing.assert_allclose(volume_dice(pred.numpy(), truth.numpy(), 4)[:3], d[:3])
+
+
+@pytest.mark.parametrize("arch", ["unet", "sc-unet"])
+def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path, arch):
+    from limbseg_rt.export.datasets import SliceDataset, phantom_subject
+    from limbseg_rt.models import create_model, load_checkpoint
+
+    hw, shape, spacing = (48, 48), (48, 48), (9.0, 9.0, 5.0)  # coarse: both legs in a tiny field of view
+    subjects = [phantom_subject(s, slices=12, shape=shape, spacing=spacing, input_hw=hw) for s in (1, 2)]
+    val = SliceDataset([phantom_subject(100, slices=6, shape=shape, spacing=spacing, input_hw=hw)])
+    config = TrainConfig(arch=arch, features=(4, 8, 16, 32), epochs=3, batch_size=4, lr=1e-2, seed=0, threads=1)
+    logs = []
+    result = train(config, SliceDataset(subjects), val, tmp_path / "m.pth.tar", on_epoch=logs.append)
+
+    assert [log.epoch for log in result.history] == [1, 2, 3] and logs == list(result.history)
+    assert result.history[-1].train_loss < 0.9 * result.history[0].train_loss
+    assert result.history[-1].val_loss < result.history[0].val_loss
+    model = create_model(arch, features=(4, 8, 16, 32))
+    ckpt = load_checkpoint(model, result.checkpoint)
+    assert ckpt["arch"] == arch and ckpt["features"] == [4, 8, 16, 32]
+    assert ckpt["epoch"] == result.best_epoch and "optimizer" in ckpt
+    best = result.history[result.best_epoch - 1]
+    assert ckpt["val_dice"] == pytest.approx(best.val_dice) == max(h.val_dice for h in result.history)
+
+    # The saved weights segment a phantom volume at its native grid better than chance.
+    from limbseg_rt.runtime.phantom import phantom_arrays
+
+    ph = phantom_arrays(100, slices=6, shape=shape, spacing=spacing)
+    pred = predict_volume(model, arch, ph.image, input_hw=hw)
+    assert pred.shape == ph.labels.shape
+    assert volume_dice(pred, ph.labels)[0] > 0.8  # background at least
+
+    # Resuming continues from the saved weights: its first epoch beats the fresh run's first epoch.
+    again = train(TrainConfig(**{**config.__dict__, "epochs": 1}), SliceDataset(subjects), val,
+                  tmp_path / "r.pth.tar", resume=result.checkpoint)
+    assert again.history[0].train_loss < result.history[0].train_loss
+
+
+def test_time_budget_stops_early_and_still_saves(tmp_path):
+    from limbseg_rt.export.datasets import SliceDataset, subject_from_volume
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((32, 32, 8)) > 0.5).astype(np.uint8)
+    image = labels * 10.0 + rng.random((32, 32, 8))
+    ds = SliceDataset([subject_from_volume("s", image, labels, input_hw=(32, 32))])
+    ticks = iter(range(0, 10_000, 20))  # a fake clock: 20 s per reading
+    config = TrainConfig(features=(4, 8, 16, 32), epochs=50, batch_size=2, max_minutes=2.0, threads=1)
+    result = train(config, ds, None, tmp_path / "t.pth.tar", clock=lambda: float(next(ticks)))
+    assert result.stopped_by_time and len(result.history) < 50
+    assert result.checkpoint.is_file()
+
+
+def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
+    from limbseg_rt.cli import main
+    from limbseg_rt.models import create_model, load_checkpoint
+
+    rng = np.random.default_rng(0)
+    for d in ("imagesTr", "labelsTr"):
+        (tmp_path / "data" / d).mkdir(parents=True)
+    for case in ("a", "b", "c"):
+        labels = np.zeros((24, 20, 3), np.uint8)
+        labels[6:14, 5:12] = 5
+        image = (labels * 20.0 + rng.random(labels.shape)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "data" / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "data" / "labelsTr" / f"{case}.nii.gz")
+    out = tmp_path / "cli.pth.tar"
+    code = main(["train", "--arch", "unet", "--data", str(tmp_path / "data"), "--epochs", "1",
+                 "--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "train: 2 subjects, 6 slices; validation: 1 subjects, 3 slices" in text and "epoch   1" in text
+    ckpt = load_checkpoint(create_model("unet", features=(4, 8, 16, 32)), out)
+    assert ckpt["epoch"] == 1 and ckpt["val_dice"] is not None
+
+
+def test_cli_without_torch_names_the_extra(monkeypatch, capsys):
+    import argparse
+
+    from limbseg_rt.cli import train as cli_train
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # main() sets it; restored after the test
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # makes `import torch` fail
+    args = argparse.Namespace(arch="unet", channels_last=False)
+    assert cli_train.main(args) == 1
+    assert 'pip install "limbseg-rt[export]"' in capsys.readouterr().err
+
+
+def test_soft_dice_loss_rewards_overlap_of_present_muscles():
+    from limbseg_rt.export.train import soft_dice_loss
+
+    labels = torch.zeros(1, 8, 8, dtype=torch.int64)
+    labels[0, 2:6, 2:6] = 2
+    perfect = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 50
+    wrong = perfect[:, [0, 2, 1, 3]]  # predicts class 1 where class 2 is
+    assert float(soft_dice_loss(perfect, labels)) < 0.01
+    assert float(soft_dice_loss(wrong, labels)) > 0.9
+
+
+def test_warm_start_copies_unet_weights_into_the_other_architectures(tmp_path):
+    from limbseg_rt.export.train import warm_start
+    from limbseg_rt.models import create_model, save_checkpoint
+
+    unet = create_model("unet", features=(4, 8, 16, 32))
+    save_checkpoint(unet, tmp_path / "u.pth.tar")
+    src = unet.state_dict()
+    sc = create_model("sc-unet", features=(4, 8, 16, 32))
+    assert warm_start(sc, tmp_path / "u.pth.tar") == len(src)
+    assert torch.equal(sc.state_dict()["final_conv.weight"], src["final_conv.weight"])
+    att = create_model("attention-unet", features=(4, 8, 16, 32))
+    warm_start(att, tmp_path / "u.pth.tar")
+    assert torch.equal(att.state_dict()["up_convs.0.conv.0.weight"], src["ups.1.conv.0.weight"])
+    assert torch.equal(att.state_dict()["up_samples.3.weight"], src["ups.6.weight"])
