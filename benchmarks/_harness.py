@@ -1,0 +1,293 @@
+"""Benchmark harness: engines behind one call, timers, the machine's ceilings, MAC counts, gates.
+
+Everything here is measured in the same process and run as the engines it is compared with, so the
+gates are ratios (engine vs engine, engine vs ceiling) and never absolute times.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+TORCH_THREADS = 2
+
+
+# ----------------------------------------------------------------------------- gates
+class GateFailure(AssertionError):
+    """A performance or accuracy gate was missed; the message names the number and the shortfall."""
+
+
+def gate_at_least(what: str, value: float, required: float, *, unit: str = "", detail: str = "") -> None:
+    """Raise ``GateFailure`` unless ``value >= required`` (NaN always fails)."""
+    if not (value >= required):  # NaN-safe: NaN >= x is False
+        short = required - value
+        rel = f" ({short / required:.1%} short)" if required and math.isfinite(value) else ""
+        raise GateFailure(
+            f"GATE MISSED: {what} = {value:.4g}{unit}, needs >= {required:.4g}{unit}: short by "
+            f"{short:.4g}{unit}{rel}" + (f"; {detail}" if detail else "")
+        )
+
+
+def gate_at_most(what: str, value: float, limit: float, *, unit: str = "", detail: str = "") -> None:
+    """Raise ``GateFailure`` unless ``value <= limit`` (NaN always fails)."""
+    if not (value <= limit):
+        over = value - limit
+        rel = f" ({over / limit:.1%} over)" if limit and math.isfinite(value) else ""
+        raise GateFailure(
+            f"GATE MISSED: {what} = {value:.4g}{unit}, must be <= {limit:.4g}{unit}: over by "
+            f"{over:.4g}{unit}{rel}" + (f"; {detail}" if detail else "")
+        )
+
+
+def speedup_gate(what: str, candidate_s: float, reference_s: float, min_speedup: float, **kw) -> float:
+    """Speed-up = ``reference_s / candidate_s`` (same work); raises ``GateFailure`` below ``min_speedup``."""
+    speedup = reference_s / candidate_s
+    gate_at_least(f"speed-up of {what}", speedup, min_speedup, unit="x",
+                  detail=f"{candidate_s * 1e3:.1f} ms vs {reference_s * 1e3:.1f} ms" + (f"; {kw['detail']}" if kw.get("detail") else ""))
+    return speedup
+
+
+# ----------------------------------------------------------------------------- timing
+def time_calls(fn: Callable[[], object], *, rounds: int, warmup: int = 1) -> list[float]:
+    """Wall times (s) of ``rounds`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1,
+                        settle_s: float = 0.02) -> dict[str, float]:
+    """Median wall time (s) per function, calling them in turn (A B A B ...) so that load from other
+    processes on a shared machine hits every contender alike. ``warmup`` untimed rounds first.
+
+    ``settle_s`` (untimed) after each call: ONNX Runtime's and OpenVINO's worker threads spin for a
+    moment after a run; without a pause they would steal the cores from the next contender's threads
+    (PyTorch's OpenMP team suffers most) and bias the comparison.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            time.sleep(settle_s)
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+# ----------------------------------------------------------------------------- ceilings
+@dataclass(frozen=True)
+class Ceilings:
+    """The machine's own peaks measured in this run: fp32 SGEMM (numpy BLAS) in GFLOP/s and int8 GEMM
+    (``torch._int_mm``, int8 x int8 -> int32) in GOPS; both best of several square multiplies."""
+
+    sgemm_gflops: float
+    int8_gemm_gops: float
+    n: int
+
+    def for_precision(self, precision: str) -> float | None:
+        return {"fp32": self.sgemm_gflops, "int8": self.int8_gemm_gops}.get(precision)
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    best = min(time_calls(lambda: a @ b, rounds=repeats, warmup=1))
+    return 2.0 * n**3 / best / 1e9
+
+
+def int8_gemm_gops(n: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    best = min(time_calls(lambda: torch._int_mm(a, b), rounds=repeats, warmup=1))
+    return 2.0 * n**3 / best / 1e9
+
+
+def int8_gemm_call(n: int = 2048):
+    """(a function running one int8 GEMM n^3 with ``torch._int_mm``, its operation count 2 n^3) so the
+    ceiling can be timed interleaved with a model, under the same load."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    return (lambda: torch._int_mm(a, b)), 2.0 * n**3
+
+
+def measure_ceilings(n: int = 2048, repeats: int = 5) -> Ceilings:
+    return Ceilings(sgemm_gflops(n, repeats), int8_gemm_gops(n, repeats), n)
+
+
+# ----------------------------------------------------------------------------- MACs
+def onnx_macs(path: Path, hw: tuple[int, int], *, in_channels: int = 1) -> int:
+    """Multiply-accumulates of one slice [1, C, H, W] through an fp32 ONNX graph: Conv, ConvTranspose,
+    Gemm and MatMul, from shapes inferred with the input fixed to batch 1 at ``hw``."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name == "image":
+            for d, v in zip(dims, (1, in_channels, *hw)):
+                d.ClearField("dim_param")
+                d.dim_value = v
+        elif len(dims) >= 1:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
+    del model.graph.value_info[:]
+    model = shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    weights = {t.name: tuple(numpy_helper.to_array(t).shape) for t in model.graph.initializer}
+    for node in model.graph.node:  # exported constants may carry weights too
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims:
+            weights[node.output[0]] = tuple(node.attribute[0].t.dims)
+    total = 0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        group = int(attrs.get("group", 1))
+        if node.op_type == "Conv":
+            w = weights.get(node.input[1]) or tuple(shapes[node.input[1]])
+            out = shapes[node.output[0]]
+            total += int(np.prod(out)) * (w[1] * int(np.prod(w[2:])))
+        elif node.op_type == "ConvTranspose":
+            w = weights.get(node.input[1]) or tuple(shapes[node.input[1]])  # [Cin, Cout/g, kh, kw]
+            inp = shapes[node.input[0]]
+            total += int(np.prod(inp)) * w[1] * int(np.prod(w[2:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes.get(node.input[0]) or list(weights.get(node.input[0], ()))
+            b = weights.get(node.input[1]) or tuple(shapes.get(node.input[1], ()))
+            if a and b:
+                k = b[0] if not attrs.get("transB") else b[1]
+                n_out = b[1] if not attrs.get("transB") else b[0]
+                total += int(np.prod(a[:-1])) * k * n_out
+    if total <= 0:
+        raise ValueError(f"{path.name}: no convolution shapes could be inferred")
+    return total
+
+
+# ----------------------------------------------------------------------------- engines
+@dataclass
+class Engine:
+    """One engine + precision ready to run: ``predict(image [N,1,H,W] f32, position [N] | None) ->
+    logits [N,C,H,W]``. ``label`` e.g. ``onnxruntime-cpu``; ``precision`` as actually run (read back)."""
+
+    label: str
+    precision: str
+    predict: Callable
+    describe: dict = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
+
+    def labels(self, image: np.ndarray, position=None) -> np.ndarray:
+        return np.argmax(self.predict(image, position), axis=1).astype(np.uint8)
+
+
+def torch_engine(model) -> Engine:
+    """PyTorch eager fp32 reference: ``torch.inference_mode``, ``TORCH_THREADS`` threads, NCHW."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    needs_position = getattr(model, "needs_position", None)
+    if needs_position is None:
+        needs_position = type(model).__name__ == "SCUNet"
+
+    def predict(image: np.ndarray, position=None) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            if needs_position:
+                return model(x, torch.from_numpy(np.asarray(position, dtype=np.float32))).numpy()
+            return model(x).numpy()
+
+    return Engine("pytorch-eager", "fp32", predict, {"engine": "pytorch", "torch": torch.__version__,
+                                                        "threads": TORCH_THREADS})
+
+
+ENGINE_LABEL = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "tensorrt": "onnxruntime-tensorrt"}
+
+
+def runner_engine(path: Path, provider: str, *, threads: int = 2, max_batch: int = 16, fp16: bool = False,
+                  cache_dir: Path | None = None) -> Engine:
+    """An Engine over ``runtime.engine.create_runner`` for one explicit provider (no fallback)."""
+    from limbseg_rt.runtime.engine import create_runner
+
+    runner = create_runner(path, provider=provider, threads=threads, max_batch=max_batch, fp16=fp16,
+                           cache_dir=cache_dir)
+    info = runner.describe()
+    label = "openvino-runtime" if info["engine"] == "openvino" else ENGINE_LABEL.get(runner.provider, runner.provider)
+    return Engine(label, runner.precision, runner.predict, info, runner.close)
+
+
+def auto_cpu_config() -> tuple[str, str]:
+    """(provider, precision) that ``--provider auto --precision auto`` runs on a machine without GPU."""
+    from limbseg_rt.runtime.bundled import AUTO_PRECISION
+    from limbseg_rt.runtime.providers import available_providers, choose_provider
+
+    cpu_side = [n for n in available_providers() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    short, _ = choose_provider("auto", cpu_side)
+    return short, AUTO_PRECISION[short][0]
+
+
+# ----------------------------------------------------------------------------- accuracy
+def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of pixels with the same label."""
+    return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def muscle_dice(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: int = 100) -> dict[int, float]:
+    """Dice per muscle (1..classes-1) for muscles covering >= ``min_pixels`` in the union (smaller ones
+    are dominated by a handful of boundary pixels)."""
+    pred, ref = np.asarray(pred).ravel(), np.asarray(ref).ravel()
+    cp = np.bincount(pred, minlength=classes)
+    cr = np.bincount(ref, minlength=classes)
+    both = np.bincount(pred[pred == ref], minlength=classes)
+    return {c: 2.0 * both[c] / (cp[c] + cr[c]) for c in range(1, classes) if cp[c] + cr[c] >= min_pixels}
+
+
+def muscle_rve(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: int = 100) -> dict[int, float]:
+    """Relative volume error (%) per muscle vs ``ref`` for muscles with >= ``min_pixels`` in ``ref``."""
+    cp = np.bincount(np.asarray(pred).ravel(), minlength=classes)
+    cr = np.bincount(np.asarray(ref).ravel(), minlength=classes)
+    return {c: 100.0 * (cp[c] - cr[c]) / cr[c] for c in range(1, classes) if cr[c] >= min_pixels}
+
+
+def phantom_model_slices(seed: int, *, slices: int, hw: tuple[int, int], shape=(256, 256)):
+    """(images float32 [N,1,H,W] preprocessed exactly as the runtime does, positions float32 [N],
+    phantom) for a phantom volume: the same data every engine sees."""
+    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.position import slice_positions
+    from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices
+
+    ph = phantom_arrays(seed, slices=slices, shape=shape)
+    lo, hi = intensity_window(ph.image)
+    images = preprocess_slices(np.moveaxis(ph.image, 2, 0), lo, hi, hw)
+    positions = slice_positions(slices, proximal_first=False).astype(np.float32)
+    return images, positions, ph
+
+
+def in_batches(engine: Engine, images: np.ndarray, positions, batch: int) -> np.ndarray:
+    """Labels uint8 [N,H,W] of ``images`` run ``batch`` slices per call."""
+    out = []
+    for s in range(0, len(images), batch):
+        pos = positions[s:s + batch] if positions is not None else None
+        out.append(engine.labels(images[s:s + batch], pos))
+    return np.concatenate(out)
