@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import os
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from limbseg_rt.runtime.hashing import sha256_file
 import torch
 from torch import nn
 
@@ -187,14 +188,6 @@ def _label_table(labels) -> LabelTable:
         raise ModelError(f"label table {path.name} is not a valid label table JSON ({exc})") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _versions(opset: int) -> dict:
     import onnx
     import onnxruntime
@@ -332,7 +325,7 @@ def export_model(
                 outputs=(LOGITS, LABELS) if with_labels_output else (LOGITS,),
                 position=PositionSpec() if spec.needs_position else None,
                 pixel_spacing_mm=tuple(float(s) for s in pixel_spacing_mm) if pixel_spacing_mm else None,
-                checkpoint_sha256=_sha256(checkpoint),
+                checkpoint_sha256=sha256_file(checkpoint),
                 exporter=EXPORTER,
                 versions=_versions(spec.opset),
                 parity=_jsonable(parity),

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError, OutputError
-from limbseg_rt.runtime.pipeline import PipelineOptions, check_limb_range, segment_canonical
+from limbseg_rt.runtime.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
 from limbseg_rt.runtime.report import (
     Report,
     muscle_stats,
@@ -140,7 +140,7 @@ class Segmenter:
         batch_size: int | str = "auto",
         fit: str = "resize",
         memory_budget_mb: float = 512.0,
-        max_batch: int = 16,
+        max_batch: int = DEFAULT_MAX_BATCH,
         tile_overlap: float = 0.5,
         cache_dir: str | os.PathLike | None = None,
     ):

@@ -102,7 +102,7 @@ def resolve_model(name_or_path: str, *, precision: str = "auto", provider: str, 
     have = {m.precision: m.path for m in models if m.arch == arch}
     if precision == "fp16":
         raise ModelError(
-            "no fp16 models are bundled: TensorRT runs the fp32 model in fp16 with --provider tensorrt --fp16"
+            "no fp16 models are bundled: TensorRT runs the fp32 model in fp16 with --provider tensorrt --precision fp16"
         )
     wanted = AUTO_PRECISION[provider] if precision == "auto" else (precision,)
     for p in wanted:

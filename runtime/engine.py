@@ -20,12 +20,13 @@ Runners are not thread-safe; use one per thread.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from limbseg_rt.runtime.hashing import sha256_file
 
 from limbseg_rt.runtime import providers as prov
 from limbseg_rt.runtime.errors import ModelError, ProviderError
@@ -46,11 +47,8 @@ class Runner(Protocol):
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex SHA-256 of the model file (its identity in reports and cache keys)."""
+    return sha256_file(path)
 
 
 def check_feeds(md: ModelMetadata, image: np.ndarray, position, max_batch: int | None) -> dict[str, np.ndarray]:

@@ -70,14 +70,18 @@ def intensity_window(values: np.ndarray, spec: NormalisationSpec = Normalisation
 
     Returns ``(0, 0)`` when there is no finite value.
     """
-    flat = np.asarray(values, dtype=np.float32).ravel()
-    flat = flat[np.isfinite(flat)]
-    if flat.size == 0:
+    # Memory: one float32 working copy of the finite values (partitioned in place), never a
+    # whole-volume mask plus filtered copy plus partition copy.
+    flat = np.asarray(values, dtype=np.float32).ravel(order="K")
+    chunk = 1 << 22
+    all_finite = all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+    work = flat.copy() if all_finite else flat[np.isfinite(flat)]
+    if work.size == 0:
         return np.float32(0.0), np.float32(0.0)
-    k_lo = _nearest_rank(flat, spec.lower_percentile)
-    k_hi = _nearest_rank(flat, spec.upper_percentile)
-    part = np.partition(flat, (k_lo, k_hi))
-    return np.float32(part[k_lo]), np.float32(part[k_hi])
+    k_lo = _nearest_rank(work, spec.lower_percentile)
+    k_hi = _nearest_rank(work, spec.upper_percentile)
+    work.partition((k_lo, k_hi))
+    return np.float32(work[k_lo]), np.float32(work[k_hi])
 
 
 def is_constant(lo: np.float32, hi: np.float32) -> bool:

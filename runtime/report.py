@@ -14,7 +14,6 @@ superior slice of the scan, so the field of view probably cut it and its volume 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -26,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from limbseg_rt.runtime.hashing import sha256_file  # noqa: F401  (re-exported for callers)
 
 from limbseg_rt.runtime.labels import LabelTable
 
@@ -83,16 +84,25 @@ def muscle_stats(
         raise ValueError(f"labels {lab.shape} and intensities {np.shape(intensities)} differ in shape")
     n_classes = len(table)
     nz = lab.shape[2]
-    flat = lab.ravel()
-    counts = np.bincount(flat, minlength=n_classes)[:n_classes]
-    values = np.asarray(intensities, dtype=np.float64).ravel()
-    finite = np.isfinite(values)
-    sums = np.bincount(flat[finite], weights=values[finite], minlength=n_classes)[:n_classes]
-    finite_counts = np.bincount(flat[finite], minlength=n_classes)[:n_classes]
-    # Which classes appear in each slice: [Z, C], built one slice at a time (no [X, Y, Z, C] array).
+    counts = np.zeros(n_classes, dtype=np.int64)
+    finite_counts = np.zeros(n_classes, dtype=np.int64)
+    sums = np.zeros(n_classes, dtype=np.float64)
+    # Which classes appear in each slice: [Z, C]. Everything is accumulated one slice at a time so
+    # no whole-volume temporary (float64 copy, finite mask) ever exists: peak memory stays flat in Z.
     present = np.zeros((nz, n_classes), dtype=bool)
     for z in range(nz):
-        present[z] = np.bincount(lab[:, :, z].ravel(), minlength=n_classes)[:n_classes] > 0
+        lz = lab[:, :, z].ravel()
+        cz = np.bincount(lz, minlength=n_classes)[:n_classes]
+        counts += cz
+        present[z] = cz > 0
+        vz = np.asarray(intensities[:, :, z], dtype=np.float64).ravel()
+        finite = np.isfinite(vz)
+        if finite.all():
+            sums += np.bincount(lz, weights=vz, minlength=n_classes)[:n_classes]
+            finite_counts += cz
+        else:
+            sums += np.bincount(lz[finite], weights=vz[finite], minlength=n_classes)[:n_classes]
+            finite_counts += np.bincount(lz[finite], minlength=n_classes)[:n_classes]
 
     out = []
     for lab_info in table.muscles:
@@ -206,14 +216,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def peak_rss_mib() -> float:

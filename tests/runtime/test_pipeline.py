@@ -9,7 +9,7 @@ import pytest
 
 from limbseg_rt.runtime.errors import InputError, ModelError
 from limbseg_rt.runtime.metadata import ModelMetadata, PositionSpec, read_metadata
-from limbseg_rt.runtime.pipeline import PipelineOptions, auto_batch_size, resized_argmax, segment_canonical
+from limbseg_rt.runtime.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, auto_batch_size, resized_argmax, segment_canonical
 from limbseg_rt.runtime.preprocess import NormalisationSpec, intensity_window, preprocess_slices, resize_bilinear
 
 
@@ -96,11 +96,13 @@ def test_progress_reports_every_batch_up_to_the_slice_count(unet):
 def test_auto_batch_size_follows_the_memory_budget():
     assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=512, max_batch=16) == 16
     per_slice = 38 * 272 * 240 * 4 + 2 * 272 * 240 * 4 + 512 * 512 * 4
-    assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64) == (64 * 1024 * 1024) // per_slice
-    assert 1 <= auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64) < 16
+    assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64, max_batch=16) == (64 * 1024 * 1024) // per_slice
+    assert 1 <= auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64, max_batch=16) < 16
+    # The default cap bounds the engine's own working memory (not counted in the budget).
+    assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=4096) == DEFAULT_MAX_BATCH
     assert auto_batch_size(38, (272, 240), (4096, 4096), memory_budget_mb=16) == 1
-    tile = auto_batch_size(38, (272, 240), (512, 512), fit="tile", resampled_hw=(600, 600), memory_budget_mb=256)
-    assert tile < auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=256)
+    tile = auto_batch_size(38, (272, 240), (512, 512), fit="tile", resampled_hw=(600, 600), memory_budget_mb=256, max_batch=16)
+    assert tile < auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=256, max_batch=16)
 
 
 @pytest.mark.parametrize("shapes", [((64, 48), (96, 80)), ((64, 48), (64, 80)), ((64, 48), (33, 48)), ((64, 48), (64, 48))])

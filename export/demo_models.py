@@ -1,0 +1,186 @@
+"""Build the bundled demo models: export trained checkpoints (fp32 + int8), evaluate, write model cards.
+
+    python -m limbseg_rt.export.demo_models --checkpoints DIR --out runtime/data/models \
+        [--train-notes NOTES.md] [--seeds 200 201]
+
+``DIR`` holds ``{arch}.pth.tar`` for each architecture to ship (checkpoints written by
+``limbseg-rt train``). For each one this exports ``{arch}-fp32.onnx`` and ``{arch}-int8.onnx`` with
+the export's own parity gates (a failed gate leaves no file), then segments held-out phantom
+subjects (seeds never used for training or validation) through the runtime exactly as
+``limbseg-rt run`` does, and writes ``{arch}.md``: provenance, parity, and the paper's metrics
+(DSC, RVE, HD) against the phantom's ground truth. For SC-UNet it also reports DSC with the slice
+positions shuffled, which shows whether the position input matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from limbseg_rt.runtime.hashing import sha256_file
+
+ARCHS = ("unet", "attention-unet", "sc-unet")
+PHANTOM_SHAPE = (256, 256)
+PHANTOM_SLICES = 150
+
+
+def trained_pixel_spacing() -> tuple[float, float]:
+    """In-plane spacing (mm) of the phantom slices after resizing to the model input (for --fit tile)."""
+    from limbseg_rt.runtime.phantom import DEFAULT_SPACING
+    from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW
+
+    return (
+        PHANTOM_SHAPE[0] * DEFAULT_SPACING[0] / MODEL_INPUT_HW[0],
+        PHANTOM_SHAPE[1] * DEFAULT_SPACING[1] / MODEL_INPUT_HW[1],
+    )
+
+
+def _shuffled_predict(runner, n_slices: int, seed: int):
+    """A predict callable that feeds SC-UNet a random permutation of the volume's positions."""
+    from limbseg_rt.runtime.position import slice_positions
+
+    perm = np.random.default_rng(seed).permutation(slice_positions(n_slices, proximal_first=False))
+    cursor = {"i": 0}
+
+    def predict(x, pos):
+        i = cursor["i"]
+        cursor["i"] = i + x.shape[0]
+        return runner.predict(x, perm[i:i + x.shape[0]].astype(np.float32))
+
+    return predict
+
+
+def evaluate_model(model_path: Path, seeds, *, shuffle_positions: bool = False) -> dict:
+    """Per-seed and mean DSC / RVE / HD of one ONNX model on held-out phantoms, run on the CPU
+    through the runtime pipeline (resize fit, as ``limbseg-rt run``)."""
+    from limbseg_rt.runtime.engine import create_runner
+    from limbseg_rt.runtime.imageio import from_nibabel
+    from limbseg_rt.runtime.metrics import evaluate_labels
+    from limbseg_rt.runtime.phantom import make_phantom
+    from limbseg_rt.runtime.pipeline import segment_canonical
+
+    runner = create_runner(model_path, provider="cpu")
+    per_seed = {}
+    try:
+        for seed in seeds:
+            img, ref_img = make_phantom(seed, slices=PHANTOM_SLICES, shape=PHANTOM_SHAPE)
+            canon, props = from_nibabel(img)
+            ref, _ = from_nibabel(ref_img)
+            predict = runner.predict
+            if shuffle_positions:
+                predict = _shuffled_predict(runner, canon.shape[2], seed)
+            run = segment_canonical(canon, runner.metadata, predict)
+            res = evaluate_labels(run.labels, np.rint(ref).astype(np.uint8), spacing=props.canonical_spacing,
+                                  labels=runner.metadata.labels)
+            per_seed[int(seed)] = {
+                "dsc": res.mean.dsc,
+                "rve_percent": res.mean.rve_percent,
+                "abs_rve_percent": float(np.nanmean([abs(r.rve_percent) for r in res.rows])),
+                "hd_mm": res.mean.hd_mm,
+                "hd95_mm": res.mean.hd95_mm,
+                "per_muscle_dsc": {r.code: r.dsc for r in res.rows},
+            }
+    finally:
+        runner.close()
+    keys = ("dsc", "rve_percent", "abs_rve_percent", "hd_mm", "hd95_mm")
+    mean = {k: float(np.nanmean([v[k] for v in per_seed.values()])) for k in keys}
+    return {"seeds": per_seed, "mean": mean}
+
+
+def _fmt(v: float, nd: int = 3) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
+
+
+def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str) -> str:
+    lines = [
+        f"# Demo model: {arch}",
+        "",
+        "**Trained on synthetic phantoms only (limbseg-rt's lower-limb phantom). Not for real scans.**",
+        "It exists so that `limbseg-rt run` / `demo` work out of the box and so that the runtime,",
+        "parity and benchmark machinery can be exercised on a trained network.",
+        "",
+        "## Provenance",
+        f"- Checkpoint: `{ckpt.name}`, SHA-256 `{sha256_file(ckpt)}`",
+    ]
+    for prec, info in exports.items():
+        lines.append(f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`")
+    lines += [
+        "- Export: `python -m limbseg_rt.export.demo_models --checkpoints DIR --out runtime/data/models` "
+        "(calls `export_model(arch, ckpt, out, precision=..., calibration='phantom')`)",
+        "",
+        "## Training (commands and seeds)",
+        notes.strip() or "(see the checkpoint's `train_config` entry)",
+        "",
+        "## Parity of the export (ONNX Runtime CPU vs PyTorch, phantom slices)",
+    ]
+    for prec, info in exports.items():
+        lines.append(f"- {prec}: `{json.dumps(info['parity'], sort_keys=True, default=str)[:1500]}`")
+    lines += ["", "## Accuracy on held-out phantom subjects (runtime pipeline, CPU)", "",
+              "| file | seeds | mean DSC | mean RVE % | mean abs RVE % | mean HD mm | mean HD95 mm |",
+              "|---|---|---|---|---|---|---|"]
+    for prec, ev in evals.items():
+        m = ev["mean"]
+        lines.append(
+            f"| {exports[prec]['file']} | {', '.join(str(s) for s in ev['seeds'])} | {_fmt(m['dsc'])} | "
+            f"{_fmt(m['rve_percent'], 1)} | {_fmt(m['abs_rve_percent'], 1)} | {_fmt(m['hd_mm'], 1)} | {_fmt(m['hd95_mm'], 1)} |"
+        )
+    if shuffled is not None:
+        lines += ["", f"Position input check (fp32): mean DSC with true positions {_fmt(evals['fp32']['mean']['dsc'])}, "
+                      f"with shuffled positions {_fmt(shuffled['mean']['dsc'])}."]
+    fp32 = evals["fp32"]["seeds"]
+    codes = list(next(iter(fp32.values()))["per_muscle_dsc"])
+    lines += ["", "Per-muscle DSC (fp32, mean over seeds):", "",
+              ", ".join(f"{c} {_fmt(float(np.nanmean([fp32[s]['per_muscle_dsc'][c] for s in fp32])), 2)}" for c in codes)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m limbseg_rt.export.demo_models", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[200, 201])
+    p.add_argument("--train-notes", type=Path, default=None, help="markdown with the training commands, per arch section")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    args = p.parse_args(argv)
+
+    from limbseg_rt.export.onnx_export import export_model
+    from limbseg_rt.runtime.errors import LimbsegError
+
+    notes = args.train_notes.read_text() if args.train_notes else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for arch in args.archs:
+        ckpt = args.checkpoints / f"{arch}.pth.tar"
+        if not ckpt.is_file():
+            print(f"skip {arch}: no {ckpt}", file=sys.stderr)
+            continue
+        exports, evals = {}, {}
+        for prec in args.precisions:
+            out = args.out / f"{arch}-{prec}.onnx"
+            try:
+                res = export_model(arch, ckpt, out, precision=prec, calibration="phantom",
+                                   pixel_spacing_mm=trained_pixel_spacing())
+            except LimbsegError as exc:
+                print(f"{arch} {prec}: export failed: {exc}", file=sys.stderr)
+                continue
+            exports[prec] = {"file": out.name, "size_bytes": out.stat().st_size, "sha256": sha256_file(out),
+                             "parity": res.parity}
+            evals[prec] = evaluate_model(out, args.seeds)
+            print(f"{arch} {prec}: mean DSC {evals[prec]['mean']['dsc']:.4f}", file=sys.stderr)
+        if "fp32" not in evals:
+            continue
+        shuffled = evaluate_model(args.out / f"{arch}-fp32.onnx", args.seeds, shuffle_positions=True) if arch == "sc-unet" else None
+        (args.out / f"{arch}.md").write_text(model_card(arch, ckpt, exports, evals, shuffled, notes))
+        summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
+                         "shuffled": shuffled["mean"] if shuffled else None}
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
