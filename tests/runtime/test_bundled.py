@@ -47,7 +47,7 @@ def test_missing_bundles_list_what_is_bundled(models_dir):
         resolve_model("sc-unet", precision="int8", provider="cpu", models_dir=models_dir)
     with pytest.raises(ModelError, match=r"unknown model 'resnet'.*unet, attention-unet, sc-unet"):
         resolve_model("resnet", provider="cpu", models_dir=models_dir)
-    with pytest.raises(ModelError, match="--fp16"):
+    with pytest.raises(ModelError, match="--provider tensorrt --precision fp16"):
         resolve_model("unet", precision="fp16", provider="tensorrt", models_dir=models_dir)
 
 
