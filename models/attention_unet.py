@@ -18,7 +18,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from limbseg_rt.models.blocks import DEFAULT_CLASSES, DEFAULT_FEATURES, DoubleConv, check_features, encode, match_size
+from limbseg_rt.models.blocks import (
+    DEFAULT_CLASSES,
+    DEFAULT_FEATURES,
+    DoubleConv,
+    build_encoder,
+    check_features,
+    encode,
+    match_size,
+)
 
 
 class AttentionGate(nn.Module):
@@ -60,12 +68,7 @@ class AttentionUNet(nn.Module):
         feats = check_features(features, in_channels, classes)
         self.features, self.classes, self.in_channels = feats, int(classes), int(in_channels)
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.downs = nn.ModuleList()
-        ch = self.in_channels
-        for f in feats:
-            self.downs.append(DoubleConv(ch, f))
-            ch = f
-        self.deepest_conv = DoubleConv(feats[-1], feats[-1] * 2)
+        self.downs, self.deepest_conv = build_encoder(feats, self.in_channels)
         rev = tuple(reversed(feats))
         self.att_block = nn.ModuleList(AttentionGate(f) for f in rev)
         self.up_samples = nn.ModuleList(nn.ConvTranspose2d(2 * f, f, kernel_size=2, stride=2) for f in rev)

@@ -57,6 +57,18 @@ def check_features(features, in_channels: int, classes: int) -> tuple[int, ...]:
     return feats
 
 
+def build_encoder(features: tuple[int, ...], in_channels: int) -> tuple[nn.ModuleList, "DoubleConv"]:
+    """The contracting path shared by every architecture: ``(downs, deepest_conv)``, one DoubleConv
+    per level and the bottleneck DoubleConv(features[-1] -> 2 * features[-1]). The caller stores
+    them as ``self.downs`` / ``self.deepest_conv`` so checkpoint keys keep the authors' names."""
+    downs = nn.ModuleList()
+    ch = int(in_channels)
+    for f in features:
+        downs.append(DoubleConv(ch, f))
+        ch = f
+    return downs, DoubleConv(features[-1], features[-1] * 2)
+
+
 def encode(downs: nn.ModuleList, deepest: nn.Module, pool: nn.Module, x: torch.Tensor):
     """Run the contracting path: returns (bottleneck map, skips deepest-first)."""
     skips = []

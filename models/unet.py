@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from limbseg_rt.models.blocks import DEFAULT_CLASSES, DEFAULT_FEATURES, DoubleConv, check_features, encode, match_size
+from limbseg_rt.models.blocks import (
+    DEFAULT_CLASSES,
+    DEFAULT_FEATURES,
+    DoubleConv,
+    build_encoder,
+    check_features,
+    encode,
+    match_size,
+)
 
 
 class UNet(nn.Module):
@@ -33,12 +41,7 @@ class UNet(nn.Module):
         feats = check_features(features, in_channels, classes)
         self.features, self.classes, self.in_channels = feats, int(classes), int(in_channels)
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.downs = nn.ModuleList()
-        ch = self.in_channels
-        for f in feats:
-            self.downs.append(DoubleConv(ch, f))
-            ch = f
-        self.deepest_conv = DoubleConv(feats[-1], feats[-1] * 2)
+        self.downs, self.deepest_conv = build_encoder(feats, self.in_channels)
         self.ups = nn.ModuleList()
         for f in reversed(feats):
             self.ups.append(nn.ConvTranspose2d(f * 2, f, kernel_size=2, stride=2))
