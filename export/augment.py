@@ -11,9 +11,10 @@ One affine per sample (rotation about the slice centre in pixel units, then flip
 (= background) padding, so a label always sits under the image pixel it was painted on.
 
 Optional random crops (``crop_hw``, not in the paper) come out of the same resampling: the output
-grid covers a window at a random place in the slice. The networks are fully convolutional, so
-training on crops costs a fraction of the compute per sample while inference still sees whole
-slices; use it when CPU time is the limit.
+grid covers a window at a random place in the slice, or centred on a given pixel (``centres``; the
+trainer uses it to put a muscle in the window, as nnU-Net oversamples foreground). The networks are
+fully convolutional, so training on crops costs a fraction of the compute per sample while inference
+still sees whole slices; use it when CPU time is the limit.
 """
 
 from __future__ import annotations
@@ -50,13 +51,16 @@ NO_AUGMENT = AugmentSpec(0.0, 0.0, 0.0, None)
 def random_affines(
     n: int, hw: tuple[int, int], spec: AugmentSpec, generator: torch.Generator | None = None,
     out_hw: tuple[int, int] | None = None,
+    centres: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[n, 2, 3]`` float32 matrices for ``F.affine_grid`` (normalised coordinates, x = axis W).
 
     A rotation in pixel space becomes ``D_in^-1 R F D_out`` in normalised coordinates with
     ``D = diag(W/2, H/2)`` of the input / output grid; without that correction a non-square slice
     would be sheared. ``out_hw`` (a crop, at most ``hw``) adds a random translation that keeps the
-    window inside the slice.
+    window inside the slice. ``centres`` (float ``[n, 2]``, input pixel ``(row, col)``; NaN rows keep
+    the random translation) puts the window's centre on that pixel; the rotation then turns the
+    window about it.
     """
     h, w = hw
     oh, ow = out_hw or hw
@@ -73,6 +77,14 @@ def random_affines(
     theta[:, 1, 1] = cos * flip_h * (oh / h)
     theta[:, 0, 2] = (u[:, 3] * 2.0 - 1.0) * max(w - ow, 0) / w
     theta[:, 1, 2] = (u[:, 4] * 2.0 - 1.0) * max(h - oh, 0) / h
+    if centres is not None:
+        centres = torch.as_tensor(centres, dtype=theta.dtype)
+        if centres.shape != (n, 2):
+            raise ValueError(f"centres must be [n, 2] = [{n}, 2], got {tuple(centres.shape)}")
+        given = ~torch.isnan(centres).any(dim=1)
+        # Pixel centre (r, c) sits at normalised ((2c + 1) / W - 1, (2r + 1) / H - 1) (align_corners=False).
+        theta[given, 0, 2] = (2.0 * centres[given, 1] + 1.0) / w - 1.0
+        theta[given, 1, 2] = (2.0 * centres[given, 0] + 1.0) / h - 1.0
     return theta
 
 
@@ -81,15 +93,17 @@ def augment_batch(
     labels: torch.Tensor,
     spec: AugmentSpec = AugmentSpec(),
     generator: torch.Generator | None = None,
+    centres: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch. ``images`` float32 ``[N, C, H, W]``, ``labels`` int64 ``[N, H, W]``;
     returns new tensors of the same dtypes, shaped ``[N, C, h, w]`` / ``[N, h, w]`` with
-    ``(h, w) = spec.crop_hw`` (clipped to the slice) or ``(H, W)``. ``generator`` makes it reproducible."""
+    ``(h, w) = spec.crop_hw`` (clipped to the slice) or ``(H, W)``. ``generator`` makes it reproducible;
+    ``centres`` see ``random_affines``."""
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(f"images [N,C,H,W] and labels [N,H,W] expected, got {tuple(images.shape)} and {tuple(labels.shape)}")
     n, _, h, w = images.shape
     oh, ow = (min(spec.crop_hw[0], h), min(spec.crop_hw[1], w)) if spec.crop_hw else (h, w)
-    theta = random_affines(n, (h, w), spec, generator, (oh, ow)).to(images.dtype)
+    theta = random_affines(n, (h, w), spec, generator, (oh, ow), centres).to(images.dtype)
     grid = F.affine_grid(theta, [n, 1, oh, ow], align_corners=False)
     out_img = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     lab = labels[:, None].to(images.dtype)  # class indices <= 255 are exact in float32

@@ -45,10 +45,14 @@ class TrainConfig:
     channels_last: bool = False
     min_lr_fraction: float = 0.02
     loss: str = "ce"  # "ce" (the paper) or "ce+dice" (adds a soft Dice term; rare muscles learn sooner)
+    class_balanced: float = 0.0  # share of slice draws balanced over muscles (0 = the paper's shuffling)
+    crop_foreground: float = 0.67  # with crops: share of windows centred on a muscle pixel
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "ce+dice"):
             raise ValueError(f"unknown loss {self.loss!r}; use 'ce' or 'ce+dice'")
+        if not (0.0 <= self.class_balanced <= 1.0 and 0.0 <= self.crop_foreground <= 1.0):
+            raise ValueError("class_balanced and crop_foreground must lie in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -180,22 +184,82 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> int:
     return len(picked)
 
 
-def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """1 - mean soft Dice over the muscle classes present in the batch (batch Dice, nnU-Net style).
+def loss_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cross_entropy, soft_dice_loss)`` of ``logits`` ``[N, C, H, W]`` against int64 ``labels``
+    ``[N, H, W]``, from one log-softmax.
 
-    ``logits`` ``[N, C, H, W]``, ``labels`` int64 ``[N, H, W]``. Classes absent from the labels are
-    left out so an empty class does not reward predicting nothing.
+    The Dice term is 1 - mean soft Dice over the muscle classes present in the batch (batch Dice,
+    nnU-Net style); classes absent from the labels are left out so an empty class does not reward
+    predicting nothing. The intersection gathers each pixel's true-class probability and sums it
+    per class (``index_add``) instead of building a ``[N, C, H, W]`` one-hot: same value, about a
+    quarter less time per training step for the small demo networks (measured).
     """
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    inter = (probs * onehot).sum(dim=(0, 2, 3))
-    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    dice = (2 * inter + 1.0) / (denom + 1.0)
-    present = onehot.sum(dim=(0, 2, 3)) > 0
+    classes = logits.shape[1]
+    logp = logits.float().log_softmax(dim=1)
+    lab = labels.reshape(labels.shape[0], 1, *labels.shape[1:])
+    logp_true = logp.gather(1, lab)
+    ce = -logp_true.mean()
+    probs = logp.exp()
+    flat = labels.reshape(-1)
+    inter = torch.zeros(classes, dtype=probs.dtype).index_add(0, flat, logp_true.exp().reshape(-1))
+    count = torch.bincount(flat, minlength=classes)[:classes].to(probs.dtype)
+    dice = (2 * inter + 1.0) / (probs.sum(dim=(0, 2, 3)) + count + 1.0)
+    present = count > 0
     present[0] = False
     if not bool(present.any()):
-        return logits.sum() * 0.0
-    return 1.0 - dice[present].mean()
+        return ce, logits.sum() * 0.0
+    return ce, 1.0 - dice[present].mean()
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The Dice term of ``loss_terms``."""
+    return loss_terms(logits, labels)[1]
+
+
+def slice_sampling_weights(labels: np.ndarray, classes: int, class_balanced: float) -> np.ndarray:
+    """Probability of drawing each slice, float64 ``[n]`` summing to 1.
+
+    A mixture: ``1 - class_balanced`` of the draws are uniform over slices (the paper's shuffling);
+    ``class_balanced`` of them first pick a muscle uniformly and then a slice that contains it. A
+    muscle present in 4 slices of 900 (the gemelli in the phantom) is then seen as often as the vastus
+    lateralis; with uniform draws the network hardly ever meets it. Slices with no muscle are only
+    reached through the uniform part.
+    """
+    n = labels.shape[0]
+    if not 0.0 <= class_balanced <= 1.0:
+        raise ValueError("class_balanced must lie in [0, 1]")
+    flat = labels.reshape(n, -1)
+    present = np.zeros((n, classes), dtype=bool)
+    for i in range(n):
+        present[i] = np.bincount(flat[i], minlength=classes)[:classes] > 0
+    present[:, 0] = False
+    per_class = present.sum(axis=0)
+    uniform = np.full(n, 1.0 / n)
+    if class_balanced == 0.0 or not per_class.any():
+        return uniform
+    muscles = per_class > 0
+    balanced = (present[:, muscles] / per_class[muscles]).sum(axis=1) / muscles.sum()
+    return (1.0 - class_balanced) * uniform + class_balanced * balanced
+
+
+def foreground_centres(labels: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """Crop centres ``[n, 2]`` float32 (row, col) for a batch of label slices ``[n, h, w]``.
+
+    With ``probability`` a sample's window is centred on a random pixel of one of its muscles (the
+    muscle picked uniformly among those present); otherwise, or when the slice holds no muscle, the
+    row is NaN and the crop stays at a random place.
+    """
+    out = np.full((labels.shape[0], 2), np.nan, dtype=np.float32)
+    for i, lab in enumerate(labels):
+        if rng.random() >= probability:
+            continue
+        muscles = np.flatnonzero(np.bincount(lab.ravel())[1:]) + 1
+        if muscles.size == 0:
+            continue
+        rows, cols = np.nonzero(lab == rng.choice(muscles))
+        k = rng.integers(rows.size)
+        out[i] = rows[k], cols[k]
+    return out
 
 
 def _lr_at(config: TrainConfig, progress: float) -> float:
@@ -274,10 +338,11 @@ def train(
     history: list[EpochLog] = []
     best_score, best_epoch, step, stopped, val_seconds = -math.inf, 0, 0, False, 0.0
 
+    draw = slice_sampling_weights(train_data.labels, config.classes, config.class_balanced)
     for epoch in range(1, config.epochs + 1):
         t_epoch = clock()
         model.train()
-        order = rng.permutation(n)
+        order = rng.permutation(n) if config.class_balanced == 0.0 else rng.choice(n, size=n, p=draw)
         losses = []
         for k in range(steps_per_epoch):
             elapsed = clock() - t0
@@ -294,14 +359,20 @@ def train(
             lr = _lr_at(config, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
-            img, lab, pos = train_data.batch(order[k * bs:(k + 1) * bs])
-            img, lab = augment_batch(img, lab, config.augment, gen)
+            index = order[k * bs:(k + 1) * bs]
+            img, lab, pos = train_data.batch(index)
+            centres = None
+            if config.augment.crop_hw is not None and config.crop_foreground > 0:
+                centres = torch.from_numpy(foreground_centres(train_data.labels[index], config.crop_foreground, rng))
+            img, lab = augment_batch(img, lab, config.augment, gen, centres)
             if config.channels_last:
                 img = img.contiguous(memory_format=torch.channels_last)
             logits = forward(model, config.arch, img, pos)
-            loss = F.cross_entropy(logits, lab)
             if config.loss == "ce+dice":
-                loss = loss + soft_dice_loss(logits, lab)
+                ce, dice_loss = loss_terms(logits, lab)
+                loss = ce + dice_loss
+            else:
+                loss = F.cross_entropy(logits, lab)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -110,7 +110,7 @@ def auto_batch_size(
 
     Per slice (bytes): the model's logits ``C*h*w*4``, the model input twice (batch in flight and
     the one being prefetched) ``2*h*w*4``, and the raw slice copy ``X*Y*4``. The logits resized to
-    the native slice never exist as a whole (``resized_argmax`` works one class plane at a time).
+    the native slice never exist (``resized_argmax`` interpolates only pixels near label boundaries).
     ``"tile"`` adds the blended logits and their weight sum at the resampled size
     ``(C+1)*H'*W'*4`` and the resampled input ``H'*W'*4``. Always in ``[1, max_batch]``.
     """
@@ -184,58 +184,64 @@ def _prefetched(items: Iterable, enabled: bool) -> Iterator:
 def resized_argmax(logits: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """uint8 ``[N, X, Y]``: argmax over classes of ``resize_bilinear(logits, out_hw)``, bit for bit.
 
-    ``logits``: float32 ``[N, C, h, w]``. Same arithmetic as ``preprocess.resize_bilinear`` (H
-    first, then W; ``a * (1 - w) + b * w`` in float32) and the same tie rule as ``np.argmax``
-    (lowest class wins), but one class plane at a time into preallocated buffers: the resized
-    ``[N, C, X, Y]`` logits never exist (for 38 classes at 512 x 512 that is 40 MB per slice).
-    The W pass works on the transposed plane so both passes gather whole rows (contiguous
-    copies); with the plane-wise argmax this is about 10x faster than resizing the stack at once.
+    ``logits``: float32 ``[N, C, h, w]``. The resized ``[N, C, X, Y]`` logits are never built (for
+    38 classes at 512 x 512 that is 40 MB per slice). Instead:
+
+    - An output pixel is a convex combination of four input pixels. If those four share their top
+      class ``c``, and at each of them every other class is more than ``tol`` below ``c``, the
+      combination keeps ``c`` on top: its exact margin is at least ``tol``, far above float32
+      rounding of a weighted sum of four (``tol`` = 1e-4 x the slice's largest |logit|). Such
+      pixels take ``c`` from the input-size argmax; no class plane is resized.
+    - The remaining pixels (along label boundaries, a few per cent) are interpolated for every
+      class with ``resize_bilinear``'s exact arithmetic (H first, then W, ``a * (1 - w) + b * w``
+      in float32) and argmax-ed with ``np.argmax``'s tie rule (lowest class wins).
+
+    Measured: 4 ms per slice for 38 classes 272 x 240 -> 256 x 256 (10 ms -> 512 x 512), against
+    10 ms (21 ms) for resizing every class plane; tests compare it bit for bit with
+    ``argmax(resize_bilinear(...))``.
     """
     x = np.asarray(logits, dtype=np.float32)
     n, c, h, w = x.shape
     big_h, big_w = int(out_hw[0]), int(out_hw[1])
     if (h, w) == (big_h, big_w):
         return np.argmax(x, axis=1).astype(np.uint8)
-    one = np.float32(1.0)
+    # An axis of equal size gets i0 = i1 and weight 0: a * 1 + b * 0 == a exactly, as if skipped.
     i0, i1, wh = _linear_axis(h, big_h)
     j0, j1, ww = _linear_axis(w, big_w)
-    wh0, wh1 = (one - wh)[:, None], wh[:, None]
-    ww0, ww1 = (one - ww)[:, None], ww[:, None]
-    rows_a = np.empty((big_h, w), np.float32)
-    rows_b = np.empty((big_h, w), np.float32)
-    rows_t = np.empty((w, big_h), np.float32)
-    plane = np.empty((big_w, big_h), np.float32)  # transposed: [Y, X]
-    other = np.empty((big_w, big_h), np.float32)
-    best = np.empty((big_w, big_h), np.float32)
-    better = np.empty((big_w, big_h), bool)
-    out = np.zeros((n, big_w, big_h), np.uint8)
+    one = np.float32(1.0)
+    out = np.empty((n, big_h, big_w), np.uint8)
+    near = np.empty((c, h, w), bool)
+    top = np.empty((h, w), np.uint8)
+    count = np.empty((h, w), np.uint8)
     for k in range(n):
-        for ch in range(c):
-            src = x[k, ch]
-            if h != big_h:
-                np.take(src, i0, axis=0, out=rows_a)
-                rows_a *= wh0
-                np.take(src, i1, axis=0, out=rows_b)
-                rows_b *= wh1
-                rows_a += rows_b
-                rows_t[...] = rows_a.T
-            else:
-                rows_t[...] = src.T
-            if w != big_w:
-                np.take(rows_t, j0, axis=0, out=plane)
-                plane *= ww0
-                np.take(rows_t, j1, axis=0, out=other)
-                other *= ww1
-                plane += other
-            else:
-                plane[...] = rows_t
-            if ch == 0:
-                best[...] = plane
-                continue
-            np.greater(plane, best, out=better)
-            np.copyto(out[k], np.uint8(ch), where=better)
-            np.maximum(best, plane, out=best)
-    return out.transpose(0, 2, 1)
+        s = x[k]
+        best = s.max(axis=0)
+        tol = np.float32(1e-4) * (one + max(abs(float(best.max())), abs(float(s.min()))))
+        np.greater_equal(s, best - tol, out=near)
+        # Where exactly one class is near the top, that class's index is the sum of k * near[k]
+        # (a per-plane uint8 loop: far faster than np.argmax over the strided class axis).
+        top.fill(0)
+        count.fill(0)
+        for ch in range(1, c):
+            plane = near[ch].view(np.uint8)
+            top += plane * np.uint8(ch)
+            count += plane
+        count += near[0].view(np.uint8)
+        safe = np.where(count == 1, top.astype(np.int16), np.int16(-1))  # -1: close call, interpolate it
+        rows0, rows1 = safe[i0], safe[i1]
+        a = rows0[:, j0]
+        same = (a >= 0) & (a == rows0[:, j1]) & (a == rows1[:, j0]) & (a == rows1[:, j1])
+        res = out[k]
+        np.copyto(res, a, casting="unsafe")
+        rr, cc = np.nonzero(~same)
+        if rr.size:
+            flat = s.reshape(c, h * w)
+            r0, r1, wr = i0[rr] * w, i1[rr] * w, wh[rr]
+            c0, c1, wc = j0[cc], j1[cc], ww[cc]
+            left = np.take(flat, r0 + c0, axis=1) * (one - wr) + np.take(flat, r1 + c0, axis=1) * wr
+            right = np.take(flat, r0 + c1, axis=1) * (one - wr) + np.take(flat, r1 + c1, axis=1) * wr
+            res[rr, cc] = np.argmax(left * (one - wc) + right * wc, axis=0)
+    return out
 
 
 def _check_logits(logits: np.ndarray, n: int, classes: int, hw: tuple[int, int]) -> np.ndarray:

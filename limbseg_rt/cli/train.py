@@ -36,6 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default 2)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on some CPUs)")
     p.add_argument("--no-augment", action="store_true", help="disable rotation/flip augmentation")
+    p.add_argument("--rotation", type=float, default=35.0, metavar="DEG",
+                   help="largest random rotation in degrees (default 35, the paper's)")
     p.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue from this checkpoint (same --arch and --features); lr schedule restarts")
     p.add_argument("--init-from", default=None, metavar="CKPT",
@@ -44,6 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="ce = cross-entropy (the paper); ce+dice adds a soft Dice term (faster on rare muscles)")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="train on random H x W windows of the slices (less compute per sample; not in the paper)")
+    p.add_argument("--crop-foreground", type=float, default=0.67, metavar="P",
+                   help="with --crop: share of windows centred on a muscle pixel (default 0.67; 0 = anywhere)")
+    p.add_argument("--class-balanced", type=float, default=0.0, metavar="F",
+                   help="share of slice draws balanced over muscles, so rare muscles (gemelli, piriformis) are "
+                        "seen as often as large ones (default 0 = uniform shuffling, as in the paper)")
     return p
 
 
@@ -112,8 +119,10 @@ def main(args) -> int:
     config = TrainConfig(
         arch=args.arch, features=tuple(args.features), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
-        channels_last=args.channels_last, loss=args.loss,
-        augment=NO_AUGMENT if args.no_augment else AugmentSpec(crop_hw=tuple(args.crop) if args.crop else None),
+        channels_last=args.channels_last, loss=args.loss, class_balanced=args.class_balanced,
+        crop_foreground=args.crop_foreground,
+        augment=NO_AUGMENT if args.no_augment else AugmentSpec(
+            max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None),
     )
     bar = None
 

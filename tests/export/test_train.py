@@ -200,3 +200,65 @@ def test_warm_start_copies_unet_weights_into_the_other_architectures(tmp_path):
     warm_start(att, tmp_path / "u.pth.tar")
     assert torch.equal(att.state_dict()["up_convs.0.conv.0.weight"], src["ups.1.conv.0.weight"])
     assert torch.equal(att.state_dict()["up_samples.3.weight"], src["ups.6.weight"])
+
+
+def test_fused_loss_equals_the_one_hot_formulation_in_value_and_gradient():
+    from limbseg_rt.export.train import loss_terms
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 10, 12, generator=g, requires_grad=True)
+    labels = torch.randint(0, 6, (3, 10, 12), generator=g)
+    labels[labels == 4] = 0  # one muscle absent from the batch: left out of the Dice mean
+
+    probs = logits.softmax(dim=1)
+    onehot = torch.nn.functional.one_hot(labels, 6).permute(0, 3, 1, 2).float()
+    dice = (2 * (probs * onehot).sum(dim=(0, 2, 3)) + 1) / (probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + 1)
+    ref = (torch.nn.functional.cross_entropy(logits, labels), 1 - dice[[1, 2, 3, 5]].mean())
+    got = loss_terms(logits, labels)
+    for a, b in zip(ref, got):
+        assert abs(float(a) - float(b)) < 1e-6
+    g_ref = torch.autograd.grad(sum(ref), logits)[0]
+    g_got = torch.autograd.grad(sum(got), logits)[0]
+    assert torch.allclose(g_ref, g_got, atol=1e-7)
+
+
+def test_class_balanced_sampling_shows_a_rare_muscle_as_often_as_a_common_one():
+    from limbseg_rt.export.train import slice_sampling_weights
+
+    labels = np.zeros((100, 4, 4), np.uint8)
+    labels[:, 0, 0] = 1          # muscle 1 in every slice
+    labels[:2, 1, 1] = 2         # muscle 2 in 2 slices of 100
+    uniform = slice_sampling_weights(labels, 4, 0.0)
+    np.testing.assert_allclose(uniform, 0.01)
+    p = slice_sampling_weights(labels, 4, 1.0)
+    assert abs(p.sum() - 1) < 1e-12
+    # Expected share of draws that contain each muscle: 1 for muscle 1, and 1/2 for muscle 2
+    # (half of the draws pick muscle 2 first) instead of 2 % with uniform shuffling.
+    assert abs(p[:2].sum() - 0.5 - 0.5 * 2 / 100) < 1e-12
+    half = slice_sampling_weights(labels, 4, 0.5)
+    np.testing.assert_allclose(half, 0.5 * uniform + 0.5 * p)
+    with pytest.raises(ValueError):
+        slice_sampling_weights(labels, 4, 1.5)
+
+
+def test_foreground_crops_are_centred_on_a_muscle_pixel():
+    from limbseg_rt.export.train import foreground_centres
+
+    h, w = 40, 30
+    labels = np.zeros((3, h, w), np.uint8)
+    labels[0, 30:33, 5:8] = 7
+    labels[1, 2:4, 20:25] = 3
+    rng = np.random.default_rng(0)
+    centres = foreground_centres(labels, 1.0, rng)
+    assert np.isnan(centres[2]).all()  # no muscle in slice 2: a random window instead
+    for i in (0, 1):
+        r, c = centres[i].astype(int)
+        assert labels[i, r, c] != 0
+    assert np.isnan(foreground_centres(labels, 0.0, rng)).all()
+
+    # The window's centre pixel (odd crop, no rotation or flip) is exactly the chosen input pixel.
+    ids = torch.arange(h * w, dtype=torch.int64).reshape(1, h, w).repeat(3, 1, 1)
+    spec = AugmentSpec(0.0, 0.0, 0.0, (15, 11))
+    given = torch.tensor([[31.0, 6.0], [3.0, 22.0], [float("nan"), float("nan")]])
+    _, out = augment_batch(ids[:, None].float(), ids, spec, torch.Generator().manual_seed(0), given)
+    assert out[0, 7, 5] == 31 * w + 6 and out[1, 7, 5] == 3 * w + 22

@@ -230,3 +230,20 @@ def test_slice_scope_normalisation_uses_each_slices_own_window(unet):
         np.testing.assert_array_equal(labels[:, :, k], labels[:, :, 0])
     whole = segment_canonical(vol, md, predict).labels
     assert not np.array_equal(whole[:, :, 0], whole[:, :, 3])  # one window for the volume: slices differ
+
+
+@pytest.mark.parametrize("out_hw", [(512, 512), (256, 256), (200, 300), (272, 100)])
+def test_resized_argmax_is_exact_on_smooth_logits_with_near_ties(out_hw):
+    # Realistic logits: smooth class regions (most output pixels take the fast path), large values,
+    # plus pixels where two classes differ by less than float32 rounding of the interpolation.
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:272, 0:240].astype(np.float32)
+    centres = rng.uniform(0, 1, (38, 2)) * [272, 240]
+    logits = np.stack([-((yy - cy) ** 2 + (xx - cx) ** 2) / 400.0 + 800.0 for cy, cx in centres])[None]
+    logits = np.concatenate([logits, logits[:, ::-1]]).astype(np.float32)
+    near = rng.integers(0, 272 * 240, 500)
+    flat = logits[0].reshape(38, -1)
+    flat[5, near] = flat[:, near].max(axis=0) + np.float32(1e-4)  # a near-tie with the current top class
+    flat[2, near[:100]] = flat[5, near[:100]]  # exact ties: class 2 (lower index) must win
+    expected = np.argmax(resize_bilinear(logits, out_hw), axis=1).astype(np.uint8)
+    np.testing.assert_array_equal(resized_argmax(logits, out_hw), expected)
