@@ -219,10 +219,16 @@ _OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 _CONV_TYPES = ("Convolution", "Deconvolution")
 
 
-def build_openvino_model(path: Path, config: dict):
+def build_openvino_model(path: Path, config: dict, *, static_hw: bool = True):
     """(OpenVINO ``CompiledModel`` for ``path`` on ``config["device"]`` with ``config["config"]``,
-    the ONNX file's ``metadata_props`` as a dict). The batch axis stays as exported (dynamic), which
-    OpenVINO's CPU plugin runs directly."""
+    the ONNX file's ``metadata_props`` as a dict, the model's ``ModelMetadata``).
+
+    With ``static_hw`` the image input is fixed to the trained ``[N, C, h, w]`` of the metadata
+    (N stays dynamic): the pipeline only ever feeds that size (whole slices are resized to it and
+    tiles have it), and OpenVINO's CPU plugin runs the static graph about 4-8 % faster than the
+    fully dynamic one (full UNet int8, batch 4, measured A/B in one process). ``OpenVinoRunner``
+    compiles the dynamic graph on demand for any other size.
+    """
     try:
         import openvino as ov
     except Exception as exc:
@@ -236,8 +242,11 @@ def build_openvino_model(path: Path, config: dict):
     # OpenVINO keeps the ONNX file's metadata_props in the model's rt_info under "framework".
     framework = model.get_rt_info()["framework"] if model.has_rt_info(["framework"]) else {}
     props = {str(k): v.astype(str) for k, v in framework.items()} if isinstance(framework, dict) else {}
+    md = metadata_from_props(props, path)
     try:
-        return core.compile_model(model, config["device"], dict(config["config"])), props
+        if static_hw:
+            model.reshape({"image": [-1, md.in_channels, *md.input_hw]})
+        return core.compile_model(model, config["device"], dict(config["config"])), props, md
     except Exception as exc:  # device missing or refusing a property
         raise ProviderError(f"OpenVINO cannot compile {path.name} for {config['device']}: {str(exc).splitlines()[0][:200]}") from None
 
@@ -276,12 +285,21 @@ class OpenVinoRunner:
         self.precision, self.conv_precisions = openvino_precisions(compiled)
         self._outputs = {o.get_any_name(): o for o in compiled.outputs}
         self._request = compiled.create_infer_request()
+        shape = compiled.input("image").get_partial_shape()
+        self.static_hw = (shape[2].get_length(), shape[3].get_length()) if shape[2].is_static else None
+        self._dynamic = None  # (request, outputs) compiled on first use for another H x W
 
     def _run(self, feeds: dict[str, np.ndarray], name: str) -> np.ndarray:
+        request, outputs = self._request, self._outputs
+        if self.static_hw is not None and feeds["image"].shape[2:] != self.static_hw:
+            if self._dynamic is None:
+                compiled, _, _ = build_openvino_model(self.model_path, self.config, static_hw=False)
+                self._dynamic = (compiled.create_infer_request(), {o.get_any_name(): o for o in compiled.outputs})
+            request, outputs = self._dynamic
         # Share buffers in both directions (no copy of every output), then copy only the one asked for:
         # the request reuses its output memory on the next call.
-        result = self._request.infer(feeds, share_inputs=True, share_outputs=True)
-        return np.array(result[self._outputs[name]], copy=True)
+        result = request.infer(feeds, share_inputs=True, share_outputs=True)
+        return np.array(result[outputs[name]], copy=True)
 
     def predict(self, image: np.ndarray, position: np.ndarray | None = None) -> np.ndarray:
         """Logits float32 [N,C,H,W] for ``image`` float32 [N,1,H,W] (and ``position`` float32 [N] for sc-unet)."""
@@ -304,6 +322,7 @@ class OpenVinoRunner:
             "device": self.config["device"],
             "compile_config": {k: str(v) for k, v in self.config["config"].items()},
             "precision": self.precision,
+            "static_input_hw": list(self.static_hw) if self.static_hw else None,
             "conv_runtime_precisions": dict(self.conv_precisions),
             "model_precision": self.metadata.precision,
             "threads": self.threads,
@@ -316,6 +335,7 @@ class OpenVinoRunner:
 
     def close(self) -> None:
         self._request = None
+        self._dynamic = None
         self.compiled = None
 
 
@@ -364,8 +384,8 @@ def create_runner(
     # Otherwise metadata comes from the engine's own load of the file: one load instead of two.
     if resolved[0][0] == prov.OPENVINO_RUNTIME:
         config = resolved[0][1]
-        compiled, props = build_openvino_model(path, config)
-        return OpenVinoRunner(compiled, metadata=md or metadata_from_props(props, path), model_path=path,
+        compiled, _, ov_md = build_openvino_model(path, config)
+        return OpenVinoRunner(compiled, metadata=md or ov_md, model_path=path,
                               model_sha256=sha, requested=requested_label, config=config, threads=threads,
                               max_batch=max_batch)
     session = build_ort_session(path, resolved, threads=threads)

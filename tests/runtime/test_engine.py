@@ -136,6 +136,23 @@ def test_openvino_runner_agrees_with_onnxruntime_and_runs_f32(models, batch):
 
 
 @needs_openvino
+def test_openvino_compiles_the_trained_size_static_and_still_serves_other_sizes():
+    from limbseg_rt.runtime.bundled import resolve_model
+
+    path = resolve_model("unet", precision="fp32", provider="openvino")  # exported with dynamic N, H, W
+    runner = create_runner(path, provider="openvino", threads=1, available=OV_RUNTIME)
+    hw = tuple(runner.metadata.input_hw)
+    assert runner.static_hw == hw and runner.describe()["static_input_hw"] == list(hw)
+    rng = np.random.default_rng(3)
+    trained = rng.random((2, 1, *hw), dtype=np.float32)
+    np.testing.assert_allclose(runner.predict(trained), direct(path, {"image": trained})["logits"], rtol=1e-4, atol=1e-4)
+    assert runner._dynamic is None  # the trained size never needs the dynamic graph
+    other = rng.random((2, 1, 96, 80), dtype=np.float32)
+    np.testing.assert_allclose(runner.predict(other), direct(path, {"image": other})["logits"], rtol=1e-4, atol=1e-4)
+    assert runner._dynamic is not None
+
+
+@needs_openvino
 def test_openvino_runs_an_int8_qdq_model_in_int8(models, batch):
     runner = create_runner(models["int8"], provider="openvino", threads=1, available=OV_RUNTIME)
     assert runner.precision == "int8"
