@@ -77,7 +77,7 @@ def volume_slices(
 
 
 def phantom_sets(
-    *, hw: tuple[int, int], slices_per_volume: int, phantom_slices: int = 40, phantom_shape=(160, 144)
+    *, hw: tuple[int, int], slices_per_volume: int, phantom_slices: int = 40, phantom_shape=(256, 256)
 ) -> tuple[SliceSet, SliceSet]:
     """(calibration, held-out) slices from phantom volumes with fixed, disjoint seeds."""
     from limbseg_rt.runtime.phantom import phantom_arrays

@@ -155,12 +155,17 @@ def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
         nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "data" / "labelsTr" / f"{case}.nii.gz")
     out = tmp_path / "cli.pth.tar"
     code = main(["train", "--arch", "unet", "--data", str(tmp_path / "data"), "--epochs", "1",
-                 "--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--out", str(out)])
+                 "--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--out", str(out),
+                 "--loss", "ce+dice", "--crop", "16", "16", "--class-balanced", "0.5", "--rotation", "10"])
     assert code == 0
     text = capsys.readouterr().out
     assert "train: 2 subjects, 6 slices; validation: 1 subjects, 3 slices" in text and "epoch   1" in text
     ckpt = load_checkpoint(create_model("unet", features=(4, 8, 16, 32)), out)
     assert ckpt["epoch"] == 1 and ckpt["val_dice"] is not None
+    # The checkpoint records how it was trained.
+    cfg = ckpt["train_config"]
+    assert cfg["loss"] == "ce+dice" and cfg["class_balanced"] == 0.5 and cfg["crop_foreground"] == 0.67
+    assert cfg["augment"]["crop_hw"] == [16, 16] and cfg["augment"]["max_rotation_deg"] == 10.0
 
 
 def test_cli_without_torch_names_the_extra(monkeypatch, capsys):
