@@ -95,7 +95,18 @@ def _fmt(v: float, nd: int = 3) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
 
 
-def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str) -> str:
+def failed_section(failed: dict[str, str]) -> list[str]:
+    """Card lines for precisions whose export failed its parity gate (so no file is shipped)."""
+    lines = []
+    for prec, message in failed.items():
+        lines += ["", f"## {prec}: not shipped",
+                  f"The {prec} export failed its parity gate, so no {prec} file is bundled and `--precision auto` "
+                  "runs the fp32 file on every provider. The gate said:", "", f"    {message}"]
+    return lines
+
+
+def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str,
+               failed: dict[str, str] | None = None) -> str:
     lines = [
         f"# Demo model: {arch}",
         "",
@@ -135,6 +146,7 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
     codes = list(next(iter(fp32.values()))["per_muscle_dsc"])
     lines += ["", "Per-muscle DSC (fp32, mean over seeds):", "",
               ", ".join(f"{c} {_fmt(float(np.nanmean([fp32[s]['per_muscle_dsc'][c] for s in fp32])), 2)}" for c in codes)]
+    lines += failed_section(failed or {})
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +171,7 @@ def main(argv=None) -> int:
         if not ckpt.is_file():
             print(f"skip {arch}: no {ckpt}", file=sys.stderr)
             continue
-        exports, evals = {}, {}
+        exports, evals, failed = {}, {}, {}
         for prec in args.precisions:
             out = args.out / f"{arch}-{prec}.onnx"
             try:
@@ -167,6 +179,7 @@ def main(argv=None) -> int:
                                    pixel_spacing_mm=trained_pixel_spacing())
             except LimbsegError as exc:
                 print(f"{arch} {prec}: export failed: {exc}", file=sys.stderr)
+                failed[prec] = str(exc)
                 continue
             exports[prec] = {"file": out.name, "size_bytes": out.stat().st_size, "sha256": sha256_file(out),
                              "parity": res.parity}
@@ -175,7 +188,7 @@ def main(argv=None) -> int:
         if "fp32" not in evals:
             continue
         shuffled = evaluate_model(args.out / f"{arch}-fp32.onnx", args.seeds, shuffle_positions=True) if arch == "sc-unet" else None
-        (args.out / f"{arch}.md").write_text(model_card(arch, ckpt, exports, evals, shuffled, notes))
+        (args.out / f"{arch}.md").write_text(model_card(arch, ckpt, exports, evals, shuffled, notes, failed))
         summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
                          "shuffled": shuffled["mean"] if shuffled else None}
     print(json.dumps(summary, indent=1, default=str))
