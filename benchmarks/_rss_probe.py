@@ -1,6 +1,7 @@
 """Run ``limbseg-rt run``'s library path on one scan in a fresh process and print one JSON line:
-peak RSS (MiB, from getrusage: the whole process, model and libraries included), RSS after building
-the Segmenter (before any scan), wall time and the report's stage timings.
+peak RSS (MiB, ``VmHWM`` of this process: model and libraries included; see
+``runtime.report.peak_rss_mib`` for why not ``ru_maxrss``), RSS after building the Segmenter
+(before any scan), wall time and the report's stage timings.
 
 Usage: python _rss_probe.py MODEL.onnx SCAN.nii OUT_DIR --provider P [--batch-size N]
 (Run as a script so the parent's own memory never counts.)
@@ -10,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-
-def _rss_mib() -> float:
-    # Linux: ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from limbseg_rt.runtime.report import peak_rss_mib as _rss_mib
 
 
 def main(argv=None) -> int:

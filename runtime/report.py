@@ -219,7 +219,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process in MiB.
+
+    Linux: ``VmHWM`` from ``/proc/self/status``. Not ``ru_maxrss``: Linux carries the high-water mark
+    of the forking parent across ``fork`` + ``exec``, so a run started by a 3 GB process (a workstation
+    application, a pytest session) would report 3 GB (measured). Elsewhere ``ru_maxrss`` (bytes on
+    macOS, KiB otherwise).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(peak) / (1024 * 1024 if sys.platform == "darwin" else 1024)
 

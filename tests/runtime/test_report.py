@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -107,3 +108,15 @@ def test_manifest_helpers(tmp_path):
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="shape"):
         muscle_stats(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 3)), TABLE, 1.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's per-process peak")
+def test_peak_rss_is_the_process_own_not_inherited_from_a_large_parent():
+    # Linux keeps the forking parent's ru_maxrss across fork + exec; a run launched by a big process
+    # (a workstation application, a pytest session) must still report its own peak.
+    import subprocess
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this (parent) process
+    code = "from limbseg_rt.runtime.report import peak_rss_mib; print(peak_rss_mib())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) < 300, f"child reported {out.strip()} MiB with a {ballast.nbytes >> 20} MiB parent"
