@@ -23,13 +23,13 @@ from typing import Callable
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError, OutputError
+from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
 from limbseg_rt.runtime.report import (
     Report,
     muscle_stats,
     peak_rss_mib,
     runtime_versions,
-    sha256_file,
     write_text_atomic,
 )
 

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from limbseg_rt.runtime.hashing import sha256_file  # noqa: F401  (re-exported for callers)
-
 from limbseg_rt.runtime.labels import LabelTable
 
 REPORT_SCHEMA = "limbseg-rt.report/1"

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.labels import default_label_table
 from limbseg_rt.runtime.report import (
     CSV_COLUMNS,
@@ -17,7 +18,6 @@ from limbseg_rt.runtime.report import (
     muscle_stats,
     peak_rss_mib,
     runtime_versions,
-    sha256_file,
     write_text_atomic,
 )
 
