@@ -106,7 +106,7 @@ def failed_section(failed: dict[str, str]) -> list[str]:
 
 
 def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str,
-               failed: dict[str, str] | None = None) -> str:
+               failed: dict[str, str] | None = None, export_options: str = "") -> str:
     lines = [
         f"# Demo model: {arch}",
         "",
@@ -120,8 +120,8 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
     for prec, info in exports.items():
         lines.append(f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`")
     lines += [
-        "- Export: `python -m limbseg_rt.export.demo_models --checkpoints DIR --out runtime/data/models` "
-        "(calls `export_model(arch, ckpt, out, precision=..., calibration='phantom')`)",
+        f"- Export: `python -m limbseg_rt.export.demo_models --checkpoints DIR --out runtime/data/models "
+        f"--archs {arch}{export_options}` (calls `export_model(arch, ckpt, out, precision=..., calibration='phantom')`)",
         "",
         "## Training (commands and seeds)",
         notes.strip() or "(see the checkpoint's `train_config` entry)",
@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[200, 201])
     p.add_argument("--train-notes", type=Path, default=None, help="markdown with the training commands, per arch section")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    p.add_argument("--int8-keep-float", type=int, default=0, metavar="N",
+                   help="int8: convolutions before the classifier kept in float (see limbseg-rt export)")
+    p.add_argument("--parity-slices", type=int, default=8, metavar="N", help="slices per phantom for the parity checks")
     args = p.parse_args(argv)
 
     from limbseg_rt.export.onnx_export import export_model
@@ -176,7 +179,8 @@ def main(argv=None) -> int:
             out = args.out / f"{arch}-{prec}.onnx"
             try:
                 res = export_model(arch, ckpt, out, precision=prec, calibration="phantom",
-                                   pixel_spacing_mm=trained_pixel_spacing())
+                                   pixel_spacing_mm=trained_pixel_spacing(), parity_slices=args.parity_slices,
+                                   int8_keep_float=args.int8_keep_float if prec == "int8" else 0)
             except LimbsegError as exc:
                 print(f"{arch} {prec}: export failed: {exc}", file=sys.stderr)
                 failed[prec] = str(exc)
@@ -188,7 +192,10 @@ def main(argv=None) -> int:
         if "fp32" not in evals:
             continue
         shuffled = evaluate_model(args.out / f"{arch}-fp32.onnx", args.seeds, shuffle_positions=True) if arch == "sc-unet" else None
-        (args.out / f"{arch}.md").write_text(model_card(arch, ckpt, exports, evals, shuffled, notes, failed))
+        (args.out / f"{arch}.md").write_text(model_card(
+            arch, ckpt, exports, evals, shuffled, notes, failed,
+            export_options=(f" --int8-keep-float {args.int8_keep_float}" if args.int8_keep_float else "")
+            + (f" --parity-slices {args.parity_slices}" if args.parity_slices != 8 else "")))
         summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
                          "shuffled": shuffled["mean"] if shuffled else None}
     print(json.dumps(summary, indent=1, default=str))

@@ -248,6 +248,7 @@ def export_model(
     tolerance: Tolerance | None = None,
     measure_speed: bool = True,
     threads: int = 2,
+    int8_keep_float: int = 0,
 ) -> ExportResult:
     """Export checkpoint ``checkpoint`` of architecture ``arch`` to the ONNX file ``out``.
 
@@ -260,6 +261,7 @@ def export_model(
     ``input_hw``; tests use smaller). ``pixel_spacing_mm``: trained in-plane spacing, recorded when
     known. ``tolerance``: override the spec's gates for this precision (e.g. a documented looser
     gate for an untrained model). ``threads``: ONNX Runtime threads for parity and speed runs.
+    ``int8_keep_float``: int8 only; convolutions before the classifier kept in float (see ``to_int8``).
 
     Raises ``ModelError`` (bad checkpoint, labels, widths), ``OutputError`` (bad ``out``),
     ``InputError`` (bad calibration data) and ``ParityError`` (all failed checks at once). On any
@@ -301,7 +303,8 @@ def export_model(
                 conversion = to_fp16(fp32_path, candidate)
             elif precision == "int8":
                 candidate = work / "int8.onnx"
-                conversion = to_int8(fp32_path, candidate, calib, needs_position=spec.needs_position, work_dir=work)
+                conversion = to_int8(fp32_path, candidate, calib, needs_position=spec.needs_position, work_dir=work,
+                                     keep_float=int8_keep_float)
 
             metrics, failures = evaluate_parity(
                 model, candidate, heldout, precision=precision, tolerance=tol, labels=table,

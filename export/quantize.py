@@ -60,6 +60,20 @@ def logits_conv(model, output: str = "logits") -> str | None:
     return None
 
 
+def convs_before(model, conv: str, count: int) -> list[str]:
+    """The ``count`` convolutions feeding ``conv`` along its main input chain, nearest first (for the
+    networks here: the final decoder block's two 3x3 convolutions come first)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    found: list[str] = []
+    node = by_name.get(conv)
+    while node is not None and len(found) < count and node.input:
+        node = producers.get(node.input[0])
+        if node is not None and node.op_type == "Conv":
+            found.append(node.name)
+    return found
+
+
 def _is_constant(model, name: str) -> bool:
     return any(n.op_type == "Constant" and name in n.output for n in model.graph.node)
 
@@ -110,9 +124,15 @@ class _Reader:
         self._start = 0
 
 
-def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_position: bool, work_dir: Path) -> dict:
+def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_position: bool, work_dir: Path,
+            keep_float: int = 0) -> dict:
     """Static QDQ int8 (uint8 activations, int8 per-channel weights), MinMax-calibrated on
-    ``calibration`` slices. Returns info (quantised node counts) for the parity record."""
+    ``calibration`` slices. Returns info (quantised node counts) for the parity record.
+
+    ``keep_float``: also keep this many convolutions before the logits convolution in float (2 = the
+    final full-resolution decoder block). For narrow networks, whose few full-resolution channels
+    decide the borders of small muscles, this trades speed for agreement with fp32.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -129,6 +149,13 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
     final = logits_conv(model)
     if final:
         excluded.append(final)
+        if keep_float > 0:
+            tail = convs_before(model, final, keep_float)
+            if len(tail) < keep_float:
+                raise ValueError(f"keep_float={keep_float}, but only {len(tail)} convolution(s) feed the logits")
+            excluded.extend(tail)
+    elif keep_float > 0:
+        raise ValueError("keep_float needs a graph whose logits come from a convolution")
     onnx.save(model, str(prepared))
     quantize_static(
         str(prepared),

@@ -11,6 +11,8 @@ anneals. Library code never prints: progress goes to the ``on_step``/``on_epoch`
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -47,12 +49,16 @@ class TrainConfig:
     loss: str = "ce"  # "ce" (the paper) or "ce+dice" (adds a soft Dice term; rare muscles learn sooner)
     class_balanced: float = 0.0  # share of slice draws balanced over muscles (0 = the paper's shuffling)
     crop_foreground: float = 0.67  # with crops: share of windows centred on a muscle pixel
+    bf16: bool = False  # forward pass under bfloat16 autocast; master weights, loss and validation in float32
+    val_every: int = 1  # validate every N epochs (and after the last one)
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "ce+dice"):
             raise ValueError(f"unknown loss {self.loss!r}; use 'ce' or 'ce+dice'")
         if not (0.0 <= self.class_balanced <= 1.0 and 0.0 <= self.crop_foreground <= 1.0):
             raise ValueError("class_balanced and crop_foreground must lie in [0, 1]")
+        if self.val_every < 1:
+            raise ValueError("val_every must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,28 @@ class TrainResult:
     checkpoint: Path
     stopped_by_time: bool
     seconds: float
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed blocks instead of returning them to the kernel.
+
+    Every training step allocates and frees the same activation buffers (tens of MB). With glibc's
+    defaults those big blocks are ``mmap``ed and ``munmap``ed each time, so every step page-faults
+    and zeroes them afresh: one 18-minute run took 122 million minor faults and a fifth of its CPU
+    time in the kernel. Raising the mmap and trim thresholds keeps the buffers in the heap; a demo
+    UNet step went from 233 to 195 ms (measured). Returns False where there is no glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
+    ok = mallopt(m_mmap_threshold, 1 << 30) == 1
+    return bool(ok and mallopt(m_trim_threshold, (1 << 31) - 1) == 1)
 
 
 def is_position_model(arch: str) -> bool:
@@ -312,6 +340,7 @@ def train(
         # torch 2.13 CPU segfaults in the backward pass of this model in channels-last (measured).
         raise ValueError("channels_last training crashes PyTorch for attention-unet; train it without")
     torch.set_num_threads(max(1, int(config.threads)))
+    keep_freed_memory()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -367,7 +396,8 @@ def train(
             img, lab = augment_batch(img, lab, config.augment, gen, centres)
             if config.channels_last:
                 img = img.contiguous(memory_format=torch.channels_last)
-            logits = forward(model, config.arch, img, pos)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits = forward(model, config.arch, img, pos)
             if config.loss == "ce+dice":
                 ce, dice_loss = loss_terms(logits, lab)
                 loss = ce + dice_loss
@@ -384,12 +414,15 @@ def train(
             break
         train_loss = float(np.mean(losses))
         val_loss = val_dice = None
-        if val_data is not None:
+        last = stopped or epoch == config.epochs
+        if val_data is not None and (epoch % config.val_every == 0 or last):
             t_val = clock()
             val_loss, val_dice = validate(model, config.arch, val_data, classes=config.classes,
                                           batch_size=bs, channels_last=config.channels_last)
             val_seconds = clock() - t_val
         score = val_dice if val_dice is not None and math.isfinite(val_dice) else -train_loss
+        if val_data is not None and val_dice is None:
+            score = -math.inf  # not validated this epoch: keep the best validated checkpoint
         if score > best_score:
             best_score, best_epoch = score, epoch
             save_checkpoint(model, out, optimizer=opt, extra=checkpoint_extra(

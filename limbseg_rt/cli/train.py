@@ -51,6 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--class-balanced", type=float, default=0.0, metavar="F",
                    help="share of slice draws balanced over muscles, so rare muscles (gemelli, piriformis) are "
                         "seen as often as large ones (default 0 = uniform shuffling, as in the paper)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the network's forward pass in bfloat16 autocast (weights, loss and validation stay "
+                        "float32); ~1.8x faster steps on CPUs with AVX512-BF16 or AMX")
+    p.add_argument("--val-every", type=int, default=1, metavar="N",
+                   help="validate (and keep the best checkpoint) every N epochs and at the end (default 1)")
     return p
 
 
@@ -120,7 +125,7 @@ def main(args) -> int:
         arch=args.arch, features=tuple(args.features), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
         channels_last=args.channels_last, loss=args.loss, class_balanced=args.class_balanced,
-        crop_foreground=args.crop_foreground,
+        crop_foreground=args.crop_foreground, bf16=args.bf16, val_every=args.val_every,
         augment=NO_AUGMENT if args.no_augment else AugmentSpec(
             max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None),
     )

@@ -93,6 +93,32 @@ def test_int8_is_uint8_activation_qdq_and_keeps_muscles(trained_unet, slices, tm
     assert md.precision == "int8" and md.parity["speed"] == p["speed"]
 
 
+def test_int8_can_keep_the_last_decoder_block_in_float(trained_unet, slices, tmp_path):
+    out = tmp_path / "unet-int8-tail.onnx"
+    result = export_model(
+        "unet", trained_unet, out, precision="int8", calibration=slices, input_hw=HW,
+        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1, int8_keep_float=2,
+    )
+    conv = result.parity["conversion"]
+    assert conv["quantized_nodes"]["Conv"] == "16/19"
+    proto = onnx.load(str(out))
+    init = {t.name for t in proto.graph.initializer}
+    float_convs = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in init]
+    assert {n.name for n in float_convs} <= set(conv["fp32_nodes"]) and len(float_convs) == 3
+    # The float ones are the classifier and the two 3x3 convolutions feeding it, in that chain.
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    chain, node = [], producers["logits"]
+    while len(chain) < 3 and node is not None:
+        if node.op_type == "Conv":
+            chain.append(node)
+        node = producers.get(node.input[0])
+    assert {n.name for n in chain} == {n.name for n in float_convs}
+    with pytest.raises(ValueError, match="keep_float=40"):
+        export_model("unet", trained_unet, tmp_path / "x.onnx", precision="int8", calibration=slices, input_hw=HW,
+                     threads=1, int8_keep_float=40, measure_speed=False)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_fp16_keeps_float32_io_and_the_position_rule(slices, tmp_path):
     torch.manual_seed(7)  # random weights: fp16 agreement is pessimistic here, yet >= 99.5% (seeded)
     ckpt = save_checkpoint(create_model("sc-unet", features=(4, 8, 16, 32)), tmp_path / "sc.pth.tar",
