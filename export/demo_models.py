@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         (args.out / f"{arch}.md").write_text(model_card(
             arch, ckpt, exports, evals, shuffled, notes, failed,
             export_options=(f" --int8-keep-float {args.int8_keep_float}" if args.int8_keep_float else "")
-            + (f" --parity-slices {args.parity_slices}" if args.parity_slices != 8 else "")))
+            + (f" --parity-slices {args.parity_slices}" if args.parity_slices != p.get_default("parity_slices") else "")))
         summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
                          "shuffled": shuffled["mean"] if shuffled else None}
     print(json.dumps(summary, indent=1, default=str))

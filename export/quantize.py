@@ -18,6 +18,7 @@ graph then holds 18 QLinearConv for the UNet and is about as lean as quantising 
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -46,32 +47,31 @@ def position_nodes(model) -> list[str]:
     return names
 
 
+def _input_chain(model, tensor: str):
+    """The node producing ``tensor``, then the producer of that node's first input, and so on."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(tensor)
+    while node is not None:
+        yield node
+        node = producers.get(node.input[0]) if node.input else None
+
+
 def logits_conv(model, output: str = "logits") -> str | None:
     """Name of the convolution that produces ``output`` (directly or through Mul/Cast nodes)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    name = output
-    for _ in range(8):
-        node = producers.get(name)
-        if node is None:
-            return None
+    for node in itertools.islice(_input_chain(model, output), 8):
         if node.op_type == "Conv":
             return node.name
-        name = node.input[0]
     return None
 
 
 def convs_before(model, conv: str, count: int) -> list[str]:
     """The ``count`` convolutions feeding ``conv`` along its main input chain, nearest first (for the
     networks here: the final decoder block's two 3x3 convolutions come first)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    by_name = {n.name: n for n in model.graph.node}
-    found: list[str] = []
-    node = by_name.get(conv)
-    while node is not None and len(found) < count and node.input:
-        node = producers.get(node.input[0])
-        if node is not None and node.op_type == "Conv":
-            found.append(node.name)
-    return found
+    node = next(n for n in model.graph.node if n.name == conv)
+    if not node.input:
+        return []
+    convs = (n.name for n in _input_chain(model, node.input[0]) if n.op_type == "Conv")
+    return list(itertools.islice(convs, count))
 
 
 def _is_constant(model, name: str) -> bool:

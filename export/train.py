@@ -420,9 +420,10 @@ def train(
             val_loss, val_dice = validate(model, config.arch, val_data, classes=config.classes,
                                           batch_size=bs, channels_last=config.channels_last)
             val_seconds = clock() - t_val
-        score = val_dice if val_dice is not None and math.isfinite(val_dice) else -train_loss
         if val_data is not None and val_dice is None:
             score = -math.inf  # not validated this epoch: keep the best validated checkpoint
+        else:
+            score = val_dice if val_dice is not None and math.isfinite(val_dice) else -train_loss
         if score > best_score:
             best_score, best_epoch = score, epoch
             save_checkpoint(model, out, optimizer=opt, extra=checkpoint_extra(
