@@ -26,6 +26,7 @@ import numpy as np
 
 from limbseg_rt.export.parity_data import SliceSet
 from limbseg_rt.export.spec import IMAGE, POSITION
+from limbseg_rt.runtime.errors import ModelError
 
 INT8_OP_TYPES: tuple[str, ...] = ("Conv", "Relu", "MaxPool")
 
@@ -65,8 +66,9 @@ def logits_conv(model, output: str = "logits") -> str | None:
 
 
 def convs_before(model, conv: str, count: int) -> list[str]:
-    """The ``count`` convolutions feeding ``conv`` along its main input chain, nearest first (for the
-    networks here: the final decoder block's two 3x3 convolutions come first)."""
+    """Up to ``count`` convolutions met walking back from ``conv`` through each node's first input,
+    nearest first. For the networks here: the final decoder block's two 3x3 convolutions, then (the
+    concatenation puts the skip first) the first encoder block's two."""
     node = next(n for n in model.graph.node if n.name == conv)
     if not node.input:
         return []
@@ -149,13 +151,13 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
     final = logits_conv(model)
     if final:
         excluded.append(final)
-        if keep_float > 0:
-            tail = convs_before(model, final, keep_float)
-            if len(tail) < keep_float:
-                raise ValueError(f"keep_float={keep_float}, but only {len(tail)} convolution(s) feed the logits")
-            excluded.extend(tail)
+        tail = convs_before(model, final, keep_float)
+        if len(tail) < keep_float:
+            raise ModelError(f"--int8-keep-float {keep_float}: only {len(tail)} convolution(s) feed the logits; "
+                             f"use at most {len(tail)}")
+        excluded.extend(tail)
     elif keep_float > 0:
-        raise ValueError("keep_float needs a graph whose logits come from a convolution")
+        raise ModelError(f"--int8-keep-float {keep_float}: the logits do not come from a convolution in this graph")
     onnx.save(model, str(prepared))
     quantize_static(
         str(prepared),

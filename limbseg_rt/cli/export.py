@@ -12,6 +12,13 @@ import argparse
 ARCHES = ("unet", "attention-unet", "sc-unet")
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX (needs the export extra: PyTorch)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input-hw", type=int, nargs=2, default=[272, 240], metavar=("H", "W"),
                    help="trained slice size recorded in the metadata (default 272 240)")
     p.add_argument("--parity-slices", type=int, default=8, metavar="N", help="slices per scan used by the parity checks (default 8)")
-    p.add_argument("--int8-keep-float", type=int, default=0, metavar="N",
+    p.add_argument("--int8-keep-float", type=_non_negative, default=0, metavar="N",
                    help="int8: keep the N convolutions before the classifier in float (2 = the last decoder "
                         "block); slower, closer to fp32 on small muscles (default 0)")
     return p

@@ -21,6 +21,7 @@ from limbseg_rt.export.onnx_export import export_model
 from limbseg_rt.export.parity_data import parity_sets
 from limbseg_rt.export.spec import Tolerance
 from limbseg_rt.models import create_model, save_checkpoint
+from limbseg_rt.runtime.errors import ModelError
 from limbseg_rt.runtime.metadata import read_metadata
 from limbseg_rt.runtime.phantom import phantom_arrays
 from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices, resize_nearest
@@ -113,7 +114,7 @@ def test_int8_can_keep_the_last_decoder_block_in_float(trained_unet, slices, tmp
             chain.append(node)
         node = producers.get(node.input[0])
     assert {n.name for n in chain} == {n.name for n in float_convs}
-    with pytest.raises(ValueError, match="keep_float=40"):
+    with pytest.raises(ModelError, match="--int8-keep-float 40: only 4 convolution"):
         export_model("unet", trained_unet, tmp_path / "x.onnx", precision="int8", calibration=slices, input_hw=HW,
                      threads=1, int8_keep_float=40, measure_speed=False)
     assert not (tmp_path / "x.onnx").exists()
