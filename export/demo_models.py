@@ -158,8 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[200, 201])
     p.add_argument("--train-notes", type=Path, default=None, help="markdown with the training commands, per arch section")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
-    p.add_argument("--int8-keep-float", type=int, default=0, metavar="N",
-                   help="int8: convolutions before the classifier kept in float (see limbseg-rt export)")
+    p.add_argument("--int8-float-levels", type=int, default=0, metavar="K",
+                   help="int8: finest resolution levels kept in float (see limbseg-rt export)")
     p.add_argument("--parity-slices", type=int, default=8, metavar="N", help="slices per phantom for the parity checks")
     args = p.parse_args(argv)
 
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
             try:
                 res = export_model(arch, ckpt, out, precision=prec, calibration="phantom",
                                    pixel_spacing_mm=trained_pixel_spacing(), parity_slices=args.parity_slices,
-                                   int8_keep_float=args.int8_keep_float if prec == "int8" else 0)
+                                   int8_float_levels=args.int8_float_levels if prec == "int8" else 0)
             except LimbsegError as exc:
                 print(f"{arch} {prec}: export failed: {exc}", file=sys.stderr)
                 failed[prec] = str(exc)
@@ -194,8 +194,9 @@ def main(argv=None) -> int:
         shuffled = evaluate_model(args.out / f"{arch}-fp32.onnx", args.seeds, shuffle_positions=True) if arch == "sc-unet" else None
         (args.out / f"{arch}.md").write_text(model_card(
             arch, ckpt, exports, evals, shuffled, notes, failed,
-            export_options=(f" --int8-keep-float {args.int8_keep_float}" if args.int8_keep_float else "")
-            + (f" --parity-slices {args.parity_slices}" if args.parity_slices != p.get_default("parity_slices") else "")))
+            export_options=(f" --int8-float-levels {args.int8_float_levels}" if args.int8_float_levels else "")
+            + (f" --parity-slices {args.parity_slices}" if args.parity_slices != p.get_default("parity_slices") else "")
+            + (f" --precisions {' '.join(args.precisions)}" if args.precisions != p.get_default("precisions") else "")))
         summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
                          "shuffled": shuffled["mean"] if shuffled else None}
     print(json.dumps(summary, indent=1, default=str))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import limbseg_rt
-from limbseg_rt.export.parity import evaluate_parity, feeds_for, measure_latency
+from limbseg_rt.export.parity import evaluate_parity, feeds_for, measure_latencies
 from limbseg_rt.export.parity_data import parity_sets
 from limbseg_rt.export.quantize import to_fp16, to_int8
 from limbseg_rt.export.spec import DEFAULT_OPSET, IMAGE, LABELS, LOGITS, POSITION, ExportSpec, Tolerance, export_spec
@@ -248,7 +248,7 @@ def export_model(
     tolerance: Tolerance | None = None,
     measure_speed: bool = True,
     threads: int = 2,
-    int8_keep_float: int = 0,
+    int8_float_levels: int = 0,
 ) -> ExportResult:
     """Export checkpoint ``checkpoint`` of architecture ``arch`` to the ONNX file ``out``.
 
@@ -261,7 +261,7 @@ def export_model(
     ``input_hw``; tests use smaller). ``pixel_spacing_mm``: trained in-plane spacing, recorded when
     known. ``tolerance``: override the spec's gates for this precision (e.g. a documented looser
     gate for an untrained model). ``threads``: ONNX Runtime threads for parity and speed runs.
-    ``int8_keep_float``: int8 only; convolutions before the classifier kept in float (see ``to_int8``).
+    ``int8_float_levels``: int8 only; the finest resolution levels kept in float (see ``to_int8``).
 
     Raises ``ModelError`` (bad checkpoint, labels, widths), ``OutputError`` (bad ``out``),
     ``InputError`` (bad calibration data) and ``ParityError`` (all failed checks at once). On any
@@ -304,7 +304,7 @@ def export_model(
             elif precision == "int8":
                 candidate = work / "int8.onnx"
                 conversion = to_int8(fp32_path, candidate, calib, needs_position=spec.needs_position, work_dir=work,
-                                     keep_float=int8_keep_float)
+                                     float_levels=int8_float_levels, hw=phw)
 
             metrics, failures = evaluate_parity(
                 model, candidate, heldout, precision=precision, tolerance=tol, labels=table,
@@ -343,12 +343,12 @@ def _speed(fp32_path: Path, candidate: Path, hw, needs_position: bool, in_channe
     """int8 vs fp32 latency, batch 1, at the trained size (a measurement, recorded, not gated)."""
     rng = np.random.default_rng(0)
     feeds = feeds_for(rng.random((1, in_channels, *hw), dtype=np.float32), np.array([0.5], np.float32), needs_position)
-    fp32_ms = measure_latency(fp32_path, feeds, threads=threads)
-    int8_ms = measure_latency(candidate, feeds, threads=threads)
+    ms = measure_latencies({"fp32": fp32_path, "int8": candidate}, feeds, threads=threads)
     return {
-        "fp32_ms": round(fp32_ms, 2), "int8_ms": round(int8_ms, 2),
-        "speedup_vs_fp32": round(fp32_ms / int8_ms, 3), "batch": 1, "hw": list(hw), "threads": threads,
-        "runs": 3, "provider": "CPUExecutionProvider",
+        "fp32_ms": round(ms["fp32"], 2), "int8_ms": round(ms["int8"], 2),
+        "speedup_vs_fp32": round(ms["fp32"] / ms["int8"], 3), "batch": 1, "hw": list(hw), "threads": threads,
+        "timing": "median of up to 15 interleaved calls each (at least 5), after 3 warm-up calls",
+        "provider": "CPUExecutionProvider",
     }
 
 

@@ -163,14 +163,28 @@ def evaluate_parity(
     return metrics, failures
 
 
-def measure_latency(path, feeds: dict, *, threads: int = 2, runs: int = 3, warmup: int = 1) -> float:
-    """Median wall time (ms) of ``runs`` calls of ``path`` on ``feeds`` after ``warmup`` calls."""
-    session = ort_session(path, threads=threads)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000.0)
+def measure_latencies(paths: dict, feeds: dict, *, threads: int = 2, rounds: int = 15, warmup: int = 3,
+                      budget_s: float = 5.0, settle_s: float = 0.02) -> dict:
+    """Median wall time (ms) per call of each model in ``paths`` (name -> file) on ``feeds``, timed
+    interleaved (A B A B ...) so that load from other processes hits all alike: ``warmup`` calls each,
+    then up to ``rounds`` rounds, at least 5, fewer once ``budget_s`` seconds have passed. In a round each
+    model gets a pause of ``settle_s`` (the previous session's worker threads stop spinning, which would
+    otherwise take the cores), one untimed call (wakes its threads, refills caches), then two timed
+    back-to-back calls, as a volume runs."""
+    sessions = {name: ort_session(path, threads=threads) for name, path in paths.items()}
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feeds)
+    times: dict = {name: [] for name in sessions}
+    start = time.perf_counter()
+    for k in range(rounds):
+        if k >= 5 and time.perf_counter() - start > budget_s:
+            break
+        for name, session in sessions.items():
+            time.sleep(settle_s)
+            session.run(None, feeds)  # untimed: wakes this session's threads and caches after the other's turn
+            t0 = time.perf_counter()
+            for _ in range(2):
+                session.run(None, feeds)
+            times[name].append((time.perf_counter() - t0) / 2)
+    return {name: float(np.median(v) * 1000.0) for name, v in times.items()}

@@ -14,6 +14,9 @@ upsampled path cost up to 0.17 muscle Dice on a briefly trained model, measured)
 logits convolution (argmax decides between close logits; 64 -> 38 channels, negligible compute) and
 ConvTranspose (no int8 kernel in ONNX Runtime's CPU provider; FINDINGS.md). ONNX Runtime's optimised
 graph then holds 18 QLinearConv for the UNet and is about as lean as quantising every op type.
+ConvTranspose weights are still stored as int8 (per output channel, dequantised by a
+DequantizeLinear node in front of the float ConvTranspose; not at the levels kept in float): a
+quarter of their float size, which keeps the bundled demo models within their size budget.
 """
 
 from __future__ import annotations
@@ -65,15 +68,74 @@ def logits_conv(model, output: str = "logits") -> str | None:
     return None
 
 
-def convs_before(model, conv: str, count: int) -> list[str]:
-    """Up to ``count`` convolutions met walking back from ``conv`` through each node's first input,
-    nearest first. For the networks here: the final decoder block's two 3x3 convolutions, then (the
-    concatenation puts the skip first) the first encoder block's two."""
-    node = next(n for n in model.graph.node if n.name == conv)
-    if not node.input:
-        return []
-    convs = (n.name for n in _input_chain(model, node.input[0]) if n.op_type == "Conv")
-    return list(itertools.islice(convs, count))
+def conv_levels(model, hw: tuple[int, int], op_types: tuple[str, ...] = ("Conv",)) -> dict[str, int]:
+    """Resolution level of the output of each ``op_types`` node for an ``hw`` input: 0 = full (H x W), 1 = half,
+    2 = quarter, ... From ONNX shape inference on a copy of ``model`` whose inputs are given a batch of
+    1 and ``hw`` (the graph's own H, W are dynamic). Raises ``ModelError`` if a size cannot be inferred."""
+    import copy
+
+    from onnx import shape_inference
+
+    static = copy.deepcopy(model)
+    for graph_input in static.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        fixed = [1, 1, *hw] if graph_input.name == IMAGE else [1]
+        for dim, value in zip(dims, fixed):
+            dim.ClearField("dim_param")
+            dim.dim_value = value
+    static = shape_inference.infer_shapes(static)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in itertools.chain(static.graph.value_info, static.graph.output)}
+    levels = {}
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        shape = shapes.get(node.output[0], [])
+        matches = [k for k in range(8) if len(shape) == 4 and shape[2:] == [hw[0] >> k, hw[1] >> k]]
+        if not matches:
+            raise ModelError(f"int8: cannot tell the resolution of convolution {node.name} (inferred shape {shape})")
+        levels[node.name] = matches[0]
+    return levels
+
+
+def int8_weight_storage(model, op_type: str, *, axis: int, skip=()) -> int:
+    """Store the float weights (input 1) of every ``op_type`` node as int8, symmetric per channel along
+    ``axis``, behind a DequantizeLinear node; the op itself still computes in float. Returns how many
+    weights were converted. Nodes named in ``skip``, and weights already produced by a node (e.g. a
+    quantiser's DequantizeLinear) or shared by several nodes, are left alone."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    converted = 0
+    for node in list(model.graph.node):
+        if (node.op_type != op_type or node.name in skip or len(node.input) < 2 or node.input[1] not in inits
+                or uses[node.input[1]] > 1):
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+        peak = np.abs(weight).max(axis=reduce_axes)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        q = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = node.input[1]
+        names = (f"{base}_int8", f"{base}_int8_scale", f"{base}_int8_zero_point", f"{base}_dequantized")
+        model.graph.initializer.remove(inits[base])
+        model.graph.initializer.extend([
+            numpy_helper.from_array(q, names[0]),
+            numpy_helper.from_array(scale, names[1]),
+            numpy_helper.from_array(np.zeros_like(q, shape=scale.shape), names[2]),
+        ])
+        dq = helper.make_node("DequantizeLinear", list(names[:3]), [names[3]], name=f"{node.name}_weight_DequantizeLinear",
+                              axis=axis)
+        model.graph.node.insert(list(model.graph.node).index(node), dq)
+        node.input[1] = names[3]
+        converted += 1
+    return converted
 
 
 def _is_constant(model, name: str) -> bool:
@@ -127,13 +189,15 @@ class _Reader:
 
 
 def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_position: bool, work_dir: Path,
-            keep_float: int = 0) -> dict:
+            float_levels: int = 0, hw: tuple[int, int] = (272, 240)) -> dict:
     """Static QDQ int8 (uint8 activations, int8 per-channel weights), MinMax-calibrated on
     ``calibration`` slices. Returns info (quantised node counts) for the parity record.
 
-    ``keep_float``: also keep this many convolutions before the logits convolution in float (2 = the
-    final full-resolution decoder block). For narrow networks, whose few full-resolution channels
-    decide the borders of small muscles, this trades speed for agreement with fp32.
+    ``float_levels``: also keep in float every convolution of the finest ``float_levels`` resolution
+    levels (1 = the input's full resolution: the first encoder block and the last decoder block; 2 = also
+    half resolution). In narrow networks the few channels at these levels decide the borders of small
+    muscles, and quantising them flips boundary pixels; the coarse levels, where most of the
+    arithmetic of a wide network sits, stay int8. ``hw``: a slice size to resolve the levels with.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -151,13 +215,16 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
     final = logits_conv(model)
     if final:
         excluded.append(final)
-        tail = convs_before(model, final, keep_float)
-        if len(tail) < keep_float:
-            raise ModelError(f"--int8-keep-float {keep_float}: only {len(tail)} convolution(s) feed the logits; "
-                             f"use at most {len(tail)}")
-        excluded.extend(tail)
-    elif keep_float > 0:
-        raise ModelError(f"--int8-keep-float {keep_float}: the logits do not come from a convolution in this graph")
+    float_upsampling: set[str] = set()
+    if float_levels > 0:
+        levels = conv_levels(model, hw)
+        up_levels = conv_levels(model, hw, ("ConvTranspose",))
+        float_upsampling = {n for n, level in up_levels.items() if level < float_levels}
+        deepest = max(levels.values())
+        if float_levels > deepest:
+            raise ModelError(f"--int8-float-levels {float_levels} would keep every convolution in float (this network "
+                             f"has {deepest + 1} resolution levels); use at most {deepest}")
+        excluded.extend(n for n, level in levels.items() if level < float_levels and n not in excluded)
     onnx.save(model, str(prepared))
     quantize_static(
         str(prepared),
@@ -173,6 +240,7 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     quantised = onnx.load(str(out_path), load_external_data=False)
+    # Counted before the ConvTranspose weights are stored as int8: those still compute in float.
     dq_inputs = {n.output[0] for n in quantised.graph.node if n.op_type == "DequantizeLinear"}
     counts: dict[str, list[int]] = {}
     for n in quantised.graph.node:
@@ -182,6 +250,8 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
             c = counts.setdefault(n.op_type, [0, 0])
             c[0] += q
             c[1] += 1
+    stored = int8_weight_storage(quantised, "ConvTranspose", axis=1, skip=float_upsampling)
+    onnx.save(quantised, str(out_path))
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
@@ -192,5 +262,7 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
         "calibration_slices": len(calibration),
         "calibration_source": calibration.source,
         "quantized_nodes": {k: f"{v[0]}/{v[1]}" for k, v in counts.items()},
+        "int8_weight_storage_only": {"ConvTranspose": stored},
+        "float_levels": float_levels,
         "fp32_nodes": excluded,
     }

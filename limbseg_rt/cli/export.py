@@ -40,9 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input-hw", type=int, nargs=2, default=[272, 240], metavar=("H", "W"),
                    help="trained slice size recorded in the metadata (default 272 240)")
     p.add_argument("--parity-slices", type=int, default=8, metavar="N", help="slices per scan used by the parity checks (default 8)")
-    p.add_argument("--int8-keep-float", type=_non_negative, default=0, metavar="N",
-                   help="int8: keep the N convolutions before the classifier in float (2 = the last decoder "
-                        "block); slower, closer to fp32 on small muscles (default 0)")
+    p.add_argument("--int8-float-levels", type=_non_negative, default=0, metavar="K",
+                   help="int8: keep the convolutions of the K finest resolution levels in float (1 = full "
+                        "resolution, 2 = also half); slower, closer to fp32 on small muscles (default 0)")
     return p
 
 
@@ -70,7 +70,7 @@ def main(args) -> int:
         pixel_spacing_mm=tuple(args.pixel_spacing_mm) if args.pixel_spacing_mm else None,
         input_hw=tuple(args.input_hw),
         parity_slices=args.parity_slices,
-        int8_keep_float=args.int8_keep_float,
+        int8_float_levels=args.int8_float_levels,
     )
     md, parity = result.metadata, result.parity
     print(f"wrote {result.path} ({md.architecture}, features {' '.join(map(str, md.features))}, {md.precision})")

@@ -120,8 +120,8 @@ def test_without_torch_the_command_says_how_to_install(tmp_path, capsys, monkeyp
     assert 'pip install "limbseg-rt[export]"' in err
 
 
-def test_negative_int8_keep_float_is_a_usage_error(tmp_path, capsys):
+def test_negative_int8_float_levels_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["export", "--arch", "unet", "--checkpoint", str(tmp_path / "c.pth.tar"), "--out",
-                  str(tmp_path / "m.onnx"), "--precision", "int8", "--int8-keep-float", "-1"])
+                  str(tmp_path / "m.onnx"), "--precision", "int8", "--int8-float-levels", "-1"])
     assert exc.value.code == 2 and "must be 0 or more" in capsys.readouterr().err

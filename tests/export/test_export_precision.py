@@ -90,33 +90,88 @@ def test_int8_is_uint8_activation_qdq_and_keeps_muscles(trained_unet, slices, tm
     weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
                  and init[n.input[0]].data_type == onnx.TensorProto.INT8]
     assert weight_dq and all(len(init[n.input[1]].dims) == 1 for n in weight_dq)  # per-channel scales
+    # ConvTranspose computes in float from int8-stored weights (no int8 kernel on the CPU provider).
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    up = [n for n in proto.graph.node if n.op_type == "ConvTranspose"]
+    assert len(up) == 4 and conv["int8_weight_storage_only"] == {"ConvTranspose": 4}
+    for n in up:
+        dq = producers[n.input[1]]
+        assert dq.op_type == "DequantizeLinear" and init[dq.input[0]].data_type == onnx.TensorProto.INT8
     md = read_metadata(out)
     assert md.precision == "int8" and md.parity["speed"] == p["speed"]
 
 
-def test_int8_can_keep_the_last_decoder_block_in_float(trained_unet, slices, tmp_path):
-    out = tmp_path / "unet-int8-tail.onnx"
+def test_int8_weight_storage_keeps_a_conv_transpose_within_half_a_step():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from limbseg_rt.export.quantize import int8_weight_storage
+
+    rng = np.random.default_rng(3)
+    # Output channels differ in scale by 100x: one scale per output channel (axis 1) must hold them.
+    weight = (rng.standard_normal((6, 4, 2, 2)) * np.array([1.0, 0.01, 0.3, 5.0]).reshape(1, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[2, 2], strides=[2, 2], name="up")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 10, 10])], [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 6, 5, 5)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    assert int8_weight_storage(model, "ConvTranspose", axis=1) == 1
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert stored["w_int8"].dtype == np.int8 and stored["w_int8_scale"].shape == (4,) and "w" not in stored
+    after = run(model)
+    # Each output is a sum of 6 input x weight products; per-channel rounding error <= scale / 2 per weight.
+    bound = 0.5 * stored["w_int8_scale"].reshape(1, 4, 1, 1) * np.abs(x).max() * 6
+    assert np.all(np.abs(after - before) <= bound)
+    assert not np.allclose(after, before, rtol=0, atol=1e-9)  # it really was rounded
+
+
+def test_int8_can_keep_the_finest_resolution_levels_in_float(trained_unet, slices, tmp_path):
+    out = tmp_path / "unet-int8-levels.onnx"
     result = export_model(
         "unet", trained_unet, out, precision="int8", calibration=slices, input_hw=HW,
-        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1, int8_keep_float=2,
+        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1, int8_float_levels=1,
     )
     conv = result.parity["conversion"]
-    assert conv["quantized_nodes"]["Conv"] == "16/19"
+    assert conv["float_levels"] == 1 and conv["quantized_nodes"]["Conv"] == "14/19"
+    # The upsampling into the float level keeps float weights; the three coarser ones store int8.
+    assert conv["int8_weight_storage_only"] == {"ConvTranspose": 3}
     proto = onnx.load(str(out))
-    init = {t.name for t in proto.graph.initializer}
-    float_convs = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in init]
-    assert {n.name for n in float_convs} <= set(conv["fp32_nodes"]) and len(float_convs) == 3
-    # The float ones are the classifier and the two 3x3 convolutions feeding it, in that chain.
+    dequantised = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    float_convs = {n.name for n in convs if n.input[1] not in dequantised}
+    assert float_convs <= set(conv["fp32_nodes"])
+    # Full resolution, found from the graph's wiring: the two convolutions reading the image (the first
+    # encoder block), the classifier and the two convolutions feeding it (the last decoder block).
+    consumers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    first = next(n for n in convs if n.input[0] == "image")
+    second = consumers[first.output[0]][0]
+    while second.op_type != "Conv":  # through the ReLU
+        second = consumers[second.output[0]][0]
     producers = {o: n for n in proto.graph.node for o in n.output}
-    chain, node = [], producers["logits"]
-    while len(chain) < 3 and node is not None:
+    tail, node = [], producers["logits"]
+    while len(tail) < 3:
         if node.op_type == "Conv":
-            chain.append(node)
-        node = producers.get(node.input[0])
-    assert {n.name for n in chain} == {n.name for n in float_convs}
-    with pytest.raises(ModelError, match="--int8-keep-float 40: only 4 convolution"):
+            tail.append(node)
+        node = producers[node.input[0]]
+    assert float_convs == {first.name, second.name} | {n.name for n in tail}
+
+    two = export_model("unet", trained_unet, tmp_path / "two.onnx", precision="int8", calibration=slices, input_hw=HW,
+                       tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1, int8_float_levels=2,
+                       measure_speed=False)
+    assert two.parity["conversion"]["quantized_nodes"]["Conv"] == "10/19"
+    assert two.parity["conversion"]["int8_weight_storage_only"] == {"ConvTranspose": 2}
+    with pytest.raises(ModelError, match="--int8-float-levels 5 would keep every convolution in float .* at most 4"):
         export_model("unet", trained_unet, tmp_path / "x.onnx", precision="int8", calibration=slices, input_hw=HW,
-                     threads=1, int8_keep_float=40, measure_speed=False)
+                     threads=1, int8_float_levels=5, measure_speed=False)
     assert not (tmp_path / "x.onnx").exists()
 
 

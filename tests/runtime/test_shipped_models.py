@@ -76,3 +76,19 @@ def test_the_card_accuracy_reproduces_through_the_public_api(model, heldout_phan
             spacing = tuple(float(v) for v in image.header.get_zooms()[:3])
             scores.append(evaluate_labels(labels, ref, spacing=spacing, labels=seg.metadata.labels).mean.dsc)
     assert float(np.mean(scores)) == pytest.approx(claimed, abs=0.0015)
+
+
+INT8_SHIPPED = [m for m in SHIPPED if m.precision == "int8"]
+
+
+@pytest.mark.parametrize("model", INT8_SHIPPED, ids=lambda m: m.path.name)
+def test_int8_files_keep_in_float_exactly_the_convolutions_their_metadata_lists(model):
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(model.path))
+    dequantised = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    float_convs = {n.name for n in convs if n.input[1] not in dequantised}
+    conversion = read_metadata(model.path).parity["conversion"]
+    listed = set(conversion["fp32_nodes"])
+    assert float_convs and float_convs <= listed
+    assert conversion["quantized_nodes"]["Conv"] == f"{len(convs) - len(float_convs)}/{len(convs)}"
