@@ -51,20 +51,14 @@ def position_nodes(model) -> list[str]:
     return names
 
 
-def _input_chain(model, tensor: str):
-    """The node producing ``tensor``, then the producer of that node's first input, and so on."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    node = producers.get(tensor)
-    while node is not None:
-        yield node
-        node = producers.get(node.input[0]) if node.input else None
-
-
 def logits_conv(model, output: str = "logits") -> str | None:
     """Name of the convolution that produces ``output`` (directly or through Mul/Cast nodes)."""
-    for node in itertools.islice(_input_chain(model, output), 8):
-        if node.op_type == "Conv":
-            return node.name
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(output)
+    for _ in range(8):
+        if node is None or node.op_type == "Conv":
+            return node.name if node is not None else None
+        node = producers.get(node.input[0]) if node.input else None
     return None
 
 
@@ -218,14 +212,16 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
         excluded.append(final)
     float_upsampling: set[str] = set()
     if float_levels > 0:
-        levels = conv_levels(model, hw)
-        up_levels = conv_levels(model, hw, ("ConvTranspose",))
-        float_upsampling = {n for n, level in up_levels.items() if level < float_levels}
-        deepest = max(levels.values())
+        # One shape inference for both op types; ConvTranspose into a float level keeps float weights.
+        levels = conv_levels(model, hw, ("Conv", "ConvTranspose"))
+        op_type = {n.name: n.op_type for n in model.graph.node}
+        deepest = max(level for n, level in levels.items() if op_type[n] == "Conv")
         if float_levels > deepest:
             raise ModelError(f"--int8-float-levels {float_levels} would keep every convolution in float (this network "
                              f"has {deepest + 1} resolution levels); use at most {deepest}")
-        excluded.extend(n for n, level in levels.items() if level < float_levels and n not in excluded)
+        fine = [n for n, level in levels.items() if level < float_levels]
+        float_upsampling = {n for n in fine if op_type[n] == "ConvTranspose"}
+        excluded.extend(n for n in fine if op_type[n] == "Conv" and n not in excluded)
     onnx.save(model, str(prepared))
     quantize_static(
         str(prepared),
