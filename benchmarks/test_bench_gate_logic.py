@@ -123,3 +123,16 @@ def test_auto_config_is_what_create_runner_picks(tmp_path):
     assert choose_provider("auto", cpu_side)[0] == provider
     assert precision == AUTO_PRECISION[provider][0] == "int8"
     assert PRIORITY.index("openvino") < PRIORITY.index("cpu")
+
+
+def test_fp32_gate_times_the_batch_size_run_uses():
+    """The fp32 gate claims to time `run`'s own batch size: check it against a real run's report."""
+    from limbseg_rt.runtime.api import Segmenter
+    from limbseg_rt.runtime.phantom import make_phantom
+    from test_bench_gates import RUN_SLICE_HW, run_batch
+
+    image, _ = make_phantom(3, slices=6, shape=RUN_SLICE_HW, spacing=(0.875, 0.875, 25.0))
+    with Segmenter("unet", provider="cpu", precision="fp32") as seg:
+        result = seg.segment(image)
+        hw = tuple(seg.metadata.input_hw)
+    assert result.report.manifest["pipeline"]["batch_size"] == run_batch(hw) == 4

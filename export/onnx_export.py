@@ -347,7 +347,8 @@ def _speed(fp32_path: Path, candidate: Path, hw, needs_position: bool, in_channe
     return {
         "fp32_ms": round(ms["fp32"], 2), "int8_ms": round(ms["int8"], 2),
         "speedup_vs_fp32": round(ms["fp32"] / ms["int8"], 3), "batch": 1, "hw": list(hw), "threads": threads,
-        "timing": "median of up to 15 interleaved calls each (at least 5), after 3 warm-up calls",
+        "timing": ("median over 5-15 interleaved rounds (fp32, int8, fp32, ...) after 3 warm-up calls each; "
+                   "a round's sample is the mean of two back-to-back calls after one untimed call"),
         "provider": "CPUExecutionProvider",
     }
 
