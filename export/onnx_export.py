@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import limbseg_rt
-from limbseg_rt.export.parity import evaluate_parity, feeds_for, measure_latencies
+from limbseg_rt.export.parity import LATENCY_TIMING, evaluate_parity, feeds_for, measure_latencies
 from limbseg_rt.export.parity_data import parity_sets
 from limbseg_rt.export.quantize import to_fp16, to_int8
 from limbseg_rt.export.spec import DEFAULT_OPSET, IMAGE, LABELS, LOGITS, POSITION, ExportSpec, Tolerance, export_spec
@@ -347,8 +347,7 @@ def _speed(fp32_path: Path, candidate: Path, hw, needs_position: bool, in_channe
     return {
         "fp32_ms": round(ms["fp32"], 2), "int8_ms": round(ms["int8"], 2),
         "speedup_vs_fp32": round(ms["fp32"] / ms["int8"], 3), "batch": 1, "hw": list(hw), "threads": threads,
-        "timing": ("median over 5-15 interleaved rounds (fp32, int8, fp32, ...) after 3 warm-up calls each; "
-                   "a round's sample is the mean of two back-to-back calls after one untimed call"),
+        "timing": LATENCY_TIMING,
         "provider": "CPUExecutionProvider",
     }
 

@@ -163,11 +163,18 @@ def evaluate_parity(
     return metrics, failures
 
 
-def measure_latencies(paths: dict, feeds: dict, *, threads: int = 2, rounds: int = 15, warmup: int = 3,
-                      budget_s: float = 5.0, settle_s: float = 0.02) -> dict:
+LATENCY_ROUNDS, LATENCY_MIN_ROUNDS, LATENCY_WARMUP = 15, 5, 3
+# What measure_latencies measures with its defaults, in words (recorded next to the numbers it gives).
+LATENCY_TIMING = (f"median over {LATENCY_MIN_ROUNDS}-{LATENCY_ROUNDS} interleaved rounds (fp32, int8, fp32, ...) "
+                  f"after {LATENCY_WARMUP} warm-up calls each; a round's sample is the mean of two back-to-back "
+                  "calls after one untimed call")
+
+
+def measure_latencies(paths: dict, feeds: dict, *, threads: int = 2, rounds: int = LATENCY_ROUNDS,
+                      warmup: int = LATENCY_WARMUP, budget_s: float = 5.0, settle_s: float = 0.02) -> dict:
     """Median wall time (ms) per call of each model in ``paths`` (name -> file) on ``feeds``, timed
     interleaved (A B A B ...) so that load from other processes hits all alike: ``warmup`` calls each,
-    then up to ``rounds`` rounds, at least 5, fewer once ``budget_s`` seconds have passed. In a round each
+    then up to ``rounds`` rounds, at least ``LATENCY_MIN_ROUNDS``, fewer once ``budget_s`` seconds have passed. In a round each
     model gets a pause of ``settle_s`` (the previous session's worker threads stop spinning, which would
     otherwise take the cores), one untimed call (wakes its threads, refills caches), then two timed
     back-to-back calls, as a volume runs."""
@@ -178,7 +185,7 @@ def measure_latencies(paths: dict, feeds: dict, *, threads: int = 2, rounds: int
     times: dict = {name: [] for name in sessions}
     start = time.perf_counter()
     for k in range(rounds):
-        if k >= 5 and time.perf_counter() - start > budget_s:
+        if k >= LATENCY_MIN_ROUNDS and time.perf_counter() - start > budget_s:
             break
         for name, session in sessions.items():
             time.sleep(settle_s)

@@ -30,6 +30,7 @@ import numpy as np
 from limbseg_rt.export.parity_data import SliceSet
 from limbseg_rt.export.spec import IMAGE, POSITION
 from limbseg_rt.runtime.errors import ModelError
+from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW
 
 INT8_OP_TYPES: tuple[str, ...] = ("Conv", "Relu", "MaxPool")
 
@@ -183,7 +184,7 @@ class _Reader:
 
 
 def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_position: bool, work_dir: Path,
-            float_levels: int = 0, hw: tuple[int, int] = (272, 240)) -> dict:
+            float_levels: int = 0, hw: tuple[int, int] = MODEL_INPUT_HW) -> dict:
     """Static QDQ int8 (uint8 activations, int8 per-channel weights), MinMax-calibrated on
     ``calibration`` slices. Returns info (quantised node counts) for the parity record.
 
