@@ -66,10 +66,11 @@ class BenchSession:
         return self._demo
 
     def macs(self, name: str) -> int:
-        """Multiply-accumulates per slice (fp32 graph at the model's slice size)."""
+        """Multiply-accumulates per slice at the model's slice size (its fp32 graph, else its int8 one:
+        a QDQ graph has the same convolutions)."""
         if name not in self._macs:
             m = self.model(name)
-            self._macs[name] = H.onnx_macs(m.paths["fp32"], m.hw)
+            self._macs[name] = H.onnx_macs(m.paths.get("fp32") or next(iter(m.paths.values())), m.hw)
         return self._macs[name]
 
     # ------------------------------------------------------------------ engines

@@ -18,7 +18,7 @@ from _harness import gate_at_least, in_batches, label_agreement, muscle_dice, mu
 FP32_MIN_AGREEMENT = 0.9999
 INT8_MIN_DICE = 0.98
 # Sanity floor for the demo models vs the phantom's truth: an untrained or mis-preprocessed model scores
-# ~0.0-0.05; the demo models score 0.82-0.86 on held-out subjects (their model cards). Not the paper's target.
+# ~0.0-0.05; the demo models score 0.89-0.90 on held-out subjects (their model cards). Not the paper's target.
 DEMO_MIN_GT_DSC = 0.5
 PHANTOM_SEED = 7301  # not a calibration/held-out seed of export/parity_data.py
 
@@ -57,7 +57,9 @@ def test_agreement_vs_pytorch(bench, results, full_run, model_name, engine_key):
 
 
 def test_demo_accuracy(bench, results, demo_name, engine_key):
-    """Trained demo model: engine vs fp32 ONNX (Dice gate for int8) and vs phantom ground truth."""
+    """Trained demo model: engine vs fp32 ONNX (Dice gate for int8) and vs phantom ground truth.
+    A model bundled in int8 only has no fp32 file to compare with here: its int8 file carries the
+    export's own gate (per-muscle Dice vs PyTorch fp32 >= 0.97), and only the ground truth is checked."""
     if engine_key[0] == "pytorch":
         pytest.skip("demo models ship ONNX only (no PyTorch weights)")
     m = bench.model(demo_name)
@@ -65,7 +67,7 @@ def test_demo_accuracy(bench, results, demo_name, engine_key):
     images, positions, ph = bench.phantom_slices(m.hw, 40, PHANTOM_SEED)
     pos = positions if m.needs_position else None
     got = in_batches(eng, images, pos, 8)
-    if engine_key != ("cpu", "fp32"):
+    if engine_key != ("cpu", "fp32") and "fp32" in m.paths:
         ref = in_batches(bench.engine(demo_name, ("cpu", "fp32")), images, pos, 8)
         rec = _compare(results, demo_name, eng, ref, got, "onnxruntime-cpu fp32")
         if eng.precision == "fp32":

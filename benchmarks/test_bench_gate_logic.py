@@ -94,6 +94,16 @@ def test_macs_counted_from_the_onnx_graph(tmp_path):
     assert onnx_macs(path, (32, 24)) == 32 * 24 * 8 * 1 * 9
 
 
+def test_macs_of_an_int8_graph_equal_its_fp32_graphs():
+    """Demo models bundled in int8 only are rated by their QDQ graph: same convolutions, same count."""
+    from limbseg_rt.runtime.bundled import MODELS_DIR
+
+    fp32, int8 = MODELS_DIR / "unet-fp32.onnx", MODELS_DIR / "unet-int8.onnx"
+    if not (fp32.is_file() and int8.is_file()):
+        pytest.skip("needs the bundled UNet in fp32 and int8")
+    assert onnx_macs(int8, (272, 240)) == onnx_macs(fp32, (272, 240)) > 10**9
+
+
 def test_summary_table_chart_and_json(tmp_path):
     from _harness import Ceilings
 

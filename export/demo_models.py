@@ -10,6 +10,10 @@ subjects (seeds never used for training or validation) through the runtime exact
 ``limbseg-rt run`` does, and writes ``{arch}.md``: provenance, parity, and the paper's metrics
 (DSC, RVE, HD) against the phantom's ground truth. For SC-UNet it also reports DSC with the slice
 positions shuffled, which shows whether the position input matters.
+
+``--bundle int8`` writes only the int8 file to ``--out``: the fp32 export still runs (it is the
+reference the int8 gate and the card compare with) but goes to a temporary folder, and the card
+says so. That is how 16-wide SC-UNet and Attention UNet fit next to the UNet in the 16 MB budget.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +110,10 @@ def failed_section(failed: dict[str, str]) -> list[str]:
     return lines
 
 
+def _row_name(info: dict) -> str:
+    return info["file"] if info.get("bundled", True) else f"{info['file']} (not bundled)"
+
+
 def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str,
                failed: dict[str, str] | None = None, export_options: str = "") -> str:
     lines = [
@@ -118,7 +127,10 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
         f"- Checkpoint: `{ckpt.name}`, SHA-256 `{sha256_file(ckpt)}`",
     ]
     for prec, info in exports.items():
-        lines.append(f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`")
+        where = "" if info.get("bundled", True) else (
+            " - exported for the parity and accuracy rows below, not bundled: the 16 MB budget for bundled "
+            "models holds one 16-wide fp32 network (the default UNet's)")
+        lines.append(f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`{where}")
     lines += [
         f"- Export: `python -m limbseg_rt.export.demo_models --checkpoints DIR --out runtime/data/models "
         f"--archs {arch}{export_options}` (calls `export_model(arch, ckpt, out, precision=..., calibration='phantom')`)",
@@ -136,16 +148,18 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
     for prec, ev in evals.items():
         m = ev["mean"]
         lines.append(
-            f"| {exports[prec]['file']} | {', '.join(str(s) for s in ev['seeds'])} | {_fmt(m['dsc'])} | "
+            f"| {_row_name(exports[prec])} | {', '.join(str(s) for s in ev['seeds'])} | {_fmt(m['dsc'])} | "
             f"{_fmt(m['rve_percent'], 1)} | {_fmt(m['abs_rve_percent'], 1)} | {_fmt(m['hd_mm'], 1)} | {_fmt(m['hd95_mm'], 1)} |"
         )
+    shown = next((p for p, info in exports.items() if info.get("bundled", True)), "fp32")
     if shuffled is not None:
-        lines += ["", f"Position input check (fp32): mean DSC with true positions {_fmt(evals['fp32']['mean']['dsc'])}, "
-                      f"with shuffled positions {_fmt(shuffled['mean']['dsc'])}."]
-    fp32 = evals["fp32"]["seeds"]
-    codes = list(next(iter(fp32.values()))["per_muscle_dsc"])
-    lines += ["", "Per-muscle DSC (fp32, mean over seeds):", "",
-              ", ".join(f"{c} {_fmt(float(np.nanmean([fp32[s]['per_muscle_dsc'][c] for s in fp32])), 2)}" for c in codes)]
+        lines += ["", f"Position input check ({exports[shown]['file']}): mean DSC with true positions "
+                      f"{_fmt(evals[shown]['mean']['dsc'])}, with shuffled positions {_fmt(shuffled['mean']['dsc'])}."]
+    per_seed = evals[shown]["seeds"]
+    codes = list(next(iter(per_seed.values()))["per_muscle_dsc"])
+    lines += ["", f"Per-muscle DSC ({exports[shown]['file']}, mean over seeds):", "",
+              ", ".join(f"{c} {_fmt(float(np.nanmean([per_seed[s]['per_muscle_dsc'][c] for s in per_seed])), 2)}"
+                        for c in codes)]
     lines += failed_section(failed or {})
     return "\n".join(lines) + "\n"
 
@@ -158,6 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[200, 201])
     p.add_argument("--train-notes", type=Path, default=None, help="markdown with the training commands, per arch section")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    p.add_argument("--bundle", nargs="+", default=None, metavar="PREC",
+                   help="precisions written to --out (default: all of --precisions); the others are exported "
+                        "to a temporary folder for the card only")
     p.add_argument("--int8-float-levels", type=int, default=0, metavar="K",
                    help="int8: finest resolution levels kept in float (see limbseg-rt export)")
     p.add_argument("--parity-slices", type=int, default=8, metavar="N", help="slices per phantom for the parity checks")
@@ -167,7 +184,11 @@ def main(argv=None) -> int:
     from limbseg_rt.runtime.errors import LimbsegError
 
     notes = args.train_notes.read_text() if args.train_notes else ""
+    bundle = args.precisions if args.bundle is None else args.bundle
+    if "fp32" not in args.precisions or not set(bundle) <= set(args.precisions):
+        p.error("--precisions must include fp32 (the reference), and --bundle only precisions from --precisions")
     args.out.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix="demo-models-")
     summary = {}
     for arch in args.archs:
         ckpt = args.checkpoints / f"{arch}.pth.tar"
@@ -176,7 +197,7 @@ def main(argv=None) -> int:
             continue
         exports, evals, failed = {}, {}, {}
         for prec in args.precisions:
-            out = args.out / f"{arch}-{prec}.onnx"
+            out = (args.out if prec in bundle else Path(scratch.name)) / f"{arch}-{prec}.onnx"
             try:
                 res = export_model(arch, ckpt, out, precision=prec, calibration="phantom",
                                    pixel_spacing_mm=trained_pixel_spacing(), parity_slices=args.parity_slices,
@@ -186,19 +207,24 @@ def main(argv=None) -> int:
                 failed[prec] = str(exc)
                 continue
             exports[prec] = {"file": out.name, "size_bytes": out.stat().st_size, "sha256": sha256_file(out),
-                             "parity": res.parity}
+                             "parity": res.parity, "bundled": prec in bundle, "path": out}
             evals[prec] = evaluate_model(out, args.seeds)
             print(f"{arch} {prec}: mean DSC {evals[prec]['mean']['dsc']:.4f}", file=sys.stderr)
-        if "fp32" not in evals:
+        shipped = [prec for prec in exports if prec in bundle]
+        if "fp32" not in evals or not shipped:
+            print(f"{arch}: nothing to bundle (fp32 reference or every bundled precision failed)", file=sys.stderr)
             continue
-        shuffled = evaluate_model(args.out / f"{arch}-fp32.onnx", args.seeds, shuffle_positions=True) if arch == "sc-unet" else None
+        shuffled = (evaluate_model(exports[shipped[0]]["path"], args.seeds, shuffle_positions=True)
+                    if arch == "sc-unet" else None)
         (args.out / f"{arch}.md").write_text(model_card(
             arch, ckpt, exports, evals, shuffled, notes, failed,
             export_options=(f" --int8-float-levels {args.int8_float_levels}" if args.int8_float_levels else "")
             + (f" --parity-slices {args.parity_slices}" if args.parity_slices != p.get_default("parity_slices") else "")
-            + (f" --precisions {' '.join(args.precisions)}" if args.precisions != p.get_default("precisions") else "")))
+            + (f" --precisions {' '.join(args.precisions)}" if args.precisions != p.get_default("precisions") else "")
+            + (f" --bundle {' '.join(args.bundle)}" if args.bundle is not None else "")))
         summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
                          "shuffled": shuffled["mean"] if shuffled else None}
+    scratch.cleanup()
     print(json.dumps(summary, indent=1, default=str))
     return 0
 

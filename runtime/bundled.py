@@ -108,7 +108,8 @@ def resolve_model(name_or_path: str, *, precision: str = "auto", provider: str, 
     for p in wanted:
         if p in have:
             return have[p]
+    other = [p for p in BUNDLED_PRECISIONS if p in have]
+    hint = f"use --precision {other[0]} or give a .onnx file" if other else "give a .onnx file instead"
     raise ModelError(
-        f"no bundled {arch} model in {'/'.join(wanted)} for {provider} (bundled: {_bundled_summary(models)}); "
-        "give a .onnx file instead"
+        f"no bundled {arch} model in {'/'.join(wanted)} for {provider} (bundled: {_bundled_summary(models)}); {hint}"
     )

@@ -162,7 +162,7 @@ def _meta_text(model: Path) -> str:
 
 def phantom_cases(cases: Path, models: Path, bundled: Path | None) -> None:
     """Cases on the project's phantom scan (``runtime/phantom.py``): the tiny SC-UNet, and each
-    bundled demo model ``{arch}-fp32.onnx`` found in ``bundled``."""
+    bundled demo model found in ``bundled`` (``{arch}-fp32.onnx``, else ``{arch}-int8.onnx``)."""
     from limbseg_rt.runtime.phantom import phantom_arrays
 
     ph = phantom_arrays(7, slices=6, shape=(96, 80))
@@ -172,8 +172,8 @@ def phantom_cases(cases: Path, models: Path, bundled: Path | None) -> None:
         return
     ph = phantom_arrays(11, slices=3, shape=(192, 160))
     for arch in ARCHS:
-        model = bundled / f"{arch}-fp32.onnx"
-        if model.is_file():
+        model = next((f for f in (bundled / f"{arch}-fp32.onnx", bundled / f"{arch}-int8.onnx") if f.is_file()), None)
+        if model is not None:
             write_case(cases, f"bundled-{arch}", model=model, volume=np.asarray(ph.image), layout="f",
                        spacing=ph.spacing, batch_c=1, batch_ref=1)
 
@@ -182,7 +182,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--phantom", action="store_true", help="add cases on runtime/phantom.py's phantom scan")
-    ap.add_argument("--bundled", type=Path, help="folder with the demo models {arch}-fp32.onnx (with --phantom)")
+    ap.add_argument("--bundled", type=Path, help="folder with the demo models {arch}-{fp32,int8}.onnx (with --phantom)")
     a = ap.parse_args()
     out = a.out
     models, cases = out / "models", out / "cases"

@@ -209,6 +209,38 @@ def test_warm_start_copies_unet_weights_into_the_other_architectures(tmp_path):
     assert torch.equal(att.state_dict()["up_samples.3.weight"], src["ups.6.weight"])
 
 
+def test_warm_started_models_compute_exactly_the_unet_they_start_from(tmp_path):
+    """SC-UNet (identity position scaling) and the Attention UNet (open gates) begin as the trained
+    UNet: same logits on real phantom slices, at any position."""
+    from limbseg_rt.export.train import init_for_training, warm_start
+    from limbseg_rt.models import create_model, save_checkpoint
+    from limbseg_rt.runtime.phantom import make_phantom
+
+    torch.manual_seed(3)
+    unet = create_model("unet", features=(4, 8, 16, 32))
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, as after training
+        for m in unet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(unet, tmp_path / "u.pth.tar")
+    image, _ = make_phantom(5, slices=6, shape=(64, 48))
+    x = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32).transpose(2, 0, 1)[:, None].copy())
+    x = (x - x.mean()) / x.std()
+    with torch.no_grad():
+        want = unet.eval()(x)
+        sc = create_model("sc-unet", features=(4, 8, 16, 32))
+        init_for_training(sc, None)
+        warm_start(sc, tmp_path / "u.pth.tar")
+        pos = torch.tensor([0.0, 0.004, 0.3, 0.5, 0.999, 1.0])
+        assert torch.allclose(sc.eval()(x, pos), want, atol=1e-5)
+        att = create_model("attention-unet", features=(4, 8, 16, 32))
+        warm_start(att, tmp_path / "u.pth.tar")
+        assert torch.allclose(att.eval()(x), want, atol=1e-5)
+        fresh = create_model("attention-unet", features=(4, 8, 16, 32)).eval()
+        assert not torch.allclose(fresh(x), want, atol=1e-2)  # the check above can fail
+
+
 def test_fused_loss_equals_the_one_hot_formulation_in_value_and_gradient():
     from limbseg_rt.export.train import loss_terms
 

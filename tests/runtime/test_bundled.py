@@ -43,8 +43,10 @@ def test_auto_precision_follows_the_provider(models_dir):
 def test_missing_bundles_list_what_is_bundled(models_dir):
     with pytest.raises(ModelError, match=r"no bundled attention-unet model .*bundled: unet \(fp32\), unet \(int8\), sc-unet \(fp32\)"):
         resolve_model("attention-unet", provider="cpu", models_dir=models_dir)
-    with pytest.raises(ModelError, match=r"no bundled sc-unet model in int8"):
+    with pytest.raises(ModelError, match=r"no bundled sc-unet model in int8 .*; use --precision fp32 or give a .onnx file"):
         resolve_model("sc-unet", precision="int8", provider="cpu", models_dir=models_dir)
+    with pytest.raises(ModelError, match=r"no bundled attention-unet model .*; give a .onnx file instead"):
+        resolve_model("attention-unet", precision="fp32", provider="cuda", models_dir=models_dir)
     with pytest.raises(ModelError, match=r"unknown model 'resnet'.*unet, attention-unet, sc-unet"):
         resolve_model("resnet", provider="cpu", models_dir=models_dir)
     with pytest.raises(ModelError, match="--provider tensorrt --precision fp16"):

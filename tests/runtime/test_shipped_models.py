@@ -10,7 +10,7 @@ import pytest
 
 from limbseg_rt.runtime.bundled import MODELS_DIR, list_bundled
 from limbseg_rt.runtime.hashing import sha256_file
-from limbseg_rt.runtime.metadata import read_metadata
+from limbseg_rt.runtime.metadata import ARCHITECTURES, read_metadata
 
 SHIPPED = list_bundled()
 SIZE_BUDGET_BYTES = 16 * 1000 * 1000  # the export issue's 16 MB for all shipped model files
@@ -25,6 +25,7 @@ def _card(arch: str) -> str:
 
 def test_the_package_ships_the_default_unet_and_stays_in_the_size_budget():
     assert any(m.arch == "unet" and m.precision == "fp32" for m in SHIPPED)
+    assert {m.arch for m in SHIPPED} == set(ARCHITECTURES), "every architecture has a bundled demo model"
     total = sum(m.size_bytes for m in SHIPPED)
     assert total <= SIZE_BUDGET_BYTES, f"shipped models take {total / 1e6:.2f} MB > 16 MB"
     # Nothing else with an .onnx suffix hides in the folder.
