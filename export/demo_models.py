@@ -111,7 +111,7 @@ def failed_section(failed: dict[str, str]) -> list[str]:
 
 
 def _row_name(info: dict) -> str:
-    return info["file"] if info.get("bundled", True) else f"{info['file']} (not bundled)"
+    return info["file"] if info["bundled"] else f"{info['file']} (not bundled)"
 
 
 def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str,
@@ -127,7 +127,7 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
         f"- Checkpoint: `{ckpt.name}`, SHA-256 `{sha256_file(ckpt)}`",
     ]
     for prec, info in exports.items():
-        where = "" if info.get("bundled", True) else (
+        where = "" if info["bundled"] else (
             " - exported for the parity and accuracy rows below, not bundled: the 16 MB budget for bundled "
             "models holds one 16-wide fp32 network (the default UNet's)")
         lines.append(f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`{where}")
@@ -151,7 +151,7 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
             f"| {_row_name(exports[prec])} | {', '.join(str(s) for s in ev['seeds'])} | {_fmt(m['dsc'])} | "
             f"{_fmt(m['rve_percent'], 1)} | {_fmt(m['abs_rve_percent'], 1)} | {_fmt(m['hd_mm'], 1)} | {_fmt(m['hd95_mm'], 1)} |"
         )
-    shown = next((p for p, info in exports.items() if info.get("bundled", True)), "fp32")
+    shown = next((p for p, info in exports.items() if info["bundled"]), "fp32")
     if shuffled is not None:
         lines += ["", f"Position input check ({exports[shown]['file']}): mean DSC with true positions "
                       f"{_fmt(evals[shown]['mean']['dsc'])}, with shuffled positions {_fmt(shuffled['mean']['dsc'])}."]

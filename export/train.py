@@ -194,10 +194,9 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> int:
 
     Lets SC-UNet start from a trained UNet (identical keys plus its position layer, which
     ``init_for_training`` sets to the identity scaling) and the Attention UNet reuse a UNet's encoder,
-    decoder convolutions and classifier. Attention gates the checkpoint has no weights for start open:
-    their last layer (the transposed conv that upsamples ``psi``) gets weight 0 and bias 1, so every
-    gate passes its skip unchanged and the warm-started Attention UNet computes exactly the UNet it
-    came from; the gates then learn from there (the gradient reaches that layer's weight at once).
+    decoder convolutions and classifier. Attention gates the checkpoint has no weights for start open
+    (``AttentionGate.open_``), so the warm-started Attention UNet computes exactly the UNet it came
+    from and the gates learn from there.
     """
     from limbseg_rt.models import read_checkpoint
     from limbseg_rt.runtime.errors import ModelError
@@ -215,9 +214,7 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> int:
     model.load_state_dict(picked, strict=False)
     for i, gate in enumerate(getattr(model, "att_block", ())):
         if not any(name.startswith(f"att_block.{i}.") for name in picked):
-            with torch.no_grad():
-                gate.psi[3].weight.zero_()
-                gate.psi[3].bias.fill_(1.0)
+            gate.open_()
     return len(picked)
 
 

@@ -44,6 +44,15 @@ class AttentionGate(nn.Module):
             nn.ConvTranspose2d(1, 1, kernel_size=2, stride=2),
         )
 
+    @torch.no_grad()
+    def open_(self) -> None:
+        """Make the gate pass its skip unchanged (``psi`` = 1 everywhere): its last layer, the transposed
+        conv that upsamples ``psi``, gets weight 0 and bias 1. Gradients still reach that weight, so a
+        gate opened this way learns from there."""
+        up = self.psi[3]
+        up.weight.zero_()
+        up.bias.fill_(1.0)
+
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         xs = self.W_x(x)  # stride 2: ceil(H/2) x ceil(W/2)
         gs = match_size(self.W_g(g), xs)  # g is floor(H/2): differs only for odd sides
