@@ -51,6 +51,7 @@ class TrainConfig:
     crop_foreground: float = 0.67  # with crops: share of windows centred on a muscle pixel
     bf16: bool = False  # forward pass under bfloat16 autocast; master weights, loss and validation in float32
     val_every: int = 1  # validate every N epochs (and after the last one)
+    position_lr_scale: float = 1.0  # SC-UNet: the position layer's learning rate, as a multiple of lr
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "ce+dice"):
@@ -59,6 +60,10 @@ class TrainConfig:
             raise ValueError("class_balanced and crop_foreground must lie in [0, 1]")
         if self.val_every < 1:
             raise ValueError("val_every must be >= 1")
+        if not self.position_lr_scale > 0:
+            raise ValueError("position_lr_scale must be > 0")
+        if self.position_lr_scale != 1.0 and self.arch != "sc-unet":
+            raise ValueError(f"position_lr_scale is for sc-unet's position layer; {self.arch} has none")
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,21 @@ def foreground_centres(labels: np.ndarray, probability: float, rng: np.random.Ge
     return out
 
 
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """Adam parameter groups, each with the ``lr_scale`` the schedule multiplies its learning rate by.
+
+    One group, unless ``config.position_lr_scale`` gives SC-UNet's position layer (``spatiallinear``)
+    its own: warm-started from a UNet, that layer starts at the identity scaling and at the UNet's
+    learning rate barely moves from it in a short run.
+    """
+    if config.position_lr_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    named = list(model.named_parameters())
+    position = [p for n, p in named if n.startswith("spatiallinear.")]
+    rest = [p for n, p in named if not n.startswith("spatiallinear.")]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": position, "lr_scale": config.position_lr_scale}]
+
+
 def _lr_at(config: TrainConfig, progress: float) -> float:
     frac = config.min_lr_fraction + (1 - config.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.lr * frac
@@ -358,9 +378,17 @@ def train(
             warm_start(model, init_from)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = _param_groups(model, config)
+    opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     if resumed is not None and resumed.get("optimizer"):
-        opt.load_state_dict(resumed["optimizer"])
+        saved_groups = len(resumed["optimizer"].get("param_groups", ()))
+        if saved_groups != len(opt.param_groups):
+            raise ValueError(f"{Path(resume).name}: its optimiser state has {saved_groups} parameter group(s), "
+                             f"this run {len(opt.param_groups)} (position_lr_scale changed); "
+                             "warm-start from it instead (--init-from)")
+        opt.load_state_dict(resumed["optimizer"])  # replaces the groups' settings with the saved ones
+        for group, wanted in zip(opt.param_groups, groups):
+            group["lr_scale"] = wanted["lr_scale"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -393,7 +421,7 @@ def train(
                 progress = max(progress, elapsed / budget)
             lr = _lr_at(config, progress)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             index = order[k * bs:(k + 1) * bs]
             img, lab, pos = train_data.batch(index)
             centres = None

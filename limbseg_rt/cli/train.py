@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue from this checkpoint (same --arch and --features); lr schedule restarts")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="warm start from another model's checkpoint (e.g. a trained UNet for sc-unet or attention-unet)")
+    p.add_argument("--position-lr-scale", type=float, default=1.0, metavar="F",
+                   help="sc-unet: learning rate of the position layer as a multiple of --lr (default 1); "
+                        "e.g. 10 after --init-from a UNet, where that layer starts as the identity")
     p.add_argument("--loss", choices=("ce", "ce+dice"), default="ce",
                    help="ce = cross-entropy (the paper); ce+dice adds a soft Dice term (faster on rare muscles)")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -126,6 +129,7 @@ def main(args) -> int:
         lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
         channels_last=args.channels_last, loss=args.loss, class_balanced=args.class_balanced,
         crop_foreground=args.crop_foreground, bf16=args.bf16, val_every=args.val_every,
+        position_lr_scale=args.position_lr_scale,
         augment=NO_AUGMENT if args.no_augment else AugmentSpec(
             max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None),
     )

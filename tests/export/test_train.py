@@ -347,3 +347,38 @@ def test_bf16_steps_and_sparse_validation_still_train_and_keep_the_best_validate
     assert all(v.dtype == torch.float32 for k, v in ckpt["state_dict"].items() if v.is_floating_point())
     with pytest.raises(ValueError, match="val_every"):
         TrainConfig(val_every=0)
+
+
+def test_position_lr_scale_moves_only_the_sc_unet_position_layer_faster(tmp_path):
+    """--position-lr-scale 10: after a warm start from a UNet, SC-UNet's position layer takes Adam steps
+    ten times as long as with scale 1, while the rest of the network moves as before."""
+    from limbseg_rt.export.datasets import SliceDataset, phantom_subject
+    from limbseg_rt.models import create_model, read_checkpoint, save_checkpoint
+
+    hw, shape, spacing = (48, 48), (48, 48), (9.0, 9.0, 5.0)
+    data = SliceDataset([phantom_subject(s, slices=12, shape=shape, spacing=spacing, input_hw=hw) for s in (1, 2)])
+    torch.manual_seed(0)
+    save_checkpoint(create_model("unet", features=(4, 8, 16, 32)), tmp_path / "u.pth.tar")
+    start = read_checkpoint(tmp_path / "u.pth.tar")["state_dict"]
+
+    def moved(scale):
+        config = TrainConfig(arch="sc-unet", features=(4, 8, 16, 32), epochs=1, batch_size=4, lr=1e-3, seed=0,
+                             threads=1, position_lr_scale=scale)
+        out = tmp_path / f"sc{scale}.pth.tar"
+        train(config, data, None, out, init_from=tmp_path / "u.pth.tar")
+        ckpt = read_checkpoint(out)
+        assert ckpt["train_config"]["position_lr_scale"] == scale
+        state = ckpt["state_dict"]
+        position = float((state["spatiallinear.bias"] - 1.0).abs().max())  # starts at identity: bias 1
+        rest = float((state["final_conv.weight"] - start["final_conv.weight"]).abs().max())
+        return position, rest
+
+    (pos1, rest1), (pos10, rest10) = moved(1.0), moved(10.0)
+    assert pos1 > 0 and 6.0 < pos10 / pos1 < 14.0
+    assert 0.5 < rest10 / rest1 < 2.0
+    with pytest.raises(ValueError, match="parameter group"):  # Adam state saved with one group
+        train(TrainConfig(arch="sc-unet", features=(4, 8, 16, 32), epochs=1, batch_size=4, threads=1,
+                          position_lr_scale=10.0), data, None, tmp_path / "r.pth.tar",
+              resume=tmp_path / "sc1.0.pth.tar")
+    with pytest.raises(ValueError, match="no position layer|has none"):
+        TrainConfig(arch="unet", position_lr_scale=10.0)
