@@ -18,7 +18,7 @@ from _harness import gate_at_least, in_batches, label_agreement, muscle_dice, mu
 FP32_MIN_AGREEMENT = 0.9999
 INT8_MIN_DICE = 0.98
 # Sanity floor for the demo models vs the phantom's truth: an untrained or mis-preprocessed model scores
-# ~0.0-0.05; the demo models score 0.89-0.90 on held-out subjects (their model cards). Not the paper's target.
+# ~0.0-0.05; the demo models score about 0.90 on held-out subjects (their model cards). Not the paper's target.
 DEMO_MIN_GT_DSC = 0.5
 PHANTOM_SEED = 7301  # not a calibration/held-out seed of export/parity_data.py
 
