@@ -189,11 +189,12 @@ def main(argv=None) -> int:
         p.error("--precisions must include fp32 (the reference), and --bundle only precisions from --precisions")
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.TemporaryDirectory(prefix="demo-models-")
-    summary = {}
+    summary, missing = {}, []
     for arch in args.archs:
         ckpt = args.checkpoints / f"{arch}.pth.tar"
         if not ckpt.is_file():
             print(f"skip {arch}: no {ckpt}", file=sys.stderr)
+            missing.append(arch)
             continue
         exports, evals, failed = {}, {}, {}
         for prec in args.precisions:
@@ -213,6 +214,7 @@ def main(argv=None) -> int:
         shipped = [prec for prec in exports if prec in bundle]
         if "fp32" not in evals or not shipped:
             print(f"{arch}: nothing to bundle (fp32 reference or every bundled precision failed)", file=sys.stderr)
+            missing.append(arch)
             continue
         shuffled = (evaluate_model(exports[shipped[0]]["path"], args.seeds, shuffle_positions=True)
                     if arch == "sc-unet" else None)
@@ -226,7 +228,9 @@ def main(argv=None) -> int:
                          "shuffled": shuffled["mean"] if shuffled else None}
     scratch.cleanup()
     print(json.dumps(summary, indent=1, default=str))
-    return 0
+    if missing:
+        print(f"not bundled: {', '.join(missing)} (see the messages above)", file=sys.stderr)
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

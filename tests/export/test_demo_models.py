@@ -44,3 +44,22 @@ def test_a_card_for_a_full_bundle_lists_every_file_as_shipped(tmp_path):
     card = model_card("unet", ckpt, exports, evals, None, "notes")
     assert "not bundled" not in card and "Position input check" not in card
     assert "| unet-fp32.onnx | 200, 201 | 0.900 |" in card and "Per-muscle DSC (unet-fp32.onnx" in card
+
+
+def test_the_builder_exits_non_zero_when_an_architecture_ends_with_nothing_to_bundle(tmp_path, monkeypatch, capsys):
+    import limbseg_rt.export.onnx_export as onnx_export
+    from limbseg_rt.export.demo_models import main
+    from limbseg_rt.runtime.errors import LimbsegError
+
+    def failing_export(arch, ckpt, out, **kwargs):
+        raise LimbsegError("1 parity check(s) failed: fp32: label agreement 0.99 < 0.9999")
+
+    monkeypatch.setattr(onnx_export, "export_model", failing_export)
+    (tmp_path / "unet.pth.tar").write_bytes(b"checkpoint bytes")
+    code = main(["--checkpoints", str(tmp_path), "--out", str(tmp_path / "out"), "--archs", "unet", "sc-unet",
+                 "--precisions", "fp32"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "unet fp32: export failed" in err and "skip sc-unet" in err
+    assert "not bundled: unet, sc-unet" in err
+    assert not list((tmp_path / "out").glob("*"))  # no card and no model file
