@@ -25,8 +25,15 @@ import torch.nn.functional as F
 
 from limbseg_rt.export.augment import AugmentSpec, augment_batch
 from limbseg_rt.export.datasets import SliceDataset
+from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 from limbseg_rt.runtime.labels import default_label_table
 from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW, NormalisationSpec, resize_bilinear
+
+
+class TrainSettingError(LimbsegError, ValueError):
+    """Training settings that cannot work together; the message names the ``limbseg-rt train`` option."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -54,16 +61,24 @@ class TrainConfig:
     position_lr_scale: float = 1.0  # SC-UNet: the position layer's learning rate, as a multiple of lr
 
     def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TrainSettingError(f"--epochs and --batch-size must be 1 or more (got {self.epochs}, {self.batch_size})")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise TrainSettingError(f"--max-minutes must be above 0 (got {self.max_minutes:g})")
         if self.loss not in ("ce", "ce+dice"):
-            raise ValueError(f"unknown loss {self.loss!r}; use 'ce' or 'ce+dice'")
+            raise TrainSettingError(f"unknown --loss {self.loss!r}; use 'ce' or 'ce+dice'")
         if not (0.0 <= self.class_balanced <= 1.0 and 0.0 <= self.crop_foreground <= 1.0):
-            raise ValueError("class_balanced and crop_foreground must lie in [0, 1]")
+            raise TrainSettingError("--class-balanced and --crop-foreground must lie in [0, 1]")
         if self.val_every < 1:
-            raise ValueError("val_every must be >= 1")
+            raise TrainSettingError(f"--val-every must be 1 or more (got {self.val_every})")
         if not self.position_lr_scale > 0:
-            raise ValueError("position_lr_scale must be > 0")
+            raise TrainSettingError(f"--position-lr-scale must be above 0 (got {self.position_lr_scale:g})")
         if self.position_lr_scale != 1.0 and self.arch != "sc-unet":
-            raise ValueError(f"position_lr_scale is for sc-unet's position layer; {self.arch} has none")
+            raise TrainSettingError(f"--position-lr-scale is for sc-unet's position layer; {self.arch} has none "
+                                    "(drop the option)")
+        if self.channels_last and self.arch == "attention-unet":
+            # torch 2.13 CPU segfaults in the backward pass of this model in channels-last (measured).
+            raise TrainSettingError("--channels-last crashes PyTorch's backward pass for attention-unet; drop the option")
 
 
 @dataclass(frozen=True)
@@ -362,9 +377,6 @@ def train(
     """
     from limbseg_rt.models import create_model, load_checkpoint, save_checkpoint
 
-    if config.channels_last and config.arch == "attention-unet":
-        # torch 2.13 CPU segfaults in the backward pass of this model in channels-last (measured).
-        raise ValueError("channels_last training crashes PyTorch for attention-unet; train it without")
     torch.set_num_threads(max(1, int(config.threads)))
     keep_freed_memory()
     torch.manual_seed(config.seed)
@@ -383,9 +395,9 @@ def train(
     if resumed is not None and resumed.get("optimizer"):
         saved_groups = len(resumed["optimizer"].get("param_groups", ()))
         if saved_groups != len(opt.param_groups):
-            raise ValueError(f"{Path(resume).name}: its optimiser state has {saved_groups} parameter group(s), "
-                             f"this run {len(opt.param_groups)} (position_lr_scale changed); "
-                             "warm-start from it instead (--init-from)")
+            raise TrainSettingError(f"{Path(resume).name}: its optimiser state has {saved_groups} parameter group(s), "
+                                    f"this run {len(opt.param_groups)} (--position-lr-scale changed); "
+                                    "warm-start from it instead (--init-from)")
         opt.load_state_dict(resumed["optimizer"])  # replaces the groups' settings with the saved ones
         for group, wanted in zip(opt.param_groups, groups):
             group["lr_scale"] = wanted["lr_scale"]
@@ -393,7 +405,7 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
 
     n = len(train_data)
-    bs = max(1, min(config.batch_size, n))
+    bs = min(config.batch_size, n)  # SliceDataset holds at least one slice
     steps_per_epoch = n // bs  # drop the ragged tail: every step sees a full batch
     total_steps = steps_per_epoch * config.epochs
     budget = None if config.max_minutes is None else 60.0 * config.max_minutes
@@ -468,8 +480,6 @@ def train(
             on_epoch(log)
         if stopped:
             break
-    if not history:
-        raise ValueError("no training step fitted in the time budget; raise --max-minutes")
     return TrainResult(tuple(history), best_epoch, out, stopped, clock() - t0)
 
 

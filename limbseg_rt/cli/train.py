@@ -105,25 +105,18 @@ def main(args) -> int:
     except ImportError:
         print('limbseg-rt train needs PyTorch: pip install "limbseg-rt[export]"', file=sys.stderr)
         return 1
-    if args.channels_last and args.arch == "attention-unet":
-        print("limbseg-rt: error: --channels-last crashes PyTorch's backward pass for attention-unet; "
-              "drop the option", file=sys.stderr)
-        return 2
     from limbseg_rt.export import datasets
     from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec
-    from limbseg_rt.export.train import TrainConfig, train
+    from limbseg_rt.export.train import TrainConfig, TrainSettingError, train
 
     try:
         from tqdm import tqdm
     except ImportError:
         tqdm = None
 
-    print(f"loading subjects ({args.data}) ...", file=sys.stderr, flush=True)
-    train_subjects, val_subjects = _load_subjects(args, datasets)
-    train_data = datasets.SliceDataset(train_subjects)
-    val_data = datasets.SliceDataset(val_subjects) if val_subjects else None
-    print(f"train: {len(train_subjects)} subjects, {len(train_data)} slices; "
-          f"validation: {len(val_subjects)} subjects, {len(val_data) if val_data else 0} slices", flush=True)
+    # Settings first: a bad combination fails in a second, not after minutes of loading subjects.
+    if args.subjects is not None and args.subjects < 1:
+        raise TrainSettingError(f"--subjects must be 1 or more (got {args.subjects})")
     config = TrainConfig(
         arch=args.arch, features=tuple(args.features), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
@@ -133,6 +126,12 @@ def main(args) -> int:
         augment=NO_AUGMENT if args.no_augment else AugmentSpec(
             max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None),
     )
+    print(f"loading subjects ({args.data}) ...", file=sys.stderr, flush=True)
+    train_subjects, val_subjects = _load_subjects(args, datasets)
+    train_data = datasets.SliceDataset(train_subjects)
+    val_data = datasets.SliceDataset(val_subjects) if val_subjects else None
+    print(f"train: {len(train_subjects)} subjects, {len(train_data)} slices; "
+          f"validation: {len(val_subjects)} subjects, {len(val_data) if val_data else 0} slices", flush=True)
     bar = None
 
     def on_step(epoch, step, steps, loss):

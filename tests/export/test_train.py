@@ -139,20 +139,26 @@ def test_time_budget_stops_early_and_still_saves(tmp_path):
     assert result.checkpoint.is_file()
 
 
-def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
+def _nnunet_folder(root):
+    """Three tiny subjects (24 x 20 x 3, one muscle) in the nnU-Net layout."""
     nib = pytest.importorskip("nibabel")
-    from limbseg_rt.cli import main
-    from limbseg_rt.models import create_model, load_checkpoint
-
     rng = np.random.default_rng(0)
     for d in ("imagesTr", "labelsTr"):
-        (tmp_path / "data" / d).mkdir(parents=True)
+        (root / d).mkdir(parents=True)
     for case in ("a", "b", "c"):
         labels = np.zeros((24, 20, 3), np.uint8)
         labels[6:14, 5:12] = 5
         image = (labels * 20.0 + rng.random(labels.shape)).astype(np.float32)
-        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "data" / "imagesTr" / f"{case}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "data" / "labelsTr" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), root / "labelsTr" / f"{case}.nii.gz")
+    return root
+
+
+def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
+    from limbseg_rt.cli import main
+    from limbseg_rt.models import create_model, load_checkpoint
+
+    _nnunet_folder(tmp_path / "data")
     out = tmp_path / "cli.pth.tar"
     code = main(["train", "--arch", "unet", "--data", str(tmp_path / "data"), "--epochs", "1",
                  "--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--out", str(out),
@@ -168,6 +174,47 @@ def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
     assert cfg["loss"] == "ce+dice" and cfg["class_balanced"] == 0.5 and cfg["crop_foreground"] == 0.67
     assert cfg["augment"]["crop_hw"] == [16, 16] and cfg["augment"]["max_rotation_deg"] == 10.0
     assert cfg["bf16"] is True and cfg["val_every"] == 3  # the last epoch is validated all the same
+
+
+TINY = ["--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--epochs", "1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "unet", "--val-every", "0"], "--val-every must be 1 or more (got 0)"),
+    (["--arch", "unet", "--position-lr-scale", "10"], "--position-lr-scale is for sc-unet's position layer"),
+    (["--arch", "sc-unet", "--position-lr-scale", "0"], "--position-lr-scale must be above 0"),
+    (["--arch", "unet", "--class-balanced", "1.5"], "--class-balanced and --crop-foreground must lie in [0, 1]"),
+    (["--arch", "attention-unet", "--channels-last"], "--channels-last crashes PyTorch"),
+    (["--arch", "unet", "--epochs", "0"], "--epochs and --batch-size must be 1 or more (got 0, 2)"),
+    (["--arch", "unet", "--max-minutes", "0"], "--max-minutes must be above 0 (got 0)"),
+    (["--arch", "unet", "--subjects", "0"], "--subjects must be 1 or more (got 0)"),
+])
+def test_cli_refuses_bad_training_settings_in_one_line_before_loading_data(tmp_path, capsys, argv, message):
+    from limbseg_rt.cli import main
+
+    out = tmp_path / "m.pth.tar"
+    code = main(["train", "--data", str(tmp_path / "no-such-folder"), "--out", str(out), *TINY, *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.startswith("limbseg-rt: error: " + message) and err.count("\n") == 1
+    assert "internal error" not in err and "loading subjects" not in err  # failed before touching the data
+
+
+def test_cli_reports_a_resume_that_cannot_work_as_a_usage_error(tmp_path, capsys):
+    from limbseg_rt.cli import main
+
+    data = str(_nnunet_folder(tmp_path / "data"))
+    first = tmp_path / "sc.pth.tar"
+    assert main(["train", "--arch", "sc-unet", "--data", data, "--out", str(first), *TINY]) == 0
+    capsys.readouterr()
+    # Saved with one Adam parameter group; --position-lr-scale 10 trains with two.
+    out = tmp_path / "resumed.pth.tar"
+    code = main(["train", "--arch", "sc-unet", "--data", data, "--out", str(out), *TINY,
+                 "--position-lr-scale", "10", "--resume", str(first)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and not out.exists()
+    assert err[-1].startswith("limbseg-rt: error: sc.pth.tar: its optimiser state has 1 parameter group(s), this run 2")
+    assert err[-1].endswith("(--init-from)")
 
 
 def test_cli_without_torch_names_the_extra(monkeypatch, capsys):
@@ -345,7 +392,7 @@ def test_bf16_steps_and_sparse_validation_still_train_and_keep_the_best_validate
     assert ckpt["epoch"] == result.best_epoch and ckpt["train_config"]["bf16"] is True
     # Mixed precision lives in the forward pass only: the saved weights are float32.
     assert all(v.dtype == torch.float32 for k, v in ckpt["state_dict"].items() if v.is_floating_point())
-    with pytest.raises(ValueError, match="val_every"):
+    with pytest.raises(ValueError, match="val-every"):
         TrainConfig(val_every=0)
 
 
