@@ -228,7 +228,7 @@ ENGINE_LABEL = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "tensorrt"
 def runner_engine(path: Path, provider: str, *, threads: int = 2, max_batch: int = 16, fp16: bool = False,
                   cache_dir: Path | None = None) -> Engine:
     """An Engine over ``runtime.engine.create_runner`` for one explicit provider (no fallback)."""
-    from limbseg_rt.runtime.engine import create_runner
+    from limbseg_rt.runtime.engine.runners import create_runner
 
     runner = create_runner(path, provider=provider, threads=threads, max_batch=max_batch, fp16=fp16,
                            cache_dir=cache_dir)
@@ -239,8 +239,8 @@ def runner_engine(path: Path, provider: str, *, threads: int = 2, max_batch: int
 
 def auto_cpu_config() -> tuple[str, str]:
     """(provider, precision) that ``--provider auto --precision auto`` runs on a machine without GPU."""
-    from limbseg_rt.runtime.bundled import AUTO_PRECISION
-    from limbseg_rt.runtime.providers import available_providers, choose_provider
+    from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
+    from limbseg_rt.runtime.engine.providers import available_providers, choose_provider
 
     cpu_side = [n for n in available_providers() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
     short, _ = choose_provider("auto", cpu_side)
@@ -273,9 +273,9 @@ def muscle_rve(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: i
 def phantom_model_slices(seed: int, *, slices: int, hw: tuple[int, int], shape=(256, 256)):
     """(images float32 [N,1,H,W] preprocessed exactly as the runtime does, positions float32 [N],
     phantom) for a phantom volume: the same data every engine sees."""
-    from limbseg_rt.runtime.phantom import phantom_arrays
-    from limbseg_rt.runtime.position import slice_positions
-    from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
+    from limbseg_rt.runtime.model.position import slice_positions
+    from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
 
     ph = phantom_arrays(seed, slices=slices, shape=shape)
     lo, hi = intensity_window(ph.image)

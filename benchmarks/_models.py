@@ -115,8 +115,8 @@ def ensure_exported(arch: str, precisions, *, root: Path, features=PAPER_FEATURE
 
 def demo_models(models_dir: Path | None = None) -> list[BenchModel]:
     """The bundled (trained) demo models found on disk, one ``BenchModel`` per architecture."""
-    from limbseg_rt.runtime.bundled import list_bundled
-    from limbseg_rt.runtime.metadata import read_metadata
+    from limbseg_rt.runtime.model.bundled import list_bundled
+    from limbseg_rt.runtime.model.metadata import read_metadata
 
     by_arch: dict[str, dict] = {}
     for m in list_bundled(models_dir):

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from limbseg_rt.runtime.report import peak_rss_mib as _rss_mib
+from limbseg_rt.runtime.report.run_report import peak_rss_mib as _rss_mib
 
 
 def main(argv=None) -> int:

@@ -64,7 +64,7 @@ def _cpu_model() -> str:
 def pytest_configure(config):
     import os
 
-    from limbseg_rt.runtime.providers import default_threads
+    from limbseg_rt.runtime.engine.providers import default_threads
 
     res = Results()
     res.machine = {"cpus": default_threads(), "cpu_model": _cpu_model(), "load_start": os.getloadavg()[0]}
@@ -77,7 +77,7 @@ def _is_full(config) -> bool:
 
 def selected_providers(config) -> dict[str, str | None]:
     """provider -> None if it will be benchmarked, else the reason it is skipped."""
-    from limbseg_rt.runtime.providers import probe_providers
+    from limbseg_rt.runtime.engine.providers import probe_providers
 
     probe = probe_providers()
     asked = config.getoption("--provider")
@@ -119,7 +119,7 @@ def pytest_generate_tests(metafunc):
 
 def demo_names(config) -> list[str]:
     """``demo <arch>`` for each architecture with a bundled (trained) model file."""
-    from limbseg_rt.runtime.bundled import list_bundled
+    from limbseg_rt.runtime.model.bundled import list_bundled
 
     d = config.getoption("--demo-models")
     archs = []
@@ -152,7 +152,7 @@ def provider_skips(pytestconfig) -> dict[str, str | None]:
 
 @pytest.fixture(scope="session")
 def cache_root(pytestconfig) -> Path:
-    from limbseg_rt.runtime.providers import default_cache_root
+    from limbseg_rt.runtime.engine.providers import default_cache_root
 
     opt = pytestconfig.getoption("--bench-cache")
     return Path(opt).expanduser() if opt else default_cache_root()

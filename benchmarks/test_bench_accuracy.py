@@ -88,8 +88,8 @@ def test_demo_accuracy(bench, results, demo_name, engine_key):
 
 def _ground_truth(results, model, eng, labels_model_grid, ph, m) -> None:
     """Paper's metrics vs the phantom's labels: model-grid labels resized back like the pipeline does."""
-    from limbseg_rt.runtime.metrics import evaluate_labels
-    from limbseg_rt.runtime.preprocess import resize_nearest
+    from limbseg_rt.runtime.report.metrics import evaluate_labels
+    from limbseg_rt.runtime.inference.preprocess import resize_nearest
 
     nx, ny, nz = ph.labels.shape
     pred = np.stack([resize_nearest(labels_model_grid[k], (nx, ny)) for k in range(nz)], axis=2)

@@ -96,7 +96,7 @@ def test_macs_counted_from_the_onnx_graph(tmp_path):
 
 def test_macs_of_an_int8_graph_equal_its_fp32_graphs():
     """Demo models bundled in int8 only are rated by their QDQ graph: same convolutions, same count."""
-    from limbseg_rt.runtime.bundled import MODELS_DIR
+    from limbseg_rt.runtime.model.bundled import MODELS_DIR
 
     fp32, int8 = MODELS_DIR / "unet-fp32.onnx", MODELS_DIR / "unet-int8.onnx"
     if not (fp32.is_file() and int8.is_file()):
@@ -125,8 +125,8 @@ def test_summary_table_chart_and_json(tmp_path):
 def test_auto_config_is_what_create_runner_picks(tmp_path):
     """The gates judge the configuration the runtime really runs for --provider auto on a CPU machine."""
     from _harness import auto_cpu_config
-    from limbseg_rt.runtime.bundled import AUTO_PRECISION
-    from limbseg_rt.runtime.providers import PRIORITY, available_providers, choose_provider
+    from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
+    from limbseg_rt.runtime.engine.providers import PRIORITY, available_providers, choose_provider
 
     provider, precision = auto_cpu_config()
     cpu_side = [n for n in available_providers() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
@@ -138,7 +138,7 @@ def test_auto_config_is_what_create_runner_picks(tmp_path):
 def test_fp32_gate_times_the_batch_size_run_uses():
     """The fp32 gate claims to time `run`'s own batch size: check it against a real run's report."""
     from limbseg_rt.runtime.api import Segmenter
-    from limbseg_rt.runtime.phantom import make_phantom
+    from limbseg_rt.runtime.phantom.generate import make_phantom
     from test_bench_gates import RUN_SLICE_HW, run_batch
 
     image, _ = make_phantom(3, slices=6, shape=RUN_SLICE_HW, spacing=(0.875, 0.875, 25.0))

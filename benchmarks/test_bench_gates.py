@@ -5,8 +5,8 @@ that load from other processes hits both alike.
   (``pipeline.auto_batch_size``: 4 here) (full run; quick run on the quarter-width UNet, where it is
   still convolution-bound). At batch 1 both engines sit at this CPU's fp32 SGEMM ceiling, so their
   ratio there (1.1-1.3x, reported in the latency table) measures noise more than the engine.
-- The CPU configuration ``--provider auto --precision auto`` picks (runtime/providers.py priority +
-  runtime/bundled.py AUTO_PRECISION) >= 4x PyTorch eager fp32 per slice and >= 75 % of the int8 GEMM
+- The CPU configuration ``--provider auto --precision auto`` picks (runtime/engine/providers.py priority +
+  runtime/model/bundled.py AUTO_PRECISION) >= 4x PyTorch eager fp32 per slice and >= 75 % of the int8 GEMM
   ceiling, timed interleaved with the model (full run only: on small networks the fixed per-call costs dominate, so the ratio says
   nothing about the engine).
 - That auto configuration is the fastest CPU configuration measured (within 10 %).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from limbseg_rt.runtime.pipeline import auto_batch_size
+from limbseg_rt.runtime.inference.pipeline import auto_batch_size
 
 from _harness import auto_cpu_config, gate_at_least, int8_gemm_call, interleaved_medians, speedup_gate
 
@@ -117,4 +117,4 @@ def test_auto_picks_fastest_cpu_config(bench, results, full_run, model_name):
                  ratio, f"<= {FASTEST_SLACK}x", ratio <= FASTEST_SLACK, timings)
     assert ratio <= FASTEST_SLACK, (
         f"GATE MISSED: auto picks {provider} {precision} but {fastest[0]} {fastest[1]} is {ratio:.2f}x faster "
-        f"(allowed {FASTEST_SLACK}x): {timings}; change runtime/providers.py PRIORITY or bundled.AUTO_PRECISION")
+        f"(allowed {FASTEST_SLACK}x): {timings}; change runtime/engine/providers.py PRIORITY or bundled.AUTO_PRECISION")

@@ -35,7 +35,7 @@ PROBE = Path(__file__).resolve().parent / "_rss_probe.py"
 
 def _write_phantom(path: Path, *, seed: int, slices: int, shape=(256, 256), upsample: int = 1) -> Path:
     """A phantom scan as int16 NIfTI (in-plane ``upsample`` by pixel repetition for big matrices)."""
-    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     ph = phantom_arrays(seed, slices=slices, shape=shape)
     img = np.asarray(ph.image)
@@ -49,7 +49,7 @@ def _write_phantom(path: Path, *, seed: int, slices: int, shape=(256, 256), upsa
 def _save(path: Path, data: np.ndarray, spacing) -> Path:
     import nibabel as nib
 
-    from limbseg_rt.runtime.phantom import canonical_affine
+    from limbseg_rt.runtime.phantom.generate import canonical_affine
 
     aff = canonical_affine(data.shape, spacing)
     im = nib.Nifti1Image(np.asarray(data, dtype=np.int16), aff)
@@ -70,8 +70,8 @@ def _auto_file(bench, model_name):
 @pytest.mark.parametrize("batch_size", [4])
 def test_end_to_end_vs_model(bench, results, full_run, model_name, batch_size, tmp_path):
     from limbseg_rt.runtime.api import Segmenter
-    from limbseg_rt.runtime.imageio import read_image
-    from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.io.nifti import read_image
+    from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
 
     m, provider, precision, path = _auto_file(bench, model_name)
     bench.close()  # free the latency engines: this test builds its own

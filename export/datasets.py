@@ -27,15 +27,9 @@ import numpy as np
 import torch
 
 from limbseg_rt.runtime.errors import InputError
-from limbseg_rt.runtime.position import slice_positions
-from limbseg_rt.runtime.preprocess import (
-    MODEL_INPUT_HW,
-    NormalisationSpec,
-    intensity_window,
-    is_constant,
-    preprocess_slices,
-    resize_nearest,
-)
+from limbseg_rt.runtime.model.position import slice_positions
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.inference.preprocess import intensity_window, is_constant, preprocess_slices, resize_nearest
 
 DEFAULT_CLASSES = 38
 
@@ -260,7 +254,7 @@ def phantom_subject(
 
     ``spacing`` (mm, x y z) defaults to the phantom's own; a small ``shape`` needs a coarser
     spacing to keep both legs in the field of view."""
-    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     kw = {} if spacing is None else {"spacing": tuple(float(v) for v in spacing)}
     ph = phantom_arrays(int(seed), slices=int(slices), shape=tuple(shape), **kw)

@@ -35,8 +35,8 @@ PHANTOM_SLICES = 150
 
 def trained_pixel_spacing() -> tuple[float, float]:
     """In-plane spacing (mm) of the phantom slices after resizing to the model input (for --fit tile)."""
-    from limbseg_rt.runtime.phantom import DEFAULT_SPACING
-    from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW
+    from limbseg_rt.runtime.phantom.generate import DEFAULT_SPACING
+    from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW
 
     return (
         PHANTOM_SHAPE[0] * DEFAULT_SPACING[0] / MODEL_INPUT_HW[0],
@@ -46,7 +46,7 @@ def trained_pixel_spacing() -> tuple[float, float]:
 
 def _shuffled_predict(runner, n_slices: int, seed: int):
     """A predict callable that feeds SC-UNet a random permutation of the volume's positions."""
-    from limbseg_rt.runtime.position import slice_positions
+    from limbseg_rt.runtime.model.position import slice_positions
 
     perm = np.random.default_rng(seed).permutation(slice_positions(n_slices, proximal_first=False))
     cursor = {"i": 0}
@@ -62,11 +62,11 @@ def _shuffled_predict(runner, n_slices: int, seed: int):
 def evaluate_model(model_path: Path, seeds, *, shuffle_positions: bool = False) -> dict:
     """Per-seed and mean DSC / RVE / HD of one ONNX model on held-out phantoms, run on the CPU
     through the runtime pipeline (resize fit, as ``limbseg-rt run``)."""
-    from limbseg_rt.runtime.engine import create_runner
-    from limbseg_rt.runtime.imageio import from_nibabel
-    from limbseg_rt.runtime.metrics import evaluate_labels
-    from limbseg_rt.runtime.phantom import make_phantom
-    from limbseg_rt.runtime.pipeline import segment_canonical
+    from limbseg_rt.runtime.engine.runners import create_runner
+    from limbseg_rt.runtime.io.nifti import from_nibabel
+    from limbseg_rt.runtime.report.metrics import evaluate_labels
+    from limbseg_rt.runtime.phantom.generate import make_phantom
+    from limbseg_rt.runtime.inference.pipeline import segment_canonical
 
     runner = create_runner(model_path, provider="cpu")
     per_seed = {}

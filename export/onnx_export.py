@@ -39,9 +39,9 @@ from limbseg_rt.export.quantize import to_fp16, to_int8
 from limbseg_rt.export.spec import DEFAULT_OPSET, IMAGE, LABELS, LOGITS, POSITION, ExportSpec, Tolerance, export_spec
 from limbseg_rt.models import DEFAULT_FEATURES, check_state_dict, create_model, read_checkpoint
 from limbseg_rt.runtime.errors import ModelError, OutputError, ParityError
-from limbseg_rt.runtime.labels import LabelTable, default_label_table
-from limbseg_rt.runtime.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.model.labels import LabelTable, default_label_table
+from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
 
 # 17 is the oldest opset torch's exporter reaches by down-conversion for these graphs (measured).
 MIN_OPSET, MAX_OPSET = 17, 23

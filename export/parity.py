@@ -23,7 +23,7 @@ import torch
 
 from limbseg_rt.export.parity_data import SliceSet
 from limbseg_rt.export.spec import IMAGE, LABELS, LOGITS, POSITION, Tolerance
-from limbseg_rt.runtime.labels import LabelTable
+from limbseg_rt.runtime.model.labels import LabelTable
 
 
 def ort_session(path, *, threads: int = 2):

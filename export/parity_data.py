@@ -1,7 +1,7 @@
 """Real slices for parity checks and int8 calibration: phantom volumes or a folder of NIfTI scans.
 
-Every slice goes through runtime/preprocess.py exactly as at inference (intensity window over the
-whole volume, then ``preprocess_slices``), and carries its SC-UNet position (runtime/position.py,
+Every slice goes through runtime/inference/preprocess.py exactly as at inference (intensity window over the
+whole volume, then ``preprocess_slices``), and carries its SC-UNet position (runtime/model/position.py,
 RAS-canonical volumes: slice 0 is the most distal). Calibration and held-out slices come from
 different volumes whenever there are at least two, so int8 parity is judged on data the calibration
 never saw.
@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError
-from limbseg_rt.runtime.position import slice_positions
-from limbseg_rt.runtime.preprocess import NormalisationSpec, intensity_window, is_constant, preprocess_slices
+from limbseg_rt.runtime.model.position import slice_positions
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.inference.preprocess import intensity_window, is_constant, preprocess_slices
 
-# The positions whose one-hot bins are the rule's edge cases (runtime/position.py).
+# The positions whose one-hot bins are the rule's edge cases (runtime/model/position.py).
 EDGE_POSITIONS: tuple[float, ...] = (0.0, 0.004, 0.01, 0.5, 0.999, 1.0)
 CALIBRATION_SEEDS: tuple[int, ...] = (9101, 9102)
 HELDOUT_SEEDS: tuple[int, ...] = (9201,)
@@ -80,7 +81,7 @@ def phantom_sets(
     *, hw: tuple[int, int], slices_per_volume: int, phantom_slices: int = 40, phantom_shape=(256, 256)
 ) -> tuple[SliceSet, SliceSet]:
     """(calibration, held-out) slices from phantom volumes with fixed, disjoint seeds."""
-    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     def one(seed: int) -> SliceSet:
         ph = phantom_arrays(seed, slices=phantom_slices, shape=tuple(phantom_shape))

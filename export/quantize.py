@@ -2,7 +2,7 @@
 
 Both keep the graph's I/O types (float32 in, float32 ``logits`` and uint8 ``labels`` out) and keep
 SC-UNet's position one-hot subgraph in fp32 / unquantised: its ``float32(p) * 100`` truncation is
-the rule of runtime/position.py, and in fp16 e.g. p = 0.51, 0.55, 0.57 land in the bin below.
+the rule of runtime/model/position.py, and in fp16 e.g. p = 0.51, 0.55, 0.57 land in the bin below.
 
 int8 layout (FINDINGS.md): ONNX Runtime's CPU int8 kernels are fast on this machine's VNNI units
 only with *uint8 activations*; int8 activations are ~10x slower in GEMM. So activations are QUInt8
@@ -30,7 +30,7 @@ import numpy as np
 from limbseg_rt.export.parity_data import SliceSet
 from limbseg_rt.export.spec import IMAGE, POSITION
 from limbseg_rt.runtime.errors import ModelError
-from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW
 
 INT8_OP_TYPES: tuple[str, ...] = ("Conv", "Relu", "MaxPool")
 

@@ -2,7 +2,7 @@
 
 Graph contract (read back by the runtime through the metadata): input ``image`` float32
 ``[N, 1, H, W]``; SC-UNet adds ``position`` float32 ``[N]`` (fraction along the limb, see
-runtime/position.py; the one-hot is computed inside the graph). Outputs ``logits`` float32
+runtime/model/position.py; the one-hot is computed inside the graph). Outputs ``logits`` float32
 ``[N, classes, H, W]`` and optionally ``labels`` uint8 ``[N, H, W]`` (ArgMax over classes inside the
 graph). N, H and W are dynamic; H and W must be multiples of ``2 ** len(features)`` (16 for the
 paper's 4 levels; the trained 272 x 240 is one) because max pooling floors odd sizes and the
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from limbseg_rt.runtime.metadata import ARCHITECTURES, PRECISIONS
+from limbseg_rt.runtime.model.metadata import ARCHITECTURES, PRECISIONS
 
 DEFAULT_OPSET = 18
 LOGITS, LABELS, IMAGE, POSITION = "logits", "labels", "image", "position"

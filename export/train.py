@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from limbseg_rt.export.augment import AugmentSpec, augment_batch
 from limbseg_rt.export.datasets import SliceDataset
 from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
-from limbseg_rt.runtime.labels import default_label_table
-from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW, NormalisationSpec, resize_bilinear
+from limbseg_rt.runtime.model.labels import default_label_table
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.inference.preprocess import resize_bilinear
 
 
 class TrainSettingError(LimbsegError, ValueError):
@@ -497,8 +498,8 @@ def predict_volume(
     ``[X, Y]`` grid (``runtime.preprocess.resize_bilinear``) and argmax-ed there. ``positions``
     (float32 ``[Z]``) default to ``slice_positions(Z, proximal_first=False)``.
     """
-    from limbseg_rt.runtime.position import slice_positions
-    from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.model.position import slice_positions
+    from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
 
     model.eval()
     x, y, z = image.shape

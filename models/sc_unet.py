@@ -1,6 +1,6 @@
 """SC-UNet of Henson et al. 2024: the UNet whose logits are scaled per class by the slice position.
 
-``spatiallinear`` = Linear(100 -> classes) maps the one-hot position (see runtime/position.py) to
+``spatiallinear`` = Linear(100 -> classes) maps the one-hot position (see runtime/model/position.py) to
 one weight per class; logits ``[N, C, H, W]`` are multiplied by it broadcast over H, W.
 State-dict keys: the UNet's plus ``spatiallinear.{weight,bias}``.
 """
@@ -14,11 +14,11 @@ from torch import nn
 
 from limbseg_rt.models.blocks import DEFAULT_CLASSES, DEFAULT_FEATURES
 from limbseg_rt.models.unet import UNet
-from limbseg_rt.runtime.position import POSITION_BINS
+from limbseg_rt.runtime.model.position import POSITION_BINS
 
 
 def position_onehot_torch(position: torch.Tensor) -> torch.Tensor:
-    """One-hot float32 ``[N, 100]`` from positions ``p`` float ``[N]``: runtime/position.py's rule.
+    """One-hot float32 ``[N, 100]`` from positions ``p`` float ``[N]``: runtime/model/position.py's rule.
 
     clamp to [0, 1], float32 ``p * 100``, truncate (Cast to int64 truncates toward zero, equal to
     floor here as values are >= 0), minus 1, -1 wraps to the last bin. Written with ops that export

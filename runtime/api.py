@@ -24,8 +24,8 @@ import numpy as np
 
 from limbseg_rt.runtime.errors import InputError, OutputError
 from limbseg_rt.runtime.hashing import sha256_file
-from limbseg_rt.runtime.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
-from limbseg_rt.runtime.report import (
+from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
+from limbseg_rt.runtime.report.run_report import (
     Report,
     muscle_stats,
     peak_rss_mib,
@@ -69,7 +69,7 @@ class SegmentationResult:
         any write fails, the files this call already wrote are removed. Returns the paths written
         (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
         """
-        from limbseg_rt.runtime.labelio import write_labels
+        from limbseg_rt.runtime.io.labelio import write_labels
 
         src = input_path or self.report.manifest.get("input", {}).get("path")
         targets = {"labels": Path(out_path)}
@@ -144,7 +144,7 @@ class Segmenter:
         tile_overlap: float = 0.5,
         cache_dir: str | os.PathLike | None = None,
     ):
-        from limbseg_rt.runtime.engine import create_runner
+        from limbseg_rt.runtime.engine.runners import create_runner
 
         self._options = PipelineOptions(
             fit=fit, batch_size=batch_size, memory_budget_mb=memory_budget_mb, max_batch=max_batch,
@@ -207,7 +207,7 @@ class Segmenter:
         ``limb_range``: ``(a, b)``, the part of the limb the scan covers (0 = hip, 1 = ankle),
         used by SC-UNet. ``progress(done, total)``: called after each batch of slices.
         """
-        from limbseg_rt.runtime.imageio import ReadOptions
+        from limbseg_rt.runtime.io.nifti import ReadOptions
 
         if self._runner is None:
             raise RuntimeError("this Segmenter is closed")
@@ -296,7 +296,7 @@ def labels_image(labels_canonical: np.ndarray, props, table):
     """
     import nibabel as nib
 
-    from limbseg_rt.runtime.geometry import from_canonical
+    from limbseg_rt.runtime.io.geometry import from_canonical
 
     data = np.asfortranarray(from_canonical(labels_canonical, props).astype(np.uint8, copy=False))
     klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
@@ -349,7 +349,7 @@ def _metadata_summary(md) -> dict:
 
 def _read_source(source, options) -> tuple[np.ndarray, object, dict]:
     """(canonical float32 volume, ImageProps, input description) for a path or a nibabel image."""
-    from limbseg_rt.runtime.imageio import from_nibabel, read_image
+    from limbseg_rt.runtime.io.nifti import from_nibabel, read_image
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)

@@ -30,7 +30,7 @@ def mean_dice(pred, truth, table) -> tuple[float, int]:
     """Mean DSC over the muscles present in the truth or the prediction, and how many there were."""
     import numpy as np
 
-    from limbseg_rt.runtime.metrics import dice
+    from limbseg_rt.runtime.report.metrics import dice
 
     pred = np.asarray(pred)
     truth = np.asarray(truth)
@@ -51,7 +51,7 @@ def main(args) -> int:
     from limbseg_rt.cli.run import render_summary, segmenter_kwargs_from_args
     from limbseg_rt.runtime.api import Segmenter, segment_file
     from limbseg_rt.runtime.errors import EXIT_EMPTY, EXIT_OK, InputError, OutputError
-    from limbseg_rt.runtime.phantom import make_phantom
+    from limbseg_rt.runtime.phantom.generate import make_phantom
 
     if args.slices < 2:
         raise InputError("the demo phantom needs at least 2 slices")

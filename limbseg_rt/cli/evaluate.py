@@ -73,8 +73,8 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from limbseg_rt.runtime.errors import InputError, OutputError
-    from limbseg_rt.runtime.labels import LabelTable, default_label_table
-    from limbseg_rt.runtime.metrics import evaluate_files
+    from limbseg_rt.runtime.model.labels import LabelTable, default_label_table
+    from limbseg_rt.runtime.report.metrics import evaluate_files
 
     if args.labels:
         try:

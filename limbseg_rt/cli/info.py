@@ -39,8 +39,8 @@ def _versions() -> list[tuple[str, str]]:
 
 
 def _print_installation() -> None:
-    from limbseg_rt.runtime.bundled import MODELS_DIR, list_bundled
-    from limbseg_rt.runtime.providers import INSTALL_HINT, PRIORITY, available_providers, probe_providers
+    from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
+    from limbseg_rt.runtime.engine.providers import INSTALL_HINT, PRIORITY, available_providers, probe_providers
 
     print("versions:")
     for name, version in _versions():
@@ -77,8 +77,8 @@ def _print_model(path) -> None:
 
     import onnxruntime as ort
 
-    from limbseg_rt.runtime.engine import file_sha256
-    from limbseg_rt.runtime.metadata import read_metadata
+    from limbseg_rt.runtime.hashing import sha256_file
+    from limbseg_rt.runtime.model.metadata import read_metadata
 
     md = read_metadata(path)  # ModelError (exit 4) for an unreadable file or missing metadata
     opts = ort.SessionOptions()
@@ -87,7 +87,7 @@ def _print_model(path) -> None:
     norm = md.normalisation
     rows = [
         ("file", str(path)),
-        ("sha256", file_sha256(path)),
+        ("sha256", sha256_file(path)),
         ("architecture", md.architecture),
         ("features", ", ".join(str(f) for f in md.features)),
         ("classes", f"{md.classes} (background + {md.classes - 1} muscles)"),
@@ -116,7 +116,7 @@ def main(args) -> int:
     if args.model is None:
         _print_installation()
         return 0
-    from limbseg_rt.runtime.bundled import resolve_model
+    from limbseg_rt.runtime.model.bundled import resolve_model
 
     _print_model(resolve_model(args.model, precision=args.precision, provider="cpu"))
     return 0

@@ -39,7 +39,7 @@ def main(args) -> int:
     import nibabel as nib
 
     from limbseg_rt.runtime.errors import OutputError
-    from limbseg_rt.runtime.phantom import DEFAULT_SPACING, make_phantom
+    from limbseg_rt.runtime.phantom.generate import DEFAULT_SPACING, make_phantom
 
     out, lab = Path(args.out), Path(args.labels)
     if out.resolve() == lab.resolve():

@@ -42,7 +42,7 @@ def _positive_int(text: str) -> int:
 
 
 def _orientation(text: str) -> str:
-    from limbseg_rt.runtime.geometry import ornt_from_axcodes
+    from limbseg_rt.runtime.io.geometry import ornt_from_axcodes
 
     try:
         ornt_from_axcodes(text.upper())
@@ -96,7 +96,7 @@ def add_read_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_options_from_args(args):
-    from limbseg_rt.runtime.imageio import ReadOptions
+    from limbseg_rt.runtime.io.nifti import ReadOptions
 
     kwargs = {"allow_2d": bool(args.allow_2d)}
     if args.volume is not None:

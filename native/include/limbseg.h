@@ -3,7 +3,7 @@
  * limbseg-rt ONNX models (UNet, Attention UNet, SC-UNet), on ONNX Runtime, without Python.
  *
  * The library gives the same labels as the Python runtime (limbseg_rt.runtime) for the same model,
- * volume and execution provider: it implements the procedure specified in runtime/preprocess.py
+ * volume and execution provider: it implements the procedure specified in runtime/inference/preprocess.py
  * bit for bit (float32 arithmetic, no fused multiply-add):
  *   1. intensity window lo/hi = nearest-rank percentiles (from the model's metadata, e.g. 0.5 and
  *      99.5) of the finite voxels of the whole volume; lo == hi means no contrast (see
@@ -153,7 +153,7 @@ LIMBSEG_API limbseg_status limbseg_model_input_size(const limbseg_model* model, 
  * separated ONNX Runtime names, e.g. "CUDAExecutionProvider,CPUExecutionProvider". */
 LIMBSEG_API const char* limbseg_model_providers(const limbseg_model* model);
 
-/* The default slice positions p (fraction along the limb, see runtime/position.py) that
+/* The default slice positions p (fraction along the limb, see runtime/model/position.py) that
  * limbseg_segment uses when `positions` is NULL, for a RAS+ volume of n_slices axial slices:
  * slice z = 0 is the most inferior (distal) one, so with the models' proximal_to_distal direction
  * p[z] = (float)((double)(n_slices - z) / n_slices), i.e. p = 1 at z = 0 and p = 1/n at the top

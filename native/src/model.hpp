@@ -19,7 +19,7 @@ struct Error : std::runtime_error {
   Error(limbseg_status s, const std::string& message) : std::runtime_error(message), status(s) {}
 };
 
-// The fields of runtime/metadata.py's ModelMetadata that running a model needs.
+// The fields of runtime/model/metadata.py's ModelMetadata that running a model needs.
 struct Metadata {
   std::string architecture;
   std::string precision;

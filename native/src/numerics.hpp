@@ -1,4 +1,4 @@
-// The numerics of runtime/preprocess.py, re-implemented bit for bit (see that module's docstring):
+// The numerics of runtime/inference/preprocess.py, re-implemented bit for bit (see that module's docstring):
 // nearest-rank percentile window, float32 normalisation, separable bilinear resize with half-pixel
 // centres, argmax with ties to the lowest index. This file must be compiled with
 // -ffp-contract=off (no fused multiply-add) and without -ffast-math; CMake enforces both.

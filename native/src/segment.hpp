@@ -1,4 +1,4 @@
-// The segmentation procedure of the Python runtime, slice by slice (see runtime/preprocess.py):
+// The segmentation procedure of the Python runtime, slice by slice (see runtime/inference/preprocess.py):
 // window over the volume -> per axial slice normalise + resize to the model input -> logits ->
 // resize each class map back to the slice size -> argmax (ties: lowest class) -> uint8 labels.
 #pragma once

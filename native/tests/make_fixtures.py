@@ -35,9 +35,10 @@ def export_tiny(arch: str, path: Path, seed: int) -> None:
     import torch
 
     from limbseg_rt.models import create_model
-    from limbseg_rt.runtime.labels import default_label_table
-    from limbseg_rt.runtime.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-    from limbseg_rt.runtime.preprocess import MODEL_INPUT_HW, NormalisationSpec, intensity_window, preprocess_slices
+    from limbseg_rt.runtime.model.labels import default_label_table
+    from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
+    from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+    from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
@@ -93,7 +94,7 @@ def export_tiny(arch: str, path: Path, seed: int) -> None:
 def error_models(models: Path) -> None:
     import onnx
 
-    from limbseg_rt.runtime.metadata import METADATA_KEY
+    from limbseg_rt.runtime.model.metadata import METADATA_KEY
 
     proto = onnx.load(str(models / "unet.onnx"))
     good = {p.key: p.value for p in proto.metadata_props}[METADATA_KEY]
@@ -161,9 +162,9 @@ def _meta_text(model: Path) -> str:
 
 
 def phantom_cases(cases: Path, models: Path, bundled: Path | None) -> None:
-    """Cases on the project's phantom scan (``runtime/phantom.py``): the tiny SC-UNet, and each
+    """Cases on the project's phantom scan (``runtime/phantom/generate.py``): the tiny SC-UNet, and each
     bundled demo model found in ``bundled`` (``{arch}-fp32.onnx``, else ``{arch}-int8.onnx``)."""
-    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     ph = phantom_arrays(7, slices=6, shape=(96, 80))
     write_case(cases, "phantom-sc-unet", model=models / "sc-unet.onnx", volume=np.asarray(ph.image), layout="f",
@@ -181,7 +182,7 @@ def phantom_cases(cases: Path, models: Path, bundled: Path | None) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--phantom", action="store_true", help="add cases on runtime/phantom.py's phantom scan")
+    ap.add_argument("--phantom", action="store_true", help="add cases on runtime/phantom/generate.py's phantom scan")
     ap.add_argument("--bundled", type=Path, help="folder with the demo models {arch}-{fp32,int8}.onnx (with --phantom)")
     a = ap.parse_args()
     out = a.out
@@ -201,7 +202,7 @@ def main() -> int:
     write_case(cases, "attention-float32-f", model=att, volume=v2, layout="f", spacing=(0.8, 0.8, 4.0), batch_c=2, batch_ref=2)
     v3 = synthetic_volume((64, 64, 7), seed=3, dtype=np.int16)
     write_case(cases, "sc-unet-default-positions", model=sc, volume=v3, layout="c", spacing=(1.5, 1.5, 6.0), batch_c=4, batch_ref=4)
-    edge = np.array([0.004, 0.01, 0.5, 0.999, 1.0, 0.0, 1.2], dtype=np.float32)  # see runtime/position.py
+    edge = np.array([0.004, 0.01, 0.5, 0.999, 1.0, 0.0, 1.2], dtype=np.float32)  # see runtime/model/position.py
     write_case(cases, "sc-unet-given-positions", model=sc, volume=v3, layout="f", spacing=(1.5, 1.5, 6.0), batch_c=1, batch_ref=1, positions=edge)
     thin = synthetic_volume((2, 300, 3), seed=4, dtype=np.int16)  # 2 -> 272 up, 300 -> 240 down, and back
     write_case(cases, "unet-thin", model=unet, volume=thin, layout="c", spacing=(2.0, 0.5, 3.0), batch_c=2, batch_ref=1, min_labels=2)

@@ -1,6 +1,6 @@
 """Reference labels for the C library's parity test, computed the Python way.
 
-Uses only ``limbseg_rt.runtime.preprocess`` / ``position`` and onnxruntime directly (not the
+Uses only ``limbseg_rt.runtime.inference.preprocess`` / ``position`` and onnxruntime directly (not the
 pipeline), following the procedure the pipeline runs: window over the finite voxels of the whole
 canonical volume ``[X, Y, Z]`` -> per batch of axial slices ``preprocess_slices`` -> logits
 ``[N, C, h, w]`` -> ``resize_bilinear`` back to ``(X, Y)`` -> argmax over C -> uint8 ``[X, Y, Z]``.
@@ -18,14 +18,9 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from limbseg_rt.runtime.position import slice_positions
-from limbseg_rt.runtime.preprocess import (
-    NormalisationSpec,
-    intensity_window,
-    is_constant,
-    preprocess_slices,
-    resize_bilinear,
-)
+from limbseg_rt.runtime.model.position import slice_positions
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.inference.preprocess import intensity_window, is_constant, preprocess_slices, resize_bilinear
 
 METADATA_KEY = "limbseg_rt.metadata"
 

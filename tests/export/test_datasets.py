@@ -10,7 +10,7 @@ nib = pytest.importorskip("nibabel")
 
 from limbseg_rt.export import datasets  # noqa: E402
 from limbseg_rt.runtime.errors import InputError  # noqa: E402
-from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices  # noqa: E402
+from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices  # noqa: E402
 
 HW = (32, 48)
 
@@ -113,7 +113,7 @@ def test_png_layout_positions_and_masks(tmp_path):
 
 
 def test_phantom_subject_is_sliced_like_a_canonical_volume():
-    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     ph = phantom_arrays(3, slices=8, shape=(48, 40))
     subj = datasets.phantom_subject(3, slices=8, shape=(48, 40), input_hw=HW)

@@ -16,8 +16,8 @@ from limbseg_rt.export.onnx_export import export_model
 from limbseg_rt.export.parity_data import EDGE_POSITIONS, parity_sets
 from limbseg_rt.models import MODELS, create_model, save_checkpoint
 from limbseg_rt.runtime.errors import ModelError
-from limbseg_rt.runtime.labels import Label, LabelTable
-from limbseg_rt.runtime.metadata import read_metadata
+from limbseg_rt.runtime.model.labels import Label, LabelTable
+from limbseg_rt.runtime.model.metadata import read_metadata
 
 TINY = (4, 8, 16, 32)
 HW = (64, 48)

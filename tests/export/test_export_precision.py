@@ -22,9 +22,9 @@ from limbseg_rt.export.parity_data import parity_sets
 from limbseg_rt.export.spec import Tolerance
 from limbseg_rt.models import create_model, save_checkpoint
 from limbseg_rt.runtime.errors import ModelError
-from limbseg_rt.runtime.metadata import read_metadata
-from limbseg_rt.runtime.phantom import phantom_arrays
-from limbseg_rt.runtime.preprocess import intensity_window, preprocess_slices, resize_nearest
+from limbseg_rt.runtime.model.metadata import read_metadata
+from limbseg_rt.runtime.phantom.generate import phantom_arrays
+from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices, resize_nearest
 
 HW = (64, 48)
 TRAIN_SEEDS = (9301, 9302)  # disjoint from the parity seeds (parity_data.py)

@@ -112,7 +112,7 @@ def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_p
     assert ckpt["val_dice"] == pytest.approx(best.val_dice) == max(h.val_dice for h in result.history)
 
     # The saved weights segment a phantom volume at its native grid better than chance.
-    from limbseg_rt.runtime.phantom import phantom_arrays
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     ph = phantom_arrays(100, slices=6, shape=shape, spacing=spacing)
     pred = predict_volume(model, arch, ph.image, input_hw=hw)
@@ -261,7 +261,7 @@ def test_warm_started_models_compute_exactly_the_unet_they_start_from(tmp_path):
     UNet: same logits on real phantom slices, at any position."""
     from limbseg_rt.export.train import init_for_training, warm_start
     from limbseg_rt.models import create_model, save_checkpoint
-    from limbseg_rt.runtime.phantom import make_phantom
+    from limbseg_rt.runtime.phantom.generate import make_phantom
 
     torch.manual_seed(3)
     unet = create_model("unet", features=(4, 8, 16, 32))

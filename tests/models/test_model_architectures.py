@@ -7,7 +7,7 @@ import torch
 
 from limbseg_rt.models import MODELS, AttentionUNet, SCUNet, UNet, create_model
 from limbseg_rt.runtime.errors import ModelError
-from limbseg_rt.runtime.metadata import ARCHITECTURES
+from limbseg_rt.runtime.model.metadata import ARCHITECTURES
 
 TINY = (4, 8, 16, 32)
 
@@ -83,7 +83,7 @@ def test_sc_unet_scales_logits_by_position_weights():
         model.spatiallinear.weight.copy_(w)
         model.spatiallinear.bias.zero_()
         y = model(x, torch.tensor([0.5, 1.0]))
-    # p = 0.5 -> bin 49, p = 1 -> bin 99 (runtime/position.py)
+    # p = 0.5 -> bin 49, p = 1 -> bin 99 (runtime/model/position.py)
     assert torch.allclose(y[0], base[0] * w[:, 49, None, None], atol=1e-6)
     assert torch.allclose(y[1], base[1] * w[:, 99, None, None], atol=1e-6)
     with torch.no_grad():

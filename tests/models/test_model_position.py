@@ -1,4 +1,4 @@
-"""The in-network position one-hot equals runtime/position.py's rule exactly."""
+"""The in-network position one-hot equals runtime/model/position.py's rule exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from limbseg_rt.models.sc_unet import position_onehot_torch
-from limbseg_rt.runtime.position import position_index, position_onehot
+from limbseg_rt.runtime.model.position import position_index, position_onehot
 
 
 def _grid() -> np.ndarray:

@@ -35,9 +35,9 @@ SCRIPT = textwrap.dedent(
 
     import limbseg_rt.runtime as rt
     imported = []
-    for info in pkgutil.iter_modules(rt.__path__):
-        importlib.import_module(f"limbseg_rt.runtime.{{info.name}}")
-        imported.append(info.name)
+    for info in pkgutil.walk_packages(rt.__path__, prefix="limbseg_rt.runtime."):
+        importlib.import_module(info.name)
+        imported.append(info.name.removeprefix("limbseg_rt.runtime."))
 
     from limbseg_rt.cli import build_parser, main
     build_parser()
@@ -73,7 +73,8 @@ def test_runtime_imports_and_segments_with_torch_blocked(tiny_unet_path, tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name in ("pipeline", "tiling", "report", "api", "preprocess", "metadata", "position"):
+    for name in ("inference.pipeline", "inference.tiling", "report.run_report", "api", "inference.preprocess",
+                 "model.metadata", "model.position", "io.nifti", "engine.runners", "phantom.generate"):
         assert name in got["imported"]
     assert got["labels_shape"] == [48, 40, 6]
     assert got["found"] >= 2
