@@ -87,55 +87,6 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, rounds: int, wa
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-# ----------------------------------------------------------------------------- ceilings
-@dataclass(frozen=True)
-class Ceilings:
-    """The machine's own peaks measured in this run: fp32 SGEMM (numpy BLAS) in GFLOP/s and int8 GEMM
-    (``torch._int_mm``, int8 x int8 -> int32) in GOPS; both best of several square multiplies."""
-
-    sgemm_gflops: float
-    int8_gemm_gops: float
-    n: int
-
-    def for_precision(self, precision: str) -> float | None:
-        return {"fp32": self.sgemm_gflops, "int8": self.int8_gemm_gops}.get(precision)
-
-
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    rng = np.random.default_rng(0)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    best = min(time_calls(lambda: a @ b, rounds=repeats, warmup=1))
-    return 2.0 * n**3 / best / 1e9
-
-
-def int8_gemm_gops(n: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    torch.set_num_threads(TORCH_THREADS)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
-    b = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
-    best = min(time_calls(lambda: torch._int_mm(a, b), rounds=repeats, warmup=1))
-    return 2.0 * n**3 / best / 1e9
-
-
-def int8_gemm_call(n: int = 2048):
-    """(a function running one int8 GEMM n^3 with ``torch._int_mm``, its operation count 2 n^3) so the
-    ceiling can be timed interleaved with a model, under the same load."""
-    import torch
-
-    torch.set_num_threads(TORCH_THREADS)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
-    b = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
-    return (lambda: torch._int_mm(a, b)), 2.0 * n**3
-
-
-def measure_ceilings(n: int = 2048, repeats: int = 5) -> Ceilings:
-    return Ceilings(sgemm_gflops(n, repeats), int8_gemm_gops(n, repeats), n)
-
-
 # ----------------------------------------------------------------------------- MACs
 def onnx_macs(path: Path, hw: tuple[int, int], *, in_channels: int = 1) -> int:
     """Multiply-accumulates of one slice [1, C, H, W] through an fp32 ONNX graph: Conv, ConvTranspose,

@@ -77,7 +77,8 @@ class Results:
         lines = []
         if self.machine:
             m = self.machine
-            lines.append(f"Machine: {m.get('cpus')} usable cores, {m.get('cpu_model', '?')}; 1-min load average "
+            lines.append(f"Machine: {m.get('cpus')} usable cores, {m.get('cpu_model', '?')}, ISA class "
+                         f"{m.get('isa', '?')} ({', '.join(m.get('isa_flags', [])) or 'no AVX2/AVX-512'}); 1-min load average "
                          f"{m.get('load_start', float('nan')):.1f} at start, {m.get('load_end', float('nan')):.1f} at end.")
             if max(m.get("load_start", 0), m.get("load_end", 0)) > 1.5 * (m.get("cpus") or 1):
                 lines.append("WARNING: the machine was busy with other work; ratios between engines are still "
@@ -86,8 +87,8 @@ class Results:
             lines.append("")
         if self.ceilings is not None:
             c = self.ceilings
-            lines.append(f"Ceilings this run: fp32 SGEMM {c.sgemm_gflops:.0f} GFLOP/s (numpy, {c.n}^3), "
-                         f"int8 GEMM {c.int8_gemm_gops:.0f} GOPS (torch._int_mm)\n")
+            lines.append(f"Ceilings this run: {c.describe()}; judged against fp32 {c.sgemm_gflops:.0f} GFLOP/s, "
+                         f"int8 {c.int8_gemm_gops:.0f} GOPS ({c.int8_source or 'none plausible'})\n")
         if self.rows:
             lines += ["| model | engine | precision | batch | ms/slice | slices/s | x PyTorch | GFLOP/s | % ceiling "
                       "| peak RSS MiB | agreement vs fp32 ref | min muscle Dice |",
@@ -128,7 +129,7 @@ class Results:
         self.fill_speedups()
         return {
             "machine": self.machine,
-            "ceilings": asdict(self.ceilings) if self.ceilings is not None else None,
+            "ceilings": self.ceilings.to_dict() if self.ceilings is not None else None,
             "rows": [asdict(r) for r in self.rows.values()],
             "accuracy": self.accuracy,
             "runs": self.runs,
@@ -169,6 +170,10 @@ def chart(results: Results, path: Path) -> Path | None:
         ax.set_xticks(range(len(mine)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("ms per slice (lower is better)")
         ax.set_title(f"{model} (label: % of ceiling)", fontsize=9)
+    m = results.machine
+    if m:
+        fig.suptitle(f"{m.get('cpu_model', '?')}, {m.get('cpus')} cores, ISA {m.get('isa', '?')} "
+                     f"({', '.join(m.get('isa_flags', []))})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -45,20 +45,10 @@ def pytest_addoption(parser):
     g.addoption("--results-dir", default="benchmark-results", help="folder for summary.md, summary.json, chart.png")
     g.addoption("--bench-cache", default=None, help="cache root for exported benchmark models "
                 "(default: $XDG_CACHE_HOME/limbseg-rt or ~/.cache/limbseg-rt)")
+    g.addoption("--record-auto-run", default=None, help="write the auto-config gate's measurements to this JSON "
+                "file (a fixture for benchmarks/test_bench_isa_gates.py)")
     g.addoption("--demo-models", default=None, help="folder of {arch}-{fp32,int8}.onnx demo models "
                 "(default: the bundled ones)")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def pytest_configure(config):
@@ -67,7 +57,11 @@ def pytest_configure(config):
     from limbseg_rt.runtime.engine.providers import default_threads
 
     res = Results()
-    res.machine = {"cpus": default_threads(), "cpu_model": _cpu_model(), "load_start": os.getloadavg()[0]}
+    from _cpu import detect
+
+    info = detect()
+    res.machine = {"cpus": default_threads(), "cpu_model": info.model, "isa": info.isa,
+                   "isa_flags": info.to_dict()["flags"], "load_start": os.getloadavg()[0]}
     config.stash[RESULTS_KEY] = res
 
 
@@ -159,9 +153,17 @@ def cache_root(pytestconfig) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cpu():
+    """This machine's CPU: model, cores, the instruction sets that decide the speed gates."""
+    from _cpu import detect
+
+    return detect()
+
+
+@pytest.fixture(scope="session")
 def ceilings(results):
     """The machine's fp32 and int8 GEMM peaks, measured once at the start of the run."""
-    from _harness import measure_ceilings
+    from _ceilings import measure_ceilings
 
     c = measure_ceilings()
     results.ceilings = c

@@ -105,10 +105,10 @@ def test_macs_of_an_int8_graph_equal_its_fp32_graphs():
 
 
 def test_summary_table_chart_and_json(tmp_path):
-    from _harness import Ceilings
+    from _ceilings import Ceilings
 
     res = Results()
-    res.ceilings = Ceilings(200.0, 800.0, 2048)
+    res.ceilings = Ceilings(fp32={"numpy-sgemm": 200.0}, int8={"ort-u8s8": 800.0})
     r = res.row("unet", "pytorch-eager", "fp32", 1)
     r.ms_per_slice, r.gflops, r.pct_ceiling = 500.0, 192.0, 96.0
     r2 = res.row("unet", "openvino-runtime", "int8", 1)

@@ -1,0 +1,105 @@
+"""The auto-configuration speed gates, derived from the machine instead of from one CPU.
+
+Given what one run measured (the CPU, its ceilings, PyTorch eager fp32 and the auto configuration
+on the same slices, timed interleaved), ``judge_auto_config`` returns every gate with its verdict:
+
+1. the ceilings are plausible (``Ceilings.problems``), else nothing else is judged;
+2. share of the int8 ceiling = achieved GOPS / int8 ceiling >= 0.75, and <= 1.05 (above that the
+   ceiling was under-measured, and the gate says so instead of passing);
+3. speed-up over PyTorch eager fp32 >= 0.8 x (int8 ceiling / PyTorch's achieved fp32 GFLOP/s): the
+   speed-up that 80 % of this machine's int8 peak is worth against what PyTorch really reached.
+
+The old fixed ">= 4x" stays the documented expectation on VNNI machines (``EXPECTED_VNNI_SPEEDUP``):
+reported, not gated. Every message names the ISA class it judged. Pure arithmetic, so recorded runs
+from other machines (``benchmarks/fixtures/``) exercise it in ``test_bench_isa_gates.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from _ceilings import Ceilings
+from _cpu import CpuInfo
+
+MIN_CEILING_SHARE = 0.75
+MAX_CEILING_SHARE = 1.05
+SPEEDUP_FRACTION = 0.8
+EXPECTED_VNNI_SPEEDUP = 4.0
+
+
+@dataclass(frozen=True)
+class AutoRun:
+    """One measurement: seconds per call (batch 1) of PyTorch eager fp32 (``ref_s``) and the auto
+    configuration (``cand_s``), the network's MACs per slice, and the machine it ran on."""
+
+    cpu: CpuInfo
+    ceilings: Ceilings
+    model: str
+    macs: int
+    ref_s: float
+    cand_s: float
+    cand_label: str
+
+    @property
+    def speedup(self) -> float:
+        return self.ref_s / self.cand_s
+
+    @property
+    def achieved_gops(self) -> float:
+        return 2.0 * self.macs / self.cand_s / 1e9
+
+    @property
+    def pytorch_gflops(self) -> float:
+        return 2.0 * self.macs / self.ref_s / 1e9
+
+    def to_dict(self) -> dict:
+        return {"cpu": self.cpu.to_dict(), "ceilings": self.ceilings.to_dict(), "model": self.model,
+                "macs": self.macs, "ref_s": self.ref_s, "cand_s": self.cand_s, "cand_label": self.cand_label}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AutoRun:
+        return cls(cpu=CpuInfo.from_dict(d["cpu"]), ceilings=Ceilings.from_dict(d["ceilings"]), model=d["model"],
+                   macs=int(d["macs"]), ref_s=float(d["ref_s"]), cand_s=float(d["cand_s"]),
+                   cand_label=d["cand_label"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    value: float
+    threshold: str
+    passed: bool
+    message: str
+
+
+def judge_auto_config(run: AutoRun) -> list[Verdict]:
+    """Every gate of the module docstring, in order; a failed ceiling check ends the list."""
+    isa = run.cpu.isa
+    where = f"[{isa}: {run.cpu.model}]"
+    who = f"{run.model}: auto CPU config ({run.cand_label})"
+    problems = run.ceilings.problems()
+    if problems:
+        return [Verdict(f"{who} ceilings", float("nan"), "plausible", False,
+                        f"GATE NOT JUDGED {where}: {'; '.join(problems)}. Measured: {run.ceilings.describe()}")]
+    ceiling = run.ceilings.int8_gemm_gops
+    share = run.achieved_gops / ceiling
+    out = []
+    share_ok = MIN_CEILING_SHARE <= share <= MAX_CEILING_SHARE
+    if share > MAX_CEILING_SHARE:
+        msg = (f"GATE NOT JUDGED {where}: {run.achieved_gops:.0f} GOPS achieved is {share:.0%} of the int8 ceiling "
+               f"{ceiling:.0f} GOPS ({run.ceilings.int8_source}); a share above {MAX_CEILING_SHARE:.0%} means the "
+               f"ceiling was under-measured. Measured: {run.ceilings.describe()}")
+    else:
+        msg = (f"{'ok' if share_ok else 'GATE MISSED'} {where}: {run.achieved_gops:.0f} GOPS = {share:.0%} of the "
+               f"int8 ceiling {ceiling:.0f} GOPS ({run.ceilings.int8_source}); needs >= {MIN_CEILING_SHARE:.0%}")
+    out.append(Verdict(f"{who} share of int8 ceiling", share, f">= {MIN_CEILING_SHARE} and <= {MAX_CEILING_SHARE}",
+                       share_ok, msg))
+    required = SPEEDUP_FRACTION * ceiling / run.pytorch_gflops
+    speed_ok = run.speedup >= required
+    out.append(Verdict(
+        f"{who} vs PyTorch eager fp32", run.speedup, f">= {required:.2f}x", speed_ok,
+        f"{'ok' if speed_ok else 'GATE MISSED'} {where}: speed-up {run.speedup:.2f}x "
+        f"({run.cand_s * 1e3:.1f} vs {run.ref_s * 1e3:.1f} ms/slice); needs >= {required:.2f}x = "
+        f"{SPEEDUP_FRACTION} x int8 ceiling {ceiling:.0f} GOPS / PyTorch's {run.pytorch_gflops:.0f} GFLOP/s"
+        + (f"; expected on VNNI machines: >= {EXPECTED_VNNI_SPEEDUP}x" if run.cpu.has_vnni else "")))
+    return out

@@ -1,0 +1,109 @@
+"""The ISA-aware auto-config gates on recorded runs of other machines (``fixtures/auto_run_*.json``,
+each with the command and date that made it): every gate can pass and fail on an AVX2-only and on
+an AVX-512 VNNI machine, and an implausible ceiling is refused instead of judged. Pure arithmetic:
+runs in every mode in a fraction of a second."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from _ceilings import Ceilings
+from _cpu import FLAGS, parse_cpuinfo
+from _isa_gates import AutoRun, judge_auto_config
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _load(name: str) -> AutoRun:
+    return AutoRun.from_dict(json.loads((FIXTURES / name).read_text()))
+
+
+def _by_name(verdicts):
+    return {v.name.rsplit(") ", 1)[-1]: v for v in verdicts}
+
+
+def _with_int8(run: AutoRun, **int8) -> AutoRun:
+    return dataclasses.replace(run, ceilings=dataclasses.replace(run.ceilings, int8=int8))
+
+
+def test_cpuinfo_flags_give_the_isa_class():
+    by_name = {v: k for k, v in FLAGS.items()}
+    for fixture, isa in (("auto_run_epyc_avx2.json", "avx2"), ("auto_run_zen4_avx512vnni.json", "avx512-vnni")):
+        rec = json.loads((FIXTURES / fixture).read_text())["cpu"]
+        text = (f"processor\t: 0\nmodel name\t: {rec['model']}\n"
+                f"flags\t\t: fpu sse2 {' '.join(by_name[f] for f in rec['flags'])} popcnt\n")
+        info = parse_cpuinfo(text, cores=2)
+        assert info.isa == isa and info.model == rec["model"]
+    assert parse_cpuinfo("flags : sse2 avx2 fma amx_int8 amx_tile\n", 2).isa == "amx"
+    assert parse_cpuinfo("flags : sse2\n", 2).isa == "baseline"
+
+
+def test_avx2_recorded_run_is_refused_not_passed():
+    """The AVX2 machine's only int8 ceiling was torch._int_mm at 1 GOPS: the old gate passed at a
+    share of 17,520 %; now no gate is judged and the run fails saying why."""
+    run = _load("auto_run_epyc_avx2.json")
+    assert run.achieved_gops / 1.0 > 100  # what the old gate called its share of the ceiling
+    (v,) = judge_auto_config(run)
+    assert not v.passed
+    assert "GATE NOT JUDGED [avx2" in v.message and "no plausible int8 ceiling" in v.message
+    assert "torch-int-mm 1 GOPS" in v.message
+
+
+@pytest.mark.parametrize("ceiling, passes", [(250.0, True), (600.0, False)])
+def test_avx2_gates_pass_and_fail_with_a_plausible_ceiling(ceiling, passes):
+    """That run measured no ONNX Runtime int8 ceiling, so these two values are hypothetical: 250
+    GOPS (OpenVINO's 248 GOPS would be 99 % of it) passes both gates at the recorded 2.49x; 600
+    fails both (41 % share; 4.8x required)."""
+    run = _with_int8(_load("auto_run_epyc_avx2.json"), **{"ort-u8s8": ceiling})
+    verdicts = _by_name(judge_auto_config(run))
+    assert set(verdicts) == {"share of int8 ceiling", "vs PyTorch eager fp32"}
+    for v in verdicts.values():
+        assert v.passed is passes, v.message
+        assert "[avx2: AMD EPYC]" in v.message
+        assert "expected on VNNI" not in v.message  # the 4x expectation is for VNNI machines only
+    assert verdicts["vs PyTorch eager fp32"].value == pytest.approx(964.0 / 387.6)
+
+
+def test_zen4_recorded_run_under_measured_ceiling_is_refused():
+    """OpenVINO int8 reached 821 GOPS there, above both GEMM ceilings measured (767 and 720): a share
+    over 105 % says the ceiling was under-measured, and the gate refuses it."""
+    verdicts = _by_name(judge_auto_config(_load("auto_run_zen4_avx512vnni.json")))
+    share = verdicts["share of int8 ceiling"]
+    assert not share.passed and share.value > 1.05 and "under-measured" in share.message
+    speed = verdicts["vs PyTorch eager fp32"]
+    assert speed.passed, speed.message  # 4.65x against 0.8 x 767 / 177 = 3.47x
+    assert "[avx512-vnni" in speed.message and "expected on VNNI machines: >= 4.0x" in speed.message
+
+
+def test_zen4_gates_pass_and_fail():
+    """With the VNNI register-loop peak recorded the same day (925 GOPS) both gates pass; the same
+    machine with the engine twice as slow fails both."""
+    run = _with_int8(_load("auto_run_zen4_avx512vnni.json"), **{"vnni-register-loop": 925.0})
+    assert all(v.passed for v in judge_auto_config(run)), [v.message for v in judge_auto_config(run)]
+    slow = dataclasses.replace(run, cand_s=run.cand_s * 2)
+    failed = [v for v in judge_auto_config(slow) if not v.passed]
+    assert len(failed) == 2 and all("GATE MISSED [avx512-vnni" in v.message for v in failed)
+
+
+def test_this_projects_machine_recorded_run():
+    """A full run on the project's current machine kind (Zen 5, AVX-512 VNNI), recorded with
+    ``--record-auto-run``: the verdicts it got, and a failure when the engine is 2x slower."""
+    path = FIXTURES / "auto_run_zen5_avx512vnni.json"
+    if not path.is_file():
+        pytest.skip("no recorded Zen 5 run in benchmarks/fixtures/")
+    run = _load(path.name)
+    assert run.cpu.isa == "avx512-vnni"
+    assert not run.ceilings.problems()
+    slow = dataclasses.replace(run, cand_s=run.cand_s * 3)
+    assert not any(v.passed for v in judge_auto_config(slow))
+
+
+def test_fp32_ceiling_missing_is_refused():
+    run = dataclasses.replace(_load("auto_run_epyc_avx2.json"),
+                              ceilings=Ceilings(fp32={}, int8={"ort-u8s8": 300.0}))
+    (v,) = judge_auto_config(run)
+    assert not v.passed and "no fp32 ceiling" in v.message
