@@ -67,7 +67,14 @@ def time_calls(fn: Callable[[], object], *, rounds: int, warmup: int = 1) -> lis
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1,
                         settle_s: float = 0.02) -> dict[str, float]:
-    """Median wall time (s) per function, calling them in turn (A B A B ...) so that load from other
+    """Median of ``interleaved_times`` per function."""
+    return {k: float(np.median(v)) for k, v in interleaved_times(fns, rounds=rounds, warmup=warmup,
+                                                                 settle_s=settle_s).items()}
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1,
+                      settle_s: float = 0.02) -> dict[str, list[float]]:
+    """Wall times (s) per function, calling them in turn (A B A B ...) so that load from other
     processes on a shared machine hits every contender alike. ``warmup`` untimed rounds first.
 
     ``settle_s`` (untimed) after each call: ONNX Runtime's and OpenVINO's worker threads spin for a
@@ -84,7 +91,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, rounds: int, wa
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return times
 
 
 # ----------------------------------------------------------------------------- MACs

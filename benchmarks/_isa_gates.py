@@ -6,8 +6,11 @@ on the same slices, timed interleaved), ``judge_auto_config`` returns every gate
 1. the ceilings are plausible (``Ceilings.problems``), else nothing else is judged;
 2. share of the int8 ceiling = achieved GOPS / int8 ceiling >= 0.75, and <= 1.05 (above that the
    ceiling was under-measured, and the gate says so instead of passing);
-3. speed-up over PyTorch eager fp32 >= 0.8 x (int8 ceiling / PyTorch's achieved fp32 GFLOP/s): the
-   speed-up that 80 % of this machine's int8 peak is worth against what PyTorch really reached.
+3. speed-up over PyTorch eager fp32 >= 0.6 x (int8 ceiling / fp32 ceiling): the int8 configuration
+   must turn at least 60 % of this CPU's int8-over-fp32 hardware advantage into speed over the
+   fp32 reference (``SPEEDUP_FRACTION`` says why 0.6). (A threshold of 0.8 x int8 ceiling / PyTorch's *achieved* GFLOP/s would be the
+   share gate again in other words: speed-up = achieved / PyTorch's GFLOP/s, so it holds exactly
+   when achieved / ceiling >= 0.8; it could never tell anything the share gate does not.)
 
 The old fixed ">= 4x" stays the documented expectation on VNNI machines (``EXPECTED_VNNI_SPEEDUP``):
 reported, not gated. Every message names the ISA class it judged. Pure arithmetic, so recorded runs
@@ -23,7 +26,10 @@ from _cpu import CpuInfo
 
 MIN_CEILING_SHARE = 0.75
 MAX_CEILING_SHARE = 1.05
-SPEEDUP_FRACTION = 0.8
+# int8 convolution engines reach 65-90 % of the int8 GEMM peak, fp32 engines (PyTorch included)
+# 80-100 % of the fp32 one (docs/benchmarks.md), so about 0.65-1.1 of the hardware's int8/fp32
+# advantage is what a good int8 engine shows over PyTorch; 0.6 catches one that wastes more.
+SPEEDUP_FRACTION = 0.6
 EXPECTED_VNNI_SPEEDUP = 4.0
 
 
@@ -94,12 +100,14 @@ def judge_auto_config(run: AutoRun) -> list[Verdict]:
                f"int8 ceiling {ceiling:.0f} GOPS ({run.ceilings.int8_source}); needs >= {MIN_CEILING_SHARE:.0%}")
     out.append(Verdict(f"{who} share of int8 ceiling", share, f">= {MIN_CEILING_SHARE} and <= {MAX_CEILING_SHARE}",
                        share_ok, msg))
-    required = SPEEDUP_FRACTION * ceiling / run.pytorch_gflops
+    fp32 = run.ceilings.sgemm_gflops
+    required = SPEEDUP_FRACTION * ceiling / fp32
     speed_ok = run.speedup >= required
     out.append(Verdict(
         f"{who} vs PyTorch eager fp32", run.speedup, f">= {required:.2f}x", speed_ok,
         f"{'ok' if speed_ok else 'GATE MISSED'} {where}: speed-up {run.speedup:.2f}x "
         f"({run.cand_s * 1e3:.1f} vs {run.ref_s * 1e3:.1f} ms/slice); needs >= {required:.2f}x = "
-        f"{SPEEDUP_FRACTION} x int8 ceiling {ceiling:.0f} GOPS / PyTorch's {run.pytorch_gflops:.0f} GFLOP/s"
+        f"{SPEEDUP_FRACTION} x int8 ceiling {ceiling:.0f} GOPS / fp32 ceiling {fp32:.0f} GFLOP/s "
+        f"(PyTorch reached {run.pytorch_gflops:.0f} GFLOP/s)"
         + (f"; expected on VNNI machines: >= {EXPECTED_VNNI_SPEEDUP}x" if run.cpu.has_vnni else "")))
     return out

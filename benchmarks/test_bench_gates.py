@@ -20,7 +20,7 @@ import pytest
 from limbseg_rt.runtime.inference.pipeline import auto_batch_size
 
 from _ceilings import FP32_SOURCES, N, Ceilings, gemm_calls
-from _harness import auto_cpu_config, interleaved_medians, speedup_gate
+from _harness import auto_cpu_config, interleaved_medians, interleaved_times, speedup_gate
 from _isa_gates import AutoRun, judge_auto_config
 
 FP32_MIN_SPEEDUP = 1.2
@@ -70,7 +70,9 @@ def test_gate_auto_cpu_config(bench, results, ceilings, cpu, full_run, model_nam
     calls, errors = gemm_calls()
     fns = {"ref": lambda: ref.predict(images, pos), "cand": lambda: cand.predict(images, pos)}
     fns.update({f"gemm:{k}": v for k, v in calls.items()})
-    t = interleaved_medians(fns, rounds=5)
+    # Best of the interleaved rounds for every contender: a ceiling is a peak, so the model is judged
+    # peak against peak (medians under load from other processes swing the GEMMs more than the model).
+    t = {k: min(v) for k, v in interleaved_times(fns, rounds=5).items()}
     ops = 2.0 * N**3
     rates = {k[5:]: ops / v / 1e9 for k, v in t.items() if k.startswith("gemm:")}
     timed = Ceilings(fp32={k: v for k, v in rates.items() if k in FP32_SOURCES},
