@@ -40,12 +40,12 @@ def _versions() -> list[tuple[str, str]]:
 
 def _print_installation() -> None:
     from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
-    from limbseg_rt.runtime.engine.providers import INSTALL_HINT, PRIORITY, available_providers, probe_providers
+    from limbseg_rt.runtime.engine.providers import INSTALL_HINT, PRIORITY, available_engines, probe_providers
 
     print("versions:")
     for name, version in _versions():
         print(f"  {name:<12} {version}")
-    available = available_providers()
+    available = available_engines()
     probes = probe_providers(available)
     print("execution providers (auto picks the first usable):")
     for short in PRIORITY:
