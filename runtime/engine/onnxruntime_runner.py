@@ -31,7 +31,9 @@ def build_ort_session(path: Path, providers: list[tuple[str, dict]], *, threads:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    # Fatal only: a kernel error is raised to us and reported as one line (EngineRunError); ONNX
+    # Runtime's own log line would be a second, coloured line on stderr.
+    opts.log_severity_level = 4
     for name, options in providers:
         if name == prov.TENSORRT:
             cache = Path(options["trt_engine_cache_path"])
