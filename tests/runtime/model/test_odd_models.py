@@ -136,6 +136,15 @@ def test_odd_model_is_refused_at_load_with_one_line_and_exit_4(kind, words, scan
     assert _sha(scan) == before
 
 
+@pytest.mark.parametrize("kind", ["input-size-huge", "image-input-renamed", "class-count-disagrees"])
+def test_info_refuses_an_odd_model_the_same_way(kind, tmp_path, capfd):
+    code = cli_main(["info", str(_odd(kind, tmp_path))])
+    out, err = capfd.readouterr()
+    assert code == EXIT_MODEL and out == ""
+    [line] = err.splitlines()
+    assert line.startswith(f"limbseg-rt: error: {kind}.onnx") and dict(CASES)[kind] in line
+
+
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino package")
 @pytest.mark.parametrize("kind", ["promised-position-missing", "image-input-renamed", "class-count-disagrees",
                                   "input-size-huge"])
