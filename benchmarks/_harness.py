@@ -198,9 +198,9 @@ def runner_engine(path: Path, provider: str, *, threads: int = 2, max_batch: int
 def auto_cpu_config() -> tuple[str, str]:
     """(provider, precision) that ``--provider auto --precision auto`` runs on a machine without GPU."""
     from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
-    from limbseg_rt.runtime.engine.providers import available_providers, choose_provider
+    from limbseg_rt.runtime.engine.providers import available_engines, choose_provider
 
-    cpu_side = [n for n in available_providers() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    cpu_side = [n for n in available_engines() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
     short, _ = choose_provider("auto", cpu_side)
     return short, AUTO_PRECISION[short][0]
 

@@ -1,7 +1,7 @@
 """Benchmark models: full-size paper networks with seeded random weights, exported once into a cache.
 
 Random but fixed weights make the speed of the paper's networks measurable without shipping 3 x 120 MB
-of trained weights; they are useless for accuracy (tiny logit margins, see FINDINGS.md), so accuracy
+of trained weights; they are useless for accuracy (tiny logit margins, see docs/engines.md), so accuracy
 gates use the bundled, trained demo models instead.
 
 Cache layout: ``<root>/bench/<arch>-f<features>-s<seed>-<versions hash>/{model.pth.tar, fp32.onnx,

@@ -126,10 +126,10 @@ def test_auto_config_is_what_create_runner_picks(tmp_path):
     """The gates judge the configuration the runtime really runs for --provider auto on a CPU machine."""
     from _harness import auto_cpu_config
     from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
-    from limbseg_rt.runtime.engine.providers import PRIORITY, available_providers, choose_provider
+    from limbseg_rt.runtime.engine.providers import PRIORITY, available_engines, choose_provider
 
     provider, precision = auto_cpu_config()
-    cpu_side = [n for n in available_providers() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    cpu_side = [n for n in available_engines() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
     assert choose_provider("auto", cpu_side)[0] == provider
     assert precision == AUTO_PRECISION[provider][0] == "int8"
     assert PRIORITY.index("openvino") < PRIORITY.index("cpu")

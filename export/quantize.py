@@ -4,7 +4,7 @@ Both keep the graph's I/O types (float32 in, float32 ``logits`` and uint8 ``labe
 SC-UNet's position one-hot subgraph in fp32 / unquantised: its ``float32(p) * 100`` truncation is
 the rule of runtime/model/position.py, and in fp16 e.g. p = 0.51, 0.55, 0.57 land in the bin below.
 
-int8 layout (FINDINGS.md): ONNX Runtime's CPU int8 kernels are fast on this machine's VNNI units
+int8 layout (docs/engines.md): ONNX Runtime's CPU int8 kernels are fast on this machine's VNNI units
 only with *uint8 activations*; int8 activations are ~10x slower in GEMM. So activations are QUInt8
 (asymmetric), weights QInt8 per output channel (symmetric), in QDQ format, calibrated with MinMax on
 real preprocessed slices. Quantised op types: Conv, Relu (fused into the convolution's output
@@ -12,7 +12,7 @@ range) and MaxPool (exact on uint8), so each encoder block runs QLinearConv -> u
 QLinearConv without leaving int8. Kept in float: Concat (one shared scale for the skip and the
 upsampled path cost up to 0.17 muscle Dice on a briefly trained model, measured), the final 1x1
 logits convolution (argmax decides between close logits; 64 -> 38 channels, negligible compute) and
-ConvTranspose (no int8 kernel in ONNX Runtime's CPU provider; FINDINGS.md). ONNX Runtime's optimised
+ConvTranspose (no int8 kernel in ONNX Runtime's CPU provider; docs/engines.md). ONNX Runtime's optimised
 graph then holds 18 QLinearConv for the UNet and is about as lean as quantising every op type.
 ConvTranspose weights are still stored as int8 (per output channel, dequantised by a
 DequantizeLinear node in front of the float ConvTranspose; not at the levels kept in float): a

@@ -23,7 +23,7 @@ Tolerances (see ``Tolerance``), justified:
   held-out slices (not used for calibration) >= 0.97, for every muscle covering at least
   ``min_dice_pixels`` pixels in either labelling (smaller ones are reported, not gated: a handful of
   boundary pixels would dominate their Dice). Meaningful only for trained models: random weights
-  have tiny logit margins, so any reduced precision flips many pixels (see FINDINGS.md); tests use a
+  have tiny logit margins, so any reduced precision flips many pixels (see docs/engines.md); tests use a
   briefly trained tiny model.
 """
 

@@ -91,10 +91,3 @@ class AttentionUNet(nn.Module):
             up = match_size(self.up_samples[i](g), skip)
             g = self.up_convs[i](torch.cat((gated, up), dim=1))
         return self.final_conv(g)
-
-
-def attention_unet(
-    *, classes: int = DEFAULT_CLASSES, features: Sequence[int] = DEFAULT_FEATURES, in_channels: int = 1
-) -> AttentionUNet:
-    """Factory with the registry's signature."""
-    return AttentionUNet(classes=classes, features=features, in_channels=in_channels)

@@ -49,8 +49,3 @@ class SCUNet(UNet):
     def forward(self, image: torch.Tensor, position: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         weights = self.spatiallinear(position_onehot_torch(position))  # [N, classes]
         return self.decode(image) * weights[:, :, None, None]
-
-
-def sc_unet(*, classes: int = DEFAULT_CLASSES, features: Sequence[int] = DEFAULT_FEATURES, in_channels: int = 1) -> SCUNet:
-    """Factory with the registry's signature."""
-    return SCUNet(classes=classes, features=features, in_channels=in_channels)

@@ -58,8 +58,3 @@ class UNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.decode(image)
-
-
-def unet(*, classes: int = DEFAULT_CLASSES, features: Sequence[int] = DEFAULT_FEATURES, in_channels: int = 1) -> UNet:
-    """Factory with the registry's signature."""
-    return UNet(classes=classes, features=features, in_channels=in_channels)

@@ -150,12 +150,11 @@ class Segmenter:
             fit=fit, batch_size=batch_size, memory_budget_mb=memory_budget_mb, max_batch=max_batch,
             tile_overlap=tile_overlap,
         )
-        # TensorRT makes fp16 from the fp32 file (a builder flag); elsewhere fp16 means an fp16 file.
-        trt_fp16 = precision == "fp16" and provider == "tensorrt"
         t0 = time.perf_counter()
+        # Precision is resolved by create_runner after the provider (fp16 on TensorRT = its fp16 mode).
         self._runner = create_runner(
             model, provider=provider, allow_fallback=allow_fallback, threads=threads, device_id=device_id,
-            fp16=trt_fp16, cache_dir=cache_dir, precision="fp32" if trt_fp16 else precision,
+            cache_dir=cache_dir, precision=precision,
             max_batch=max(max_batch, batch_size if isinstance(batch_size, int) else 1),
         )
         self.load_seconds = time.perf_counter() - t0

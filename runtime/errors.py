@@ -15,6 +15,8 @@ EXIT_PROVIDER = 5      # requested execution provider unavailable or silently dr
 EXIT_EMPTY = 6         # input is empty/constant: an all-background result was written and flagged
 EXIT_PARITY = 7        # export parity checks failed; no model file written
 EXIT_OUTPUT = 8        # output cannot be written where asked (or would overwrite the input)
+EXIT_ENGINE = 9        # the inference engine (ONNX Runtime, OpenVINO) failed while running
+EXIT_MEMORY = 10       # the inference engine ran out of memory
 
 
 class LimbsegError(Exception):
@@ -45,6 +47,18 @@ class OutputError(LimbsegError):
     """An output path is unusable (e.g. equal to the input, or its folder does not exist)."""
 
     exit_code = EXIT_OUTPUT
+
+
+class EngineRunError(LimbsegError):
+    """The engine loaded the model but failed while running it (kernel error, unsupported shape)."""
+
+    exit_code = EXIT_ENGINE
+
+
+class OutOfMemoryError(EngineRunError):
+    """The engine could not allocate memory while running (host or device)."""
+
+    exit_code = EXIT_MEMORY
 
 
 class ParityError(LimbsegError):

@@ -33,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"limbseg_rt.cli.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"limbseg_rt.cli.{module_name}":
-                continue  # command not built yet
-            raise
+        module = importlib.import_module(f"limbseg_rt.cli.{module_name}")
         p = module.add_parser(sub)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
         p.set_defaults(_main=module.main)

@@ -7,6 +7,7 @@ bundled models. With a ``.onnx`` file or a bundled name: the model's metadata an
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,12 +41,12 @@ def _versions() -> list[tuple[str, str]]:
 
 def _print_installation() -> None:
     from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
-    from limbseg_rt.runtime.engine.providers import INSTALL_HINT, PRIORITY, available_providers, probe_providers
+    from limbseg_rt.runtime.engine.providers import INSTALL_HINT, PRIORITY, available_engines, probe_providers
 
     print("versions:")
     for name, version in _versions():
         print(f"  {name:<12} {version}")
-    available = available_providers()
+    available = available_engines()
     probes = probe_providers(available)
     print("execution providers (auto picks the first usable):")
     for short in PRIORITY:
@@ -77,6 +78,8 @@ def _print_model(path) -> None:
 
     import onnxruntime as ort
 
+    from limbseg_rt.runtime.engine.base import check_model_graph
+    from limbseg_rt.runtime.engine.onnxruntime_runner import session_graph
     from limbseg_rt.runtime.hashing import sha256_file
     from limbseg_rt.runtime.model.metadata import read_metadata
 
@@ -84,6 +87,7 @@ def _print_model(path) -> None:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    check_model_graph(md, *session_graph(sess), Path(path))  # ModelError (exit 4): graph and metadata disagree
     norm = md.normalisation
     rows = [
         ("file", str(path)),

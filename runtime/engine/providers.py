@@ -2,10 +2,14 @@
 
 Short names, in ``auto`` priority order: ``tensorrt`` > ``cuda`` > ``openvino`` > ``cpu``.
 ``resolve_providers`` returns the list ONNX Runtime's ``InferenceSession(providers=...)`` takes:
-``[(ort_provider_name, options), ...]``, order = priority. OpenVINO runs through ONNX Runtime's
-``OpenVINOExecutionProvider`` when the installed ONNX Runtime has it, otherwise through the
-OpenVINO runtime itself (the ``openvino`` package); that case is the single entry
-``(OPENVINO_RUNTIME, {"device": "CPU", "config": {...}})``, which the engine handles without ORT.
+``[(ort_provider_name, options), ...]``, order = priority.
+
+Two engines serve these names. ONNX Runtime serves all four (``openvino`` through its
+``OpenVINOExecutionProvider`` when the installed build has it); the OpenVINO runtime (the
+``openvino`` package) is a separate engine that serves ``openvino`` when ONNX Runtime cannot.
+``available_engines()`` is what the machine offers: ONNX Runtime's provider names plus the marker
+``OPENVINO_RUNTIME`` when the ``openvino`` package is installed; ``engine_for`` says which engine
+runs a short name. The marker never reaches ONNX Runtime.
 
 Nothing here imports onnxruntime or openvino at module import time.
 """
@@ -27,10 +31,14 @@ TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 OPENVINO_EP = "OpenVINOExecutionProvider"
 CPU = "CPUExecutionProvider"
-# Not an ONNX Runtime provider: the OpenVINO runtime (``openvino`` package) behind the same runner.
-OPENVINO_RUNTIME = "OpenVINORuntime"
+# Not an ONNX Runtime provider: marks, in ``available_engines()``, that the OpenVINO runtime engine
+# (the ``openvino`` package) is installed.
+OPENVINO_RUNTIME = "openvino-runtime"
+ENGINE_ORT = "onnxruntime"
+ENGINE_OPENVINO = "openvino"
 
-SHORT_NAME = {TENSORRT: "tensorrt", CUDA: "cuda", OPENVINO_EP: "openvino", OPENVINO_RUNTIME: "openvino", CPU: "cpu"}
+# ONNX Runtime provider name -> short name.
+SHORT_NAME = {TENSORRT: "tensorrt", CUDA: "cuda", OPENVINO_EP: "openvino", CPU: "cpu"}
 
 INSTALL_HINT = {
     "tensorrt": 'pip install "limbseg-rt[gpu]" (onnxruntime-gpu, replacing onnxruntime) plus NVIDIA TensorRT 10 libraries',
@@ -45,23 +53,38 @@ TRT_WORKSPACE_BYTES = 2 * 1024**3
 
 
 def available_providers() -> list[str]:
-    """ONNX Runtime's available providers, plus ``OPENVINO_RUNTIME`` when the ``openvino`` package is
-    installed (found, not imported: importing it costs most of a second; a broken install surfaces as a
-    ``ProviderError`` when the OpenVINO runner is built)."""
-    import importlib.util
-
+    """ONNX Runtime's available providers (names as ONNX Runtime spells them)."""
     import onnxruntime as ort
 
-    names = list(ort.get_available_providers())
+    return list(ort.get_available_providers())
+
+
+def available_engines() -> list[str]:
+    """What this machine offers: ``available_providers()`` plus ``OPENVINO_RUNTIME`` when the
+    ``openvino`` package is installed (found, not imported: importing it costs most of a second; a
+    broken install surfaces as a ``ProviderError`` when the OpenVINO runner is built)."""
+    import importlib.util
+
+    names = available_providers()
     if importlib.util.find_spec("openvino") is not None:
         names.append(OPENVINO_RUNTIME)
     return names
 
 
 def short_available(available: Sequence[str]) -> list[str]:
-    """Short names of the providers in ``available``, in priority order."""
+    """Short names served by anything in ``available`` (as from ``available_engines()``), in priority order."""
     have = {SHORT_NAME[n] for n in available if n in SHORT_NAME}
+    if OPENVINO_RUNTIME in available:
+        have.add("openvino")
     return [s for s in PRIORITY if s in have]
+
+
+def engine_for(short: str, available: Sequence[str]) -> str:
+    """``ENGINE_ORT`` or ``ENGINE_OPENVINO``: the engine that runs the short name ``short``. OpenVINO
+    goes through ONNX Runtime's own OpenVINO EP when it is there, else through the OpenVINO runtime."""
+    if short == "openvino" and OPENVINO_EP not in available and OPENVINO_RUNTIME in available:
+        return ENGINE_OPENVINO
+    return ENGINE_ORT
 
 
 def default_threads() -> int:
@@ -253,12 +276,13 @@ def resolve_providers(
     options, set by the engine. ``fp16`` is TensorRT's fp16 mode and only valid there. ``cache_dir``:
     root of the TensorRT engine/timing cache (default ``default_cache_root()``); the cache lives in
     ``<root>/trt/<trt_cache_key(...)>``. ``max_batch``/``opt_batch``: TensorRT's batch profile
-    (``opt_batch`` defaults to ``max_batch``). ``available``: provider names as from
-    ``available_providers()`` (injectable for tests). ``gpu``: GPU name for the cache key (default:
+    (``opt_batch`` defaults to ``max_batch``). ``available``: names as from
+    ``available_engines()`` (injectable for tests); ``openvino`` needs ONNX Runtime's OpenVINO EP
+    here (the OpenVINO runtime engine takes no provider list). ``gpu``: GPU name for the cache key (default:
     asked from ``nvidia-smi``). Raises ``ProviderError``.
     """
     if available is None:
-        available = available_providers()
+        available = available_engines()
     name, _ = choose_provider(requested, available)
     threads = threads or default_threads()
     if max_batch < 1:
@@ -273,9 +297,9 @@ def resolve_providers(
     if name == "cpu":
         return [cpu]
     if name == "openvino":
-        if OPENVINO_EP in available:
-            return [(OPENVINO_EP, openvino_ep_options(threads=threads)), cpu]
-        return [(OPENVINO_RUNTIME, openvino_runtime_config(threads=threads))]
+        if engine_for(name, available) != ENGINE_ORT:
+            raise ValueError("openvino is served by the OpenVINO runtime engine here, not by ONNX Runtime")
+        return [(OPENVINO_EP, openvino_ep_options(threads=threads)), cpu]
     cuda = (CUDA, cuda_options(device_id=device_id))
     if name == "cuda":
         return [cuda, cpu]
@@ -308,7 +332,7 @@ def probe_providers(available: Sequence[str] | None = None) -> dict[str, tuple[b
     import onnxruntime as ort
 
     if available is None:
-        available = available_providers()
+        available = available_engines()
     result: dict[str, tuple[bool, str]] = {}
     for ort_name, short in ((TENSORRT, "tensorrt"), (CUDA, "cuda"), (OPENVINO_EP, "openvino"), (CPU, "cpu")):
         if ort_name not in available:

@@ -36,7 +36,7 @@ from limbseg_rt.runtime.inference.tiling import TileCoord, sliding_window_logits
 
 FIT_MODES = ("resize", "tile")
 DEFAULT_MEMORY_BUDGET_MB = 512.0
-DEFAULT_MAX_BATCH = 4  # CPU: batch 4 is as fast per slice as 8 (FINDINGS.md) and bounds engine working memory; GPUs: pass --batch-size
+DEFAULT_MAX_BATCH = 4  # CPU: batch 4 is as fast per slice as 8 (docs/engines.md) and bounds engine working memory; GPUs: pass --batch-size
 
 Predict = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 Progress = Callable[[int, int], None]

@@ -89,7 +89,9 @@ class WeightedMerger:
     """Accumulates weighted window logits into ``[N, C, H, W]`` and divides by the weight sum.
 
     ``image_hw`` is the padded size; ``finalize(crop_hw)`` crops the padding away. The channel
-    count is taken from the first aggregated batch (the model decides it).
+    count is taken from the first aggregated batch (the model decides it). ``finalize`` divides
+    once (``is_finalized`` then turns true): later calls return the same values, and aggregating
+    after it is an error, as nothing could be added to a normalised buffer correctly.
     """
 
     def __init__(self, n_images: int, image_hw: tuple[int, int], weights: np.ndarray):
@@ -98,9 +100,12 @@ class WeightedMerger:
         self._weights = np.asarray(weights, dtype=np.float32)
         self._sum: np.ndarray | None = None
         self._wsum = np.zeros((self._n, 1) + self._hw, dtype=np.float32)
+        self.is_finalized = False
 
     def aggregate(self, logits: np.ndarray, coords: Sequence[TileCoord]) -> None:
         """Add ``logits`` float32 ``[B, C, h, w]`` for the ``B`` windows described by ``coords``."""
+        if self.is_finalized:
+            raise ValueError("this merger is finalized; start a new one for more tiles")
         if logits.ndim != 4 or logits.shape[0] != len(coords):
             raise ValueError(f"expected logits [{len(coords)}, C, h, w], got {logits.shape}")
         if self._sum is None:
@@ -112,15 +117,18 @@ class WeightedMerger:
             self._wsum[sl] += w
 
     def finalize(self, crop_hw: tuple[int, int] | None = None) -> np.ndarray:
-        """Blended logits float32 ``[N, C, H, W]`` (cropped to ``crop_hw`` when given)."""
+        """Blended logits float32 ``[N, C, H, W]`` (cropped to ``crop_hw`` when given), a new array
+        the caller owns. The first call divides the whole buffer by the weights, in place (no second
+        full-size buffer); repeated calls only crop and copy."""
         if self._sum is None:
             raise ValueError("no tiles were aggregated")
         h, w = crop_hw if crop_hw is not None else self._hw
-        if np.any(self._wsum[:, :, :h, :w] <= 0):
+        if np.any(self._wsum[:, :, :h, :w] <= 0):  # the weight sums are never modified: check every call
             raise ValueError("some pixels were not covered by any tile")
-        out = self._sum[:, :, :h, :w]
-        out /= self._wsum[:, :, :h, :w]
-        return np.ascontiguousarray(out)
+        if not self.is_finalized:
+            np.divide(self._sum, self._wsum, out=self._sum, where=self._wsum > 0)
+            self.is_finalized = True
+        return np.array(self._sum[:, :, :h, :w], copy=True)
 
 
 def sliding_window_logits(

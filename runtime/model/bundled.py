@@ -2,7 +2,7 @@
 
 Bundled files live in ``runtime/data/models/`` (``MODELS_DIR``) as ``{arch}-{precision}.onnx``
 (arch in ``unet``, ``attention-unet``, ``sc-unet``; precision ``fp32`` or ``int8``) with a model card
-``{arch}.md``. ``precision="auto"`` takes int8 on cpu/openvino (3-4x faster there, see FINDINGS.md)
+``{arch}.md``. ``precision="auto"`` takes int8 on cpu/openvino (3-4x faster there, see docs/engines.md)
 and fp32 on cuda/tensorrt (TensorRT's fp16 is a provider flag applied to the fp32 file, not a file).
 Every function takes ``models_dir`` so tests can point it at a temporary folder.
 """

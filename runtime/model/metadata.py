@@ -138,11 +138,85 @@ class ModelMetadata:
             raise ValueError("'classes' disagrees with the label table")
         if md.needs_position != (md.position is not None):
             raise ValueError("a 'position' input needs a position spec, and vice versa")
+        _check_ranges(md)
         return md
 
     @classmethod
     def from_json(cls, text: str) -> "ModelMetadata":
         return cls.from_dict(json.loads(text))
+
+
+# Largest slice side (pixels) a model may declare: generous for 2D MRI slices (512-1024 in practice),
+# and small enough that one slice's logits cannot by themselves exhaust memory.
+MAX_INPUT_SIDE = 4096
+MAX_CLASSES = 256  # labels are uint8
+
+
+def _check_ranges(md: ModelMetadata) -> None:
+    """``ValueError`` for numbers no usable model has (checked at load, before anything runs)."""
+    h, w = md.input_hw
+    if not (1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE):
+        raise ValueError(f"input size {h} x {w} is outside 1..{MAX_INPUT_SIDE} pixels")
+    if md.in_channels < 1:
+        raise ValueError(f"in_channels {md.in_channels} must be at least 1")
+    if not 2 <= md.classes <= MAX_CLASSES:
+        raise ValueError(f"{md.classes} classes: need 2..{MAX_CLASSES} (background + muscles)")
+    if not md.features or any(f < 1 for f in md.features):
+        raise ValueError(f"features {list(md.features)} must be positive")
+    if not md.inputs or md.inputs[0] != "image" or set(md.inputs) - {"image", "position"}:
+        raise ValueError(f"inputs {list(md.inputs)}: the first must be 'image', the only other 'position'")
+    if "logits" not in md.outputs:
+        raise ValueError(f"outputs {list(md.outputs)} lack 'logits'")
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """One graph input or output as an engine reports it: ``shape`` has an int per fixed axis and
+    None per dynamic one; ``dtype`` is a numpy name (``float32``, ``uint8``, ...)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+# Expected (rank, dtype) of every tensor the metadata may name, and which axes are fixed by it.
+_EXPECTED = {"image": (4, "float32"), "position": (1, "float32"), "logits": (4, "float32"), "labels": (3, "uint8")}
+
+
+def check_graph(md: ModelMetadata, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> None:
+    """``ValueError`` when the graph's I/O disagree with the metadata: names (the graph's inputs are
+    exactly ``md.inputs``; every ``md.outputs`` name exists), ranks, dtypes, and the fixed axes
+    (image channels = ``in_channels``, image H x W = ``input_hw`` when fixed, logits channels =
+    ``classes``)."""
+    have_in = {t.name: t for t in inputs}
+    if set(have_in) != set(md.inputs):
+        raise ValueError(f"the graph's inputs {sorted(have_in)} are not the metadata's {sorted(md.inputs)}")
+    have_out = {t.name: t for t in outputs}
+    missing = [n for n in md.outputs if n not in have_out]
+    if missing:
+        raise ValueError(f"the graph has no output {missing[0]!r} (its outputs: {sorted(have_out)})")
+    fixed = {("image", 1): md.in_channels, ("image", 2): md.input_hw[0], ("image", 3): md.input_hw[1],
+             ("logits", 1): md.classes}
+    for t in [have_in[n] for n in md.inputs] + [have_out[n] for n in md.outputs]:
+        rank, dtype = _EXPECTED.get(t.name, (len(t.shape), t.dtype))
+        if len(t.shape) != rank or t.dtype != dtype:
+            raise ValueError(f"graph tensor {t.name!r} is {t.dtype} of rank {len(t.shape)}; expected {dtype} of rank {rank}")
+        for axis, dim in enumerate(t.shape):
+            want = fixed.get((t.name, axis))
+            if dim is not None and want is not None and dim != want:
+                raise ValueError(f"graph tensor {t.name!r} has {dim} on axis {axis}; the metadata says {want}")
+
+
+def metadata_from_props(props: dict[str, str], path: Path) -> ModelMetadata:
+    """``ModelMetadata`` from a model's ``metadata_props`` as already loaded by an engine (same checks
+    and messages as ``read_metadata``, prefixed with the file name)."""
+    text = props.get(METADATA_KEY)
+    if text is None:
+        raise ModelError(f"{path.name}: model has no limbseg-rt metadata (key {METADATA_KEY!r}); export it with 'limbseg-rt export'")
+    try:
+        return ModelMetadata.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path.name}: model has malformed limbseg-rt metadata: {exc}") from None
 
 
 def read_metadata(model) -> ModelMetadata:

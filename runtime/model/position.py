@@ -20,7 +20,7 @@ Values outside ``[0, 1]`` (a runtime ``--limb-range`` may extrapolate) are clamp
 first; the authors' code would index out of range there. ``int()`` truncates toward zero, which
 equals floor for the clamped, non-negative values. The PyTorch model and the exported ONNX graph
 implement the same arithmetic (float32 multiply, truncate, subtract 1, wrap -1 to 99) and tests
-compare them with this function on a dense grid of ``p``.
+compare them with ``position_index`` on a dense grid of ``p``.
 """
 
 from __future__ import annotations
@@ -36,14 +36,6 @@ def position_index(p) -> np.ndarray:
     scaled = (p32 * np.float32(POSITION_BINS)).astype(np.float32)
     idx = np.trunc(scaled).astype(np.int64) - 1
     return np.where(idx < 0, idx + POSITION_BINS, idx)
-
-
-def position_onehot(p) -> np.ndarray:
-    """One-hot encoding, float32 ``[N, POSITION_BINS]`` for ``p`` of shape ``[N]`` (scalar -> ``[1, 100]``)."""
-    idx = np.atleast_1d(position_index(p))
-    out = np.zeros((idx.shape[0], POSITION_BINS), dtype=np.float32)
-    out[np.arange(idx.shape[0]), idx] = 1.0
-    return out
 
 
 def slice_positions(

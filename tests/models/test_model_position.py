@@ -6,7 +6,16 @@ import numpy as np
 import torch
 
 from limbseg_rt.models.sc_unet import position_onehot_torch
-from limbseg_rt.runtime.model.position import position_index, position_onehot
+from limbseg_rt.runtime.model.position import POSITION_BINS, position_index
+
+
+def position_onehot(p) -> np.ndarray:
+    """The rule as numpy: float32 [N, 100], one hot at ``position_index(p)`` (a test reference only:
+    the exported graph computes the one-hot itself)."""
+    idx = np.atleast_1d(position_index(p))
+    out = np.zeros((idx.shape[0], POSITION_BINS), dtype=np.float32)
+    out[np.arange(idx.shape[0]), idx] = 1.0
+    return out
 
 
 def _grid() -> np.ndarray:

@@ -20,7 +20,7 @@ from limbseg_rt.runtime.model.metadata import read_metadata
 HW = (32, 24)
 OV_RUNTIME = [prov.CPU, prov.OPENVINO_RUNTIME]  # the openvino package, not ONNX Runtime's OpenVINO EP
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino package")
-HAVE_OPENVINO = "openvino" in prov.short_available(prov.available_providers())  # package or ORT EP
+HAVE_OPENVINO = "openvino" in prov.short_available(prov.available_engines())  # package or ORT EP
 ENGINES = ["cpu", pytest.param("openvino", marks=pytest.mark.skipif(not HAVE_OPENVINO, reason="no OpenVINO installed"))]
 
 
@@ -48,12 +48,10 @@ def direct(path, feeds):
 def test_cpu_runner_equals_a_direct_onnxruntime_run(models, batch):
     runner = create_runner(models["unet"], provider="cpu", threads=1)
     ref = direct(models["unet"], {"image": batch})
-    logits = runner.predict(batch)
-    labels = runner.predict_labels(batch)
+    logits = runner.infer(batch)
     assert logits.dtype == np.float32 and logits.shape == (3, 38, *HW)
-    assert labels.dtype == np.uint8 and labels.shape == (3, *HW)
     np.testing.assert_array_equal(logits, ref["logits"])
-    np.testing.assert_array_equal(labels, ref["labels"])
+    np.testing.assert_array_equal(runner.predict(batch), logits)  # predict is infer
     assert runner.provider == "cpu" and runner.precision == "fp32"
     assert runner.metadata.architecture == "unet" and runner.model_path == models["unet"]
     assert runner.model_sha256 == sha256_file(models["unet"]) and len(runner.model_sha256) == 64
@@ -71,7 +69,6 @@ def test_sc_unet_takes_position_and_it_changes_the_result(models, batch):
     pos = np.array([0.1, 0.5, 0.9], dtype=np.float32)
     ref = direct(models["sc"], {"image": batch, "position": pos})
     np.testing.assert_array_equal(runner.predict(batch, pos), ref["logits"])
-    np.testing.assert_array_equal(runner.predict_labels(batch, pos), ref["labels"])
     assert not np.array_equal(runner.predict(batch, pos), runner.predict(batch, pos[::-1].copy()))
     with pytest.raises(ValueError, match="needs a position input"):
         runner.predict(batch)
@@ -79,31 +76,18 @@ def test_sc_unet_takes_position_and_it_changes_the_result(models, batch):
         runner.predict(batch, pos[:2])
 
 
-def test_labels_fall_back_to_argmax_without_a_labels_output(models, batch):
+def test_a_model_without_a_labels_output_runs(models, batch):
     runner = create_runner(models["nolabels"], provider="cpu", threads=1)
-    logits = runner.predict(batch)
-    assert logits.shape == (3, 5, *HW)
-    np.testing.assert_array_equal(runner.predict_labels(batch), np.argmax(logits, axis=1).astype(np.uint8))
-
-
-def test_io_binding_path_gives_the_same_labels(models, batch):
-    # The CUDA path binds host inputs and a host `labels` output; the same calls work on the CPU EP.
-    runner = create_runner(models["unet"], provider="cpu", threads=1)
-    assert runner.use_io_binding is False
-    plain = runner.predict_labels(batch)
-    runner.use_io_binding = True
-    np.testing.assert_array_equal(runner.predict_labels(batch), plain)
+    np.testing.assert_array_equal(runner.predict(batch), direct(models["nolabels"], {"image": batch})["logits"])
 
 
 @pytest.mark.parametrize("provider", ENGINES)
 def test_returned_arrays_are_not_overwritten_by_later_calls(models, batch, provider):
     runner = create_runner(models["unet"], provider=provider, threads=1)
-    first, first_labels = runner.predict(batch[:2]), runner.predict_labels(batch[:2])
-    keep, keep_labels = first.copy(), first_labels.copy()
+    first = runner.predict(batch[:2])
+    keep = first.copy()
     runner.predict(batch[1:] * 0.5)
-    runner.predict_labels(batch[1:] * 0.5)
     np.testing.assert_array_equal(first, keep)
-    np.testing.assert_array_equal(first_labels, keep_labels)
 
 
 def test_misuse_is_refused(models, batch):
@@ -128,7 +112,7 @@ def test_openvino_runner_agrees_with_onnxruntime_and_runs_f32(models, batch):
     assert runner.describe()["conv_runtime_precisions"] == {"f32": 1}
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     np.testing.assert_allclose(runner.predict(batch), ref["logits"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(runner.predict_labels(batch), ref["labels"])
+    np.testing.assert_array_equal(runner.predict(batch).argmax(axis=1), ref["labels"])
     d = runner.describe()
     assert d["engine"] == "openvino" and d["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     sc = create_runner(models["sc"], provider="openvino", threads=1, available=OV_RUNTIME)
@@ -161,7 +145,7 @@ def test_openvino_runs_an_int8_qdq_model_in_int8(models, batch):
     ref = direct(models["int8"], {"image": batch})
     # Same quantised arithmetic; a rare value may round to the neighbouring uint8 step.
     assert np.mean(np.abs(runner.predict(batch) - ref["logits"]) < 1e-4) > 0.999
-    assert np.mean(runner.predict_labels(batch) == ref["labels"]) > 0.99
+    assert np.mean(runner.predict(batch).argmax(axis=1) == ref["labels"]) > 0.99
     assert create_runner(models["int8"], provider="cpu", threads=1).precision == "int8"
 
 
@@ -209,7 +193,6 @@ def test_reported_precision_is_what_the_provider_runs(models, used, fp16, model,
         ReportingSession(path, [used, prov.CPU]), metadata=read_metadata(path), model_path=path, model_sha256="0" * 64,
         short=short, flexible=False, allow_fallback=False, providers=chain, threads=1, max_batch=4)
     assert runner.provider == short and runner.precision == expected
-    assert runner.use_io_binding  # GPU providers return only labels to the host
 
 
 def test_real_onnxruntime_drop_is_caught(models):
@@ -270,7 +253,7 @@ def test_onnxruntime_openvino_ep_runs_f32_and_agrees(models, batch):
     assert runner.describe()["session_providers"][0] == prov.OPENVINO_EP and runner.precision == "fp32"
     ref = direct(models["unet"], {"image": batch})
     np.testing.assert_allclose(runner.predict(batch), ref["logits"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(runner.predict_labels(batch), ref["labels"])
+    np.testing.assert_array_equal(runner.predict(batch).argmax(axis=1), ref["labels"])
 
 
 def _usable(short):
@@ -282,9 +265,8 @@ def _usable(short):
 def test_cuda_runner_matches_cpu(models, batch):
     gpu = create_runner(models["unet"], provider="cuda")
     cpu = create_runner(models["unet"], provider="cpu")
-    assert gpu.provider == "cuda" and gpu.use_io_binding
+    assert gpu.provider == "cuda"
     np.testing.assert_allclose(gpu.predict(batch), cpu.predict(batch), atol=1e-3)
-    assert (gpu.predict_labels(batch) == cpu.predict_labels(batch)).mean() > 0.99
 
 
 @pytest.mark.tensorrt

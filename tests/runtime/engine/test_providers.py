@@ -24,13 +24,22 @@ def names(resolved):
     [
         ([TRT, CUDA, CPU], [TRT, CUDA, CPU]),
         ([CUDA, CPU, OV_RT], [CUDA, CPU]),
-        ([CPU, OV_RT], [OV_RT]),
         ([CPU, OV_EP, OV_RT], [OV_EP, CPU]),  # ONNX Runtime's own OpenVINO EP wins over the runtime
         (["AzureExecutionProvider", CPU], [CPU]),
     ],
 )
 def test_auto_takes_the_best_available_in_priority_order(available, expected):
     assert names(prov.resolve_providers("auto", available=available, gpu="X", model_sha256=SHA)) == expected
+
+
+def test_the_openvino_runtime_is_its_own_engine_not_an_onnxruntime_provider():
+    assert prov.short_available([CPU, OV_RT]) == ["openvino", "cpu"]
+    assert prov.engine_for("openvino", [CPU, OV_RT]) == prov.ENGINE_OPENVINO
+    assert prov.engine_for("openvino", [CPU, OV_EP, OV_RT]) == prov.ENGINE_ORT  # ORT's own EP first
+    assert prov.engine_for("cpu", [CPU, OV_RT]) == prov.ENGINE_ORT
+    assert OV_RT not in prov.SHORT_NAME  # never handed to ONNX Runtime
+    with pytest.raises(ValueError, match="OpenVINO runtime engine"):
+        prov.resolve_providers("auto", available=[CPU, OV_RT])
 
 
 def test_explicit_choice_and_preference_list():
@@ -130,8 +139,7 @@ def test_cuda_options():
 
 
 def test_openvino_runtime_forces_f32_and_sets_threads_and_latency():
-    [(name, cfg)] = prov.resolve_providers("openvino", available=[CPU, OV_RT], threads=3)
-    assert name == OV_RT
+    cfg = prov.openvino_runtime_config(threads=3)
     assert cfg == {"device": "CPU", "config": {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 3, "PERFORMANCE_HINT": "LATENCY"}}
     ep = dict(prov.resolve_providers("openvino", available=[OV_EP, CPU], threads=3))[OV_EP]
     assert ep["device_type"] == "CPU"
@@ -162,11 +170,12 @@ def test_probe_reports_a_listed_but_unloadable_provider_as_not_usable():
 def test_available_providers_matches_onnxruntime():
     import onnxruntime as ort
 
-    avail = prov.available_providers()
-    assert avail[: len(ort.get_available_providers())] == ort.get_available_providers()
+    assert prov.available_providers() == ort.get_available_providers()
+    engines = prov.available_engines()
+    assert engines[: len(ort.get_available_providers())] == ort.get_available_providers()
     try:
         import openvino  # noqa: F401
     except ImportError:
-        assert OV_RT not in avail
+        assert OV_RT not in engines
     else:
-        assert OV_RT in avail
+        assert engines[-1] == OV_RT

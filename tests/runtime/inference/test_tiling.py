@@ -94,6 +94,25 @@ def test_merger_blends_overlapping_windows_by_their_weights():
     np.testing.assert_allclose(out[0, 0, 0], [10.0, 12.5, 20.0])
 
 
+def test_finalize_is_idempotent_and_returns_arrays_the_caller_owns():
+    # MONAI's is_finalized rule: dividing twice used to halve the values and change the first result.
+    merger = WeightedMerger(1, (2, 3), np.full((2, 2), 2.0, np.float32))
+    coords = [TileCoord(0, 0, 0, 2, 2), TileCoord(0, 0, 1, 2, 2)]
+    merger.aggregate(np.full((2, 1, 2, 2), 6.0, np.float32), coords)
+    assert not merger.is_finalized
+    first = merger.finalize()
+    keep = first.copy()
+    assert merger.is_finalized
+    np.testing.assert_allclose(first, 6.0)
+    second = merger.finalize()
+    np.testing.assert_array_equal(second, keep)
+    np.testing.assert_array_equal(first, keep)  # the second call did not change the first result
+    second[:] = -1.0
+    np.testing.assert_array_equal(merger.finalize((2, 2)), keep[:, :, :2, :2])  # nor does editing a result
+    with pytest.raises(ValueError, match="finalized"):
+        merger.aggregate(np.ones((1, 1, 2, 2), np.float32), coords[:1])
+
+
 def test_uncovered_pixels_and_bad_arguments_are_refused():
     merger = WeightedMerger(1, (2, 2), np.ones((1, 1), np.float32))
     merger.aggregate(np.ones((1, 1, 1, 1), np.float32), [TileCoord(0, 0, 0, 1, 1)])
