@@ -36,11 +36,12 @@ class Results:
     ceilings: object = None
     gates: list = field(default_factory=list)
     accuracy: list = field(default_factory=list)  # per model+engine: agreement/Dice/RVE (+ vs ground truth)
+    shift: list = field(default_factory=list)  # acquisition-shift cases: model, case, DSC, |RVE|, HD95
     runs: list = field(default_factory=list)  # end-to-end runs: stages, peak RSS
     machine: dict = field(default_factory=dict)  # cores, load averages at start and end
 
     def empty(self) -> bool:
-        return not (self.rows or self.gates or self.accuracy or self.runs)
+        return not (self.rows or self.gates or self.accuracy or self.runs or self.shift)
 
     def row(self, model: str, engine: str, precision: str, batch: int) -> Row:
         key = (model, engine, precision, batch)
@@ -109,6 +110,12 @@ class Results:
                     f"{f(a.get('agreement') and 100 * a['agreement'], '.3f', '%')} | {f(a.get('min_dice'), '.4f')} | "
                     f"{f(a.get('max_abs_rve'), '.2f')} | {f(a.get('mean_dsc'), '.4f')} | {f(a.get('mean_rve'), '.2f')} | "
                     f"{f(a.get('mean_hd_mm'), '.1f')} |")
+        if self.shift:
+            lines += ["", "| acquisition shift (phantom 200) | model | mean DSC | mean abs RVE % | mean HD95 mm |",
+                      "|---|---|---|---|---|"]
+            for a in self.shift:
+                lines.append(f"| {a['case']} | {a['model']} | {f(a['dsc'], '.3f')} | {f(a['abs_rve'], '.1f')} | "
+                             f"{f(a['hd95_mm'], '.1f')} |")
         if self.runs:
             lines += ["", "| end-to-end run | engine | slices | wall s | model-only s | read | preprocess | infer | postprocess | write | peak RSS MiB |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -132,6 +139,7 @@ class Results:
             "ceilings": self.ceilings.to_dict() if self.ceilings is not None else None,
             "rows": [asdict(r) for r in self.rows.values()],
             "accuracy": self.accuracy,
+            "shift": self.shift,
             "runs": self.runs,
             "gates": self.gates,
         }
