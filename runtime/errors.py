@@ -15,6 +15,7 @@ EXIT_PROVIDER = 5      # requested execution provider unavailable or silently dr
 EXIT_EMPTY = 6         # input is empty/constant: an all-background result was written and flagged
 EXIT_PARITY = 7        # export parity checks failed; no model file written
 EXIT_OUTPUT = 8        # output cannot be written where asked (or would overwrite the input)
+EXIT_SCANS_FAILED = 11  # batch: at least one scan of the cohort failed (the others were written)
 
 
 class LimbsegError(Exception):
