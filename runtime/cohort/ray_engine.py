@@ -94,16 +94,14 @@ def run_ray(
     started_here = False
     if not ray.is_initialized():
         try:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR)  # the CLI owns the terminal
         except ConnectionError as exc:
             raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}; check --ray-address "
                                "(ray status on the head node shows it)") from None
         started_here = True
     for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # the CLI owns the terminal
+        logging.getLogger(name).setLevel(logging.ERROR)
     resources = ray.cluster_resources()
     if workers is None:  # as many actors as the cluster can hold at once
         workers = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else int(
@@ -119,7 +117,7 @@ def run_ray(
         ds = ray.data.from_items([{"job": json.dumps(j.to_dict())} for j in jobs], override_num_blocks=len(jobs))
         out = ds.map_batches(
             ScanActor, fn_constructor_kwargs={"config": config}, batch_size=1, batch_format="numpy",
-            concurrency=workers, num_cpus=cpus_per_worker,
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker or None,
         )
         seen_engines = set()
