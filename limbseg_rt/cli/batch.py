@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="cohort output folder (created if missing)")
     p.add_argument("--engine", default="local", choices=("local", "ray"), help="local worker processes (default) or a Ray cluster")
     p.add_argument("--workers", type=_workers, default=None, metavar="N",
-                   help="local: worker processes (default: one per two cores); ray: actors (default: what the cluster holds)")
+                   help="local: worker processes (default: one per core, at most 4); ray: actors (default: what the cluster holds)")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to use (e.g. auto, or ray://head:10001); default: start Ray on this machine")
     p.add_argument("--gpus-per-worker", type=_gpus, default=None, metavar="G",
