@@ -3,6 +3,9 @@
 - quick: 20 small phantoms (64 x 56 x 12), the bundled UNet int8 on CPU. Scans/hour of
   ``limbseg-rt batch --engine local`` (default workers) against a shell loop of ``limbseg-rt run``
   over the same files; gate >= 1.3x (the loop pays interpreter start-up and model load per scan).
+  Memory, same runs: the peak RSS of the busiest batch worker <= 1.3x the largest peak RSS of one
+  ``run`` (each worker holds one scan in inference and at most one result being written; nothing
+  accumulates over scans).
 - full (slow): 4 full-size phantoms (256 x 256 x 100). ``batch`` wall time against the model-only
   time of the same slices (one runner with every core, the batch size ``run`` picks); gate:
   batch throughput >= 0.85 of that model-bound throughput.
@@ -25,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _harness import gate_at_least
+from _harness import gate_at_least, gate_at_most
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cohort_helpers import write_cohort  # noqa: E402
 
 LOOP_SPEEDUP_MIN = 1.3
+WORKER_RSS_MAX = 1.3
 MODEL_BOUND_MIN = 0.85
 SMALL_SCANS = 20
 FULL_SCANS, FULL_SHAPE, FULL_SLICES = 4, (256, 256), 100
@@ -79,8 +83,15 @@ def test_batch_vs_shell_loop_of_run(results, small_cohort, tmp_path):
                                     "loop_scans_per_hour": SMALL_SCANS / loop * 3600}})
     results.gate(f"cohort: scans/hour of {what} ({SMALL_SCANS} small phantoms)", speedup, f">= {LOOP_SPEEDUP_MIN}",
                  speedup >= LOOP_SPEEDUP_MIN, f"batch {wall:.1f}s, loop {loop:.1f}s")
+    run_peak = max(json.loads(p.read_text())["manifest"]["peak_rss_mib"] for p in (tmp_path / "loop").glob("*.json"))
+    worker_peak = summary["memory"]["max_worker_peak_rss_mib"]
+    rss_ratio = worker_peak / run_peak
+    results.gate(f"cohort: peak RSS of the busiest batch worker / peak RSS of one run ({SMALL_SCANS} scans)", rss_ratio,
+                 f"<= {WORKER_RSS_MAX}", rss_ratio <= WORKER_RSS_MAX, f"worker {worker_peak:.0f} MiB, run {run_peak:.0f} MiB")
     gate_at_least(f"cohort: {what}", speedup, LOOP_SPEEDUP_MIN, unit="x",
                   detail=f"batch {wall:.1f}s vs loop {loop:.1f}s for {SMALL_SCANS} scans")
+    gate_at_most("cohort: peak RSS of a batch worker over that of one run", rss_ratio, WORKER_RSS_MAX, unit="x",
+                 detail=f"worker {worker_peak:.0f} MiB vs run {run_peak:.0f} MiB")
 
 
 def _model_only_seconds(scans: list[Path], batch_size: int) -> float:
@@ -124,6 +135,12 @@ def test_batch_vs_model_bound_on_full_size_scans(results, full_run, tmp_path):
                          "model_s": model_s, "ratio": wall / model_s, "stages": {}})
     results.gate(f"cohort: batch throughput / model-bound throughput ({FULL_SCANS} full-size phantoms)", fraction,
                  f">= {MODEL_BOUND_MIN}", fraction >= MODEL_BOUND_MIN, f"batch {wall:.1f}s, model only {model_s:.1f}s")
+    _shell_loop(scans[:1], tmp_path / "one-run")
+    run_peak = json.loads((tmp_path / "one-run" / "s00.json").read_text())["manifest"]["peak_rss_mib"]
+    rss_ratio = summary["memory"]["max_worker_peak_rss_mib"] / run_peak
+    results.gate(f"cohort: peak RSS of the busiest batch worker / one run (256x256x{FULL_SLICES})", rss_ratio,
+                 f"<= {WORKER_RSS_MAX}", rss_ratio <= WORKER_RSS_MAX, f"run {run_peak:.0f} MiB")
+    gate_at_most("cohort: peak RSS of a batch worker over that of one run (full-size)", rss_ratio, WORKER_RSS_MAX, unit="x")
     gate_at_least("cohort: batch throughput as a fraction of model-bound throughput", fraction, MODEL_BOUND_MIN,
                   detail=f"batch {wall:.1f}s vs model-only {model_s:.1f}s for {FULL_SCANS * FULL_SLICES} slices")
 

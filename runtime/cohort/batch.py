@@ -189,6 +189,10 @@ def _summary(jobs, outcomes, info, kwargs, read_options, force, wall, started, r
             "slices_per_s": slices / wall if wall > 0 else None,
             "note": "scans segmented in this run over the batch's wall time (model loads included); reused scans not counted",
         },
+        "memory": {"max_worker_peak_rss_mib": max((o["peak_rss_mib"] for o in segmented if o.get("peak_rss_mib")),
+                                                  default=None),
+                   "note": "peak resident memory of the busiest worker process (VmHWM); the batch holds at most "
+                           "workers x (one scan in inference + one being written)"},
         "engine": info,
         "settings": {"segmenter": kwargs, "force": force,
                      "read_options": None if ro is None else {k: getattr(ro, k) for k in

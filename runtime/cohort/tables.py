@@ -24,7 +24,7 @@ from limbseg_rt.runtime.cohort.jobs import ScanJob
 from limbseg_rt.runtime.cohort.worker import STATUS_FAILED, STATUS_SKIPPED
 
 LEAD_COLUMNS = ("scan_id", "status", "exit_code", "message")
-SCAN_COLUMNS = ("id", "source", "status", "this_run", "exit_code", "message", "input_sha256", "seconds", "slices", "folder")
+SCAN_COLUMNS = ("id", "source", "status", "this_run", "exit_code", "message", "input_sha256", "seconds", "slices", "worker", "peak_rss_mib", "folder")
 TEXT_COLUMNS = ("scan_id", "status", "message", "code", "name", "side")
 SUMMARY_SCHEMA = "limbseg-rt.cohort-summary/1"
 
@@ -129,7 +129,8 @@ def write_scans_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) 
                 status = record["status"] if record else STATUS_FAILED
                 slices = o.get("slices") if o.get("slices") is not None else (record or {}).get("slices", "")
                 w.writerow([job.id, job.source, status, this_run(o), o["exit_code"], o["message"], o["input_sha256"],
-                            f"{o['seconds']:.3f}", slices, job.id if record else ""])
+                            f"{o['seconds']:.3f}", slices, o.get("worker") or "",
+                            "" if o.get("peak_rss_mib") is None else f"{o['peak_rss_mib']:.1f}", job.id if record else ""])
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

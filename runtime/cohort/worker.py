@@ -10,7 +10,8 @@ message, as ``limbseg-rt run`` would print); only an interrupt stops the worker.
 An outcome is a plain dict (it crosses process and Ray boundaries): ``id``, ``source``, ``status``
 (``ok``, ``empty``, ``skipped``, ``failed``), ``exit_code``, ``message``, ``error_type``,
 ``input_sha256``, ``seconds`` (wall time of this scan in this worker), ``slices``, ``timings_s``
-(read/preprocess/infer/postprocess/write from the report), ``worker``.
+(read/preprocess/infer/postprocess/write from the report), ``worker`` (pid) and, for a segmented
+scan, ``peak_rss_mib`` (the worker process's peak resident memory when the scan was saved).
 
 ``ScanPipeline`` is the local engine's worker loop: a reader thread prepares the next scan (hashing
 reads the whole file, so it is then in the page cache) while the main thread segments the current
@@ -164,8 +165,10 @@ def publish_result(seg, prepared: Prepared, result, config: WorkerConfig) -> dic
     except BaseException:
         store.discard(staging)
         raise
-    return make_outcome(job, status, code, "image empty or constant: all-background labels written" if code else "",
-                    sha=prepared.sha256, t0=prepared.t0, slices=slices, timings=timings)
+    outcome = make_outcome(job, status, code, "image empty or constant: all-background labels written" if code else "",
+                           sha=prepared.sha256, t0=prepared.t0, slices=slices, timings=timings)
+    outcome["peak_rss_mib"] = manifest.get("peak_rss_mib")  # this worker's high-water mark so far
+    return outcome
 
 
 def process_scan(seg, job: ScanJob, config: WorkerConfig) -> dict:
