@@ -105,7 +105,7 @@ def run_batch(
 
     ``segmenter_kwargs``: ``Segmenter`` keyword arguments; for the local engine ``threads`` is the
     total shared by the workers (default all cores), for Ray the threads of each actor (default 1).
-    ``workers``: local processes (default ``default_workers()``) or Ray actors (default: as many as
+    ``workers``: local processes (default ``default_workers()``, at most ``threads``) or Ray actors (default: as many as
     the cluster's CPUs, or GPUs for a GPU provider, allow). ``progress(done, total, outcome)`` after
     each scan. Raises ``OutputError`` (folder unusable or locked), the first worker's model or
     provider error, ``ClusterError`` (Ray), or ``KeyboardInterrupt``.
@@ -129,7 +129,9 @@ def run_batch(
             if engine == "local":
                 from limbseg_rt.runtime.cohort.local import LocalPool
 
-                n = max(1, min(workers or default_workers(), len(jobs)))
+                if workers is None:  # never more workers than the threads asked for
+                    workers = min(default_workers(), kwargs.get("threads") or default_workers())
+                n = max(1, min(workers, len(jobs)))
                 kwargs["threads"] = split_threads(kwargs.get("threads"), n)
                 config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force)
                 info = LocalPool(config, workers=n).run(jobs, on_outcome)

@@ -131,3 +131,45 @@ def test_sigterm_leaves_only_complete_scans_and_a_rerun_finishes(tiny_unet_path,
     with open(out / "scans.csv", newline="") as fh:
         assert [r["status"] for r in csv.DictReader(fh)] == ["ok"] * len(paths)
     assert hidden_entries(out) == []
+
+
+def test_a_killed_worker_fails_only_its_scans_and_is_replaced(tiny_unet_path, tmp_path):
+    """SIGKILL (what the kernel's OOM killer sends) to one worker mid-cohort: the scans it held fail with
+    a message naming the signal, a new worker takes over the rest, and a rerun completes the cohort."""
+    psutil = pytest.importorskip("psutil")
+    paths = write_cohort(tmp_path / "in", 14, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("limbseg-rt")
+    cmd = [str(exe), "batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
+           "--provider", "cpu", "--threads", "2", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [p for p in out.glob("s*") if p.is_dir()] if out.is_dir() else []
+        try:
+            workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        except psutil.Error:
+            workers = []  # a child went away while being looked at
+        if len(done) >= 1 and len(workers) == 2:
+            victim = workers[0]
+            victim.kill()
+            break
+        time.sleep(0.01)
+    stdout, err = proc.communicate(timeout=180)
+    if victim is None:
+        pytest.skip("the batch finished before a worker could be killed")
+    assert proc.returncode in (EXIT_OK, EXIT_SCANS_FAILED), err
+    assert hidden_entries(out) == []
+    with open(out / "scans.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(paths)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all(r["exit_code"] == "1" and "killed by SIGKILL" in r["message"] for r in failed)
+    assert (proc.returncode == EXIT_SCANS_FAILED) == bool(failed)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"]["worker_restarts"] == 1
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == EXIT_OK, rerun.stderr
+    assert f"{len(failed)} segmented, {len(paths) - len(failed)} reused" in rerun.stdout
