@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Callable
 
 from limbseg_rt.runtime.cohort.jobs import ScanJob
@@ -23,6 +24,7 @@ from limbseg_rt.runtime.cohort.worker import WorkerConfig, process_scan, remote_
 from limbseg_rt.runtime.errors import EXIT_INTERNAL, EXIT_USAGE, LimbsegError
 
 INSTALL_HINT = 'pip install "limbseg-rt[cluster]"'
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses the loopback address as the node IP
 INIT_FAILED = "init_failed"
 
 
@@ -90,6 +92,10 @@ def run_ray(
     this node), else to an already initialised Ray, else starts a local Ray on this machine.
     Returns what ran (Ray version, address, resources, the engine each actor reported).
     """
+    if not address:
+        # A Ray that this batch starts is single-node: Ray's own switch for that binds it to
+        # 127.0.0.1, so nothing of it is reachable from the network. Read when ray is imported.
+        os.environ.setdefault(LOOPBACK_SWITCH, "0")
     ray = import_ray()
     started_here = False
     if not ray.is_initialized():
@@ -112,6 +118,7 @@ def run_ray(
     info = {"engine": "ray", "ray_version": ray.__version__, "workers": workers, "cpus_per_worker": cpus_per_worker,
             "gpus_per_worker": gpus_per_worker, "address": address or ("local" if started_here else "existing"),
             "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
+            "nodes": sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}),
             "ready": []}
     try:
         ds = ray.data.from_items([{"job": json.dumps(j.to_dict())} for j in jobs], override_num_blocks=len(jobs))

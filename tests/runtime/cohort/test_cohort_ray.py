@@ -1,4 +1,5 @@
-"""The Ray engine on a local Ray instance (2 CPUs, no dashboard): same per-scan outputs as the local engine.
+"""The Ray engine on a local Ray instance (2 CPUs, no dashboard, bound to 127.0.0.1): same per-scan
+outputs as the local engine.
 
 Needs ``ray[data]`` (the ``cluster`` extra, also in ``dev``); bounded by pytest-timeout.
 """
@@ -6,9 +7,12 @@ Needs ``ray[data]`` (the ``cluster`` extra, also in ``dev``); bounded by pytest-
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only (read at import)
 
 from cohort_helpers import hidden_entries, labels_of, write_cohort, write_corrupt
 from limbseg_rt.runtime.cohort.batch import run_batch
@@ -52,6 +56,10 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_ray, tiny_unet_pat
 
     again = run_batch(jobs, ray_out, segmenter_kwargs=kw, engine="ray", workers=2)
     assert again.summary["counts"]["reused"] == 3  # the records written by Ray actors resume like local ones
+
+
+def test_the_local_ray_listens_on_loopback_only(local_ray):
+    assert {n["NodeManagerAddress"] for n in local_ray.nodes()} == {"127.0.0.1"}
 
 
 def test_ray_actor_that_cannot_load_the_model_stops_the_batch(local_ray, tmp_path):
