@@ -97,7 +97,8 @@ def write_parquet(csv_path: Path) -> Path | None:
         return None
     import pyarrow as pa
 
-    header = next(csv.reader(open(csv_path, encoding="utf-8")))
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh))
     types = {c: pa.string() for c in header if c in TEXT_COLUMNS}
     table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False))
     path = csv_path.with_suffix(".parquet")
