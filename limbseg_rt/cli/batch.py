@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 from limbseg_rt.cli.run import _limb_range, _positive_int, add_engine_arguments, add_read_arguments
 
@@ -133,8 +134,9 @@ def main(args) -> int:
         if progress.tty:
             progress.stream.write("\n")
         signum = state["signal"] or signal.SIGINT
-        print(f"limbseg-rt: error: interrupted ({signal.Signals(signum).name}) after {progress.done} of {len(jobs)} scans; "
-              f"complete scans are kept in {args.out}: rerun the same command to finish", file=sys.stderr)
+        complete = sum(1 for j in jobs if (Path(args.out) / j.id / "completed.json").is_file())  # on disk, any engine
+        print(f"limbseg-rt: error: interrupted ({signal.Signals(signum).name}) with {complete} of {len(jobs)} scans "
+              f"complete in {args.out}; rerun the same command to finish", file=sys.stderr)
         return 128 + int(signum)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Callable
 
 from limbseg_rt.runtime.cohort.jobs import ScanJob
@@ -99,6 +101,9 @@ def run_ray(
     ray = import_ray()
     started_here = False
     if not ray.is_initialized():
+        # ray.init installs its own SIGTERM handler (which kills the driver on the spot); keep the
+        # caller's, so an interrupted batch still stops cleanly and recovers its folder.
+        previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)  # the CLI owns the terminal
@@ -106,6 +111,8 @@ def run_ray(
             raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}; check --ray-address "
                                "(ray status on the head node shows it)") from None
         started_here = True
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     resources = ray.cluster_resources()
