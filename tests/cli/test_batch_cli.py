@@ -175,3 +175,32 @@ def test_a_killed_worker_fails_only_its_scans_and_is_replaced(tiny_unet_path, tm
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == EXIT_OK, rerun.stderr
     assert f"{len(failed)} segmented, {len(paths) - len(failed)} reused" in rerun.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_stops_a_ray_batch_cleanly(tiny_unet_path, tmp_path):
+    """ray.init installs its own SIGTERM handler; the engine restores ours, so a Ray batch stops like a local one."""
+    pytest.importorskip("ray.data")
+    paths = write_cohort(tmp_path / "in", 10, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("limbseg-rt")
+    cmd = [str(exe), "batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
+           "--provider", "cpu", "--engine", "ray", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and len([p for p in out.glob("s*") if p.is_dir()]) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == EXIT_OK:
+        pytest.skip("the batch finished before SIGTERM arrived")
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "limbseg-rt: error: interrupted (SIGTERM) with " in err
+    assert hidden_entries(out) == []
+    for folder in (p for p in out.iterdir() if p.is_dir()):
+        rec = json.loads((folder / "completed.json").read_text())
+        assert all((folder / name).is_file() for name in rec["outputs"].values())
