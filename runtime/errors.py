@@ -17,6 +17,7 @@ EXIT_PARITY = 7        # export parity checks failed; no model file written
 EXIT_OUTPUT = 8        # output cannot be written where asked (or would overwrite the input)
 EXIT_ENGINE = 9        # the inference engine (ONNX Runtime, OpenVINO) failed while running
 EXIT_MEMORY = 10       # the inference engine ran out of memory
+EXIT_SCANS_FAILED = 11  # batch: at least one scan of the cohort failed (the others were written)
 
 
 class LimbsegError(Exception):

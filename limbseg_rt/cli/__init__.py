@@ -16,6 +16,7 @@ import sys
 # Sub-command name -> module in this package. Order is the order of ``--help``.
 COMMANDS = {
     "run": "run",
+    "batch": "batch",
     "demo": "demo",
     "info": "info",
     "phantom": "phantom",

@@ -1,0 +1,152 @@
+"""Cohort-level outputs: ``cohort.csv`` (+ ``cohort.parquet``), ``scans.csv`` and ``summary.json``.
+
+``cohort.csv`` is long form: the rows of every scan's ``<id>_volumes.csv`` (one per muscle, or per
+muscle and side when the report has sides: whatever columns the per-scan CSV has are kept, the
+union over scans, in first-seen order) behind four columns ``scan_id, status, exit_code,
+message``. A failed scan has one row with its exit code and message and the measure columns
+empty, so the table lists every scan of the cohort. ``scans.csv`` has one row per scan: what
+happened to it in this run (``segmented``, ``reused`` from an earlier run, ``failed``), its input
+SHA-256 and time. ``cohort.parquet`` holds the ``cohort.csv`` table (typed columns) when pyarrow is
+installed. Every file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from limbseg_rt.runtime.cohort import store
+from limbseg_rt.runtime.cohort.jobs import ScanJob
+from limbseg_rt.runtime.cohort.worker import STATUS_FAILED, STATUS_SKIPPED
+
+LEAD_COLUMNS = ("scan_id", "status", "exit_code", "message")
+SCAN_COLUMNS = ("id", "source", "status", "this_run", "exit_code", "message", "input_sha256", "seconds", "slices", "worker", "peak_rss_mib", "folder")
+TEXT_COLUMNS = ("scan_id", "status", "message", "code", "name", "side")
+SUMMARY_SCHEMA = "limbseg-rt.cohort-summary/1"
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp(path: Path) -> tuple[int, Path]:
+    """A temporary file beside ``path`` with the mode a plain ``open`` would give (mkstemp makes 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _umask_mode())
+    return fd, Path(tmp)
+
+
+def _atomic_writer(path: Path):
+    fd, tmp = _temp(path)
+    return os.fdopen(fd, "w", encoding="utf-8", newline=""), tmp
+
+
+def _scan_rows(root: Path, job: ScanJob, outcome: dict) -> tuple[dict | None, list[str], list[dict]]:
+    """(record, columns, rows) of one scan's volume CSV; a failed scan has no record and no rows."""
+    if outcome["status"] == STATUS_FAILED:
+        return None, [], []
+    record = store.read_record(root, job.id)
+    if record is None:
+        return None, [], []
+    text = (store.scan_dir(root, job.id) / record["outputs"]["csv"]).read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    return record, list(reader.fieldnames or []), list(reader)
+
+
+def write_cohort_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) -> Path:
+    """Write ``DIR/cohort.csv`` (see module docstring); reads each scan's CSV twice, holds one at a time."""
+    root = Path(root)
+    columns: list[str] = []
+    for job in jobs:  # first pass: the union of the per-scan columns
+        _, cols, _ = _scan_rows(root, job, outcomes[job.id])
+        columns.extend(c for c in cols if c not in columns)
+    path = root / "cohort.csv"
+    fh, tmp = _atomic_writer(path)
+    try:
+        with fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow([*LEAD_COLUMNS, *columns])
+            for job in jobs:
+                o = outcomes[job.id]
+                record, _, rows = _scan_rows(root, job, o)
+                if record is None:
+                    w.writerow([job.id, STATUS_FAILED, o["exit_code"], o["message"], *([""] * len(columns))])
+                    continue
+                msg = o["message"] if o["status"] != STATUS_SKIPPED else ""
+                for row in rows:
+                    w.writerow([job.id, record["status"], record["exit_code"], msg, *(row.get(c, "") for c in columns)])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_parquet(csv_path: Path) -> Path | None:
+    """``cohort.parquet`` beside ``cohort.csv`` when pyarrow is installed (else None: nothing written)."""
+    try:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    import pyarrow as pa
+
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh))
+    types = {c: pa.string() for c in header if c in TEXT_COLUMNS}
+    table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False))
+    path = csv_path.with_suffix(".parquet")
+    fd, tmp = _temp(path)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def this_run(outcome: dict) -> str:
+    return {"skipped": "reused", "failed": "failed"}.get(outcome["status"], "segmented")
+
+
+def write_scans_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) -> Path:
+    path = Path(root) / "scans.csv"
+    fh, tmp = _atomic_writer(path)
+    try:
+        with fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(SCAN_COLUMNS)
+            for job in jobs:
+                o = outcomes[job.id]
+                record = store.read_record(Path(root), job.id) if o["status"] != STATUS_FAILED else None
+                status = record["status"] if record else STATUS_FAILED
+                slices = o.get("slices") if o.get("slices") is not None else (record or {}).get("slices", "")
+                w.writerow([job.id, job.source, status, this_run(o), o["exit_code"], o["message"], o["input_sha256"],
+                            f"{o['seconds']:.3f}", slices, o.get("worker") or "",
+                            "" if o.get("peak_rss_mib") is None else f"{o['peak_rss_mib']:.1f}", job.id if record else ""])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_summary(root: Path, summary: dict) -> Path:
+    path = Path(root) / "summary.json"
+    fh, tmp = _atomic_writer(path)
+    try:
+        with fh:
+            fh.write(json.dumps({"schema": SUMMARY_SCHEMA, **summary}, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
