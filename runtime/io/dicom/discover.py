@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ def _parse(data_or_path, ref: str, pydicom):
         return _damaged(ref)
     try:  # no preamble: old files; accept only when the core identifiers parse
         fp, defer = _source(data_or_path)
-        ds = pydicom.dcmread(fp, force=True, defer_size=defer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, force=True, defer_size=defer)
         if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
             return ds
     except Exception:

@@ -150,7 +150,11 @@ def _nifti_image(data: np.ndarray, affine: np.ndarray):
 
 def _main_stack(s: ser.Series, src: str) -> tuple[list[ser.Frame], list[str]]:
     main = s.main
-    notes = []
+    notes: list[str] = []
+    for f in s.frames:
+        for value, name in ((f.iop, "ImageOrientationPatient"), (f.ipp, "ImagePositionPatient")):
+            if value is None:
+                raise InputError(f"{f.ref}: has no usable {name}, so the slice cannot be placed; export the series again with full geometry")
     for other in s.stacks[1:]:
         f, h = other[0], main[0]
         if f.iop is not None and h.iop is not None and ser.angle_deg(f.iop, h.iop) > ser.ORTHOGONAL_DEG:
