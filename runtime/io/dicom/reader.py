@@ -37,7 +37,9 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 @dataclass(frozen=True)
 class SourceInfo:
     """The DICOM series a volume came from. ``frames[k]``: ``(dataset, frame index)`` of input-grid
-    slice ``k`` (frame index 0 for single-frame instances); ``refs[k]``: its file (``zip!member``).
+    slice ``k`` (frame index 0 for single-frame instances); ``refs[k]``: its file (``zip!member``);
+    ``positions[k]``: its ImagePositionPatient (mm, LPS, as stored); ``orientation``: the stack's
+    ImageOrientationPatient; ``pixel_spacing``: (row, column) mm; ``slice_spacing``: mm.
     ``datasets`` hold patient data: never log them; ``to_dict`` gives UIDs only.
     """
 
@@ -52,6 +54,10 @@ class SourceInfo:
     enhanced: bool
     frames: tuple[tuple[Any, int], ...] = field(repr=False)
     refs: tuple[str, ...] = field(repr=False)
+    positions: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
+    orientation: tuple[float, ...] = ()
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)
+    slice_spacing: float = 1.0
     skipped_files: int = 0
     notes: tuple[str, ...] = ()
 
@@ -128,6 +134,8 @@ def read_dicom(path, series: str | int | None = None, *, options: ReadOptions = 
         description=chosen.description, modality=chosen.modality, sop_class=chosen.sop_class, transfer_syntax=ts,
         enhanced=chosen.sop_class == ser.ENHANCED_MR_IMAGE_STORAGE,
         frames=tuple((f.instance.ds, f.index) for f in frames), refs=tuple(f.ref for f in frames),
+        positions=tuple(f.ipp for f in frames), orientation=tuple(frames[0].iop), pixel_spacing=tuple(frames[0].pixel_spacing),
+        slice_spacing=float(np.linalg.norm(affine_lps[:3, 2])),
         skipped_files=found.skipped_non_dicom, notes=tuple(notes),
     )
     values = {f.name: getattr(props, f.name) for f in dataclasses.fields(ImageProps)}

@@ -77,7 +77,7 @@ def write_seg(labels: np.ndarray, props, out_path, *, table, algorithm: Algorith
     for number, value in enumerate(present, start=1):
         lut[value] = number
     segs = lut[grid_labels]  # [columns, rows, slices] of segment numbers
-    pixel = _source_order(segs, source)
+    pixel, positions = _source_order(segs, source)
     codes = seg_codes()
     category = Code(codes["category"]["value"], codes["category"]["scheme"], codes["category"]["meaning"])
     algo = hd.AlgorithmIdentificationSequence(
@@ -102,13 +102,18 @@ def write_seg(labels: np.ndarray, props, out_path, *, table, algorithm: Algorith
     description = f"{algorithm.name} muscles" + (" DEMO model - not for clinical use" if algorithm.demo else "")
     try:
         seg = hd.seg.Segmentation(
-            source_images=source.datasets, pixel_array=pixel,
+            source_images=_sources_for_highdicom(source), pixel_array=pixel,
             segmentation_type=hd.seg.SegmentationTypeValues[seg_type.upper()],
             segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
             sop_instance_uid=generate_uid(), instance_number=1, manufacturer=manufacturer,
             manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version[:64],
             device_serial_number="0", series_description=description[:64], content_label="MUSCLES",
             content_description=("DEMO model output, not for clinical use" if algorithm.demo else "lower-limb muscles")[:64],
+            # Geometry given explicitly (from the frames read): Enhanced MR files may keep it per frame.
+            pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=list(source.pixel_spacing), slice_thickness=source.slice_spacing,
+                                                    spacing_between_slices=source.slice_spacing),
+            plane_orientation=hd.PlaneOrientationSequence(coordinate_system="PATIENT", image_orientation=list(source.orientation)),
+            plane_positions=[hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=list(p)) for p in positions],
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputError(f"{out}: highdicom refused to build the segmentation ({exc}); the source series lacks required attributes") from None
@@ -125,17 +130,50 @@ def write_seg(labels: np.ndarray, props, out_path, *, table, algorithm: Algorith
     return out
 
 
-def _source_order(segs: np.ndarray, source) -> np.ndarray:
-    """``[columns, rows, slices]`` -> ``[frames, rows, columns]`` in the order highdicom pairs with sources."""
+def _source_order(segs: np.ndarray, source):
+    """``[columns, rows, slices]`` -> (``[frames, rows, columns]`` in the order highdicom pairs with
+    sources, each frame's ImagePositionPatient)."""
     cols, rows, n = segs.shape
     if not source.enhanced:
-        return np.ascontiguousarray(np.transpose(segs, (2, 1, 0)))
+        return np.ascontiguousarray(np.transpose(segs, (2, 1, 0))), list(source.positions)
     ds = source.frames[0][0]
     total = int(ds.get("NumberOfFrames", n))
+    if total != n:
+        raise OutputError(f"{source.path}: {total - n} frame(s) of the Enhanced MR file are not in the segmented stack; a SEG cannot be written for it")
     pixel = np.zeros((total, rows, cols), dtype=segs.dtype)
+    positions = [None] * total
     for k, (_, frame) in enumerate(source.frames):
         pixel[frame] = segs[:, :, k].T
-    return pixel
+        positions[frame] = source.positions[k]
+    return pixel, positions
+
+
+def _sources_for_highdicom(source) -> list:
+    """The source datasets; an Enhanced MR file whose pixel measures or orientation are per frame
+    gets a copy with them also in the shared groups (highdicom reads them there). The originals
+    are not changed."""
+    import copy
+
+    datasets = source.datasets
+    if not source.enhanced:
+        return datasets
+    ds = datasets[0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    wanted = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+    if shared and all(k in shared[0] for k in wanted):
+        return datasets
+    import pydicom
+
+    per_frame = ds.PerFrameFunctionalGroupsSequence[0]
+    clone = pydicom.Dataset(ds)  # a new element mapping: replacing an element leaves ds as it was
+    if getattr(ds, "file_meta", None) is not None:
+        clone.file_meta = ds.file_meta
+    groups = copy.deepcopy(shared) if shared else pydicom.Sequence([pydicom.Dataset()])
+    for key in wanted:  # read_dicom checked that every frame has the same values
+        if key not in groups[0] and key in per_frame:
+            setattr(groups[0], key, copy.deepcopy(per_frame[key].value))
+    clone.SharedFunctionalGroupsSequence = groups
+    return [clone]
 
 
 def _verify(tmp: Path, out: Path, seg, segments: int) -> None:
