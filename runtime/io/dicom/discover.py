@@ -10,6 +10,7 @@ so the pixel data of the chosen series is read later, only when it is needed.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 import zipfile
@@ -79,9 +80,15 @@ def _parse(data_or_path, ref: str, pydicom):
         return _damaged(ref)
     try:  # no preamble: old files; accept only when the core identifiers parse
         fp, defer = _source(data_or_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, force=True, defer_size=defer)
+        log = logging.getLogger("pydicom")
+        level = log.level
+        log.setLevel(logging.ERROR)  # forced parsing of a non-DICOM file warns about VRs: not news
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(fp, force=True, defer_size=defer)
+        finally:
+            log.setLevel(level)
         if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
             return ds
     except Exception:
