@@ -10,7 +10,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_helpers import NIBABEL_DICOM, dciodvfy_errors, folder_digest, gunzip, pydicom, reoriented, tilted, write_series
+from dicom_helpers import (
+    NIBABEL_DICOM,
+    dciodvfy_errors,
+    folder_digest,
+    gunzip,
+    pydicom,
+    reoriented,
+    tilted,
+    write_series,
+)
 
 from limbseg_rt.cli import main as cli_main
 from limbseg_rt.runtime.errors import EXIT_DEPENDENCY, EXIT_EMPTY, EXIT_INPUT, EXIT_OK
