@@ -99,7 +99,7 @@ def _parse(data_or_path, ref: str, pydicom):
 def _source(data_or_path):
     # Deferred values are re-read from the file later, so deferring needs a path (not zip bytes).
     if isinstance(data_or_path, str):
-        return data_or_path, "64 KB"
+        return data_or_path, None
     return io.BytesIO(data_or_path), None
 
 
@@ -146,9 +146,10 @@ def _add(found: Discovery, ds, ref: str) -> None:
     if ds is None:
         found.skipped_non_dicom += 1
         return
-    sop = str(getattr(ds, "SOPClassUID", "") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID", ""))
     meta = getattr(ds, "file_meta", None)
-    if sop == MEDIA_DIRECTORY_SOP or (meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_DIRECTORY_SOP):
+    media = meta.get_item(0x00020002) if meta is not None else None
+    media = media.value.decode("ascii", "replace").strip(" \x00") if media is not None and isinstance(media.value, bytes) else str(getattr(media, "value", "") or "")
+    if media == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in ds:
         found.skipped_dicomdir += 1
         return
     found.instances.append(Instance(ref, ds))

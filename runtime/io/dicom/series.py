@@ -124,6 +124,51 @@ def as_float(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _decimal(ds, tag: int, n: int) -> tuple[float, ...] | None:
+    """A DS/IS element's ``n`` numbers, parsed from the stored text when pydicom has not converted
+    it yet (its conversion costs about as much as parsing the whole file); None if absent/invalid."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            parts = value.decode("ascii").strip(" \x00").split("\\")
+            out = tuple(float(v) for v in parts)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+    if value is None or value == "":
+        return None
+    return _floats(value if n > 1 or isinstance(value, (list, tuple)) else [value], n)
+
+
+def raw_text(ds, tag: int) -> str:
+    """A text element (UI, CS, LO...) as stored, without pydicom's conversion ('' if absent)."""
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("ascii", "replace").strip(" \x00")
+    return str(value)
+
+
+def raw_us(ds, tag: int, default: int = 0) -> int:
+    """An unsigned short (Rows, Columns, BitsAllocated...) without pydicom's conversion."""
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return default
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) < 2:
+            return default
+        little = getattr(ds, "is_little_endian", None)
+        little = True if little is None else little
+        return int.from_bytes(bytes(value[:2]), "little" if little else "big")
+    return int(value)
+
+
 def _group(groups, name):
     seq = groups.get(name) if groups is not None else None
     return seq[0] if seq else None
@@ -132,18 +177,18 @@ def _group(groups, name):
 def frames_of(instance) -> list[Frame]:
     """The frames of one instance with their geometry and rescale (per-frame groups first)."""
     ds = instance.ds
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    n = frame_count(ds)
+    rows, cols = raw_us(ds, 0x00280010), raw_us(ds, 0x00280011)
+    n = frame_count(ds) if 0x00280008 in ds else 1
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = ds.get("SharedFunctionalGroupsSequence")
     shared = shared[0] if shared else None
     if per_frame is None or n == 1 and "ImagePositionPatient" in ds:
-        thick = as_float(ds.get("SliceThickness"))
-        slope = as_float(ds.get("RescaleSlope"))
-        inter = as_float(ds.get("RescaleIntercept"))
-        return [Frame(instance, 0, rows, cols, _floats(ds.get("ImagePositionPatient"), 3),
-                      _floats(ds.get("ImageOrientationPatient"), 6), _floats(ds.get("PixelSpacing"), 2),
-                      thick, 1.0 if slope is None else slope, 0.0 if inter is None else inter)]
+        thick = _decimal(ds, 0x00180050, 1)
+        slope = _decimal(ds, 0x00281053, 1)
+        inter = _decimal(ds, 0x00281052, 1)
+        return [Frame(instance, 0, rows, cols, _decimal(ds, 0x00200032, 3), _decimal(ds, 0x00200037, 6),
+                      _decimal(ds, 0x00280030, 2), thick and thick[0],
+                      1.0 if slope is None else slope[0], 0.0 if inter is None else inter[0])]
     if len(per_frame) != n:
         raise InputError(f"{instance.ref}: has {n} frames but {len(per_frame)} per-frame descriptions; the file is damaged; export it again")
     out = []
@@ -191,7 +236,7 @@ def group_series(instances) -> list[Series]:
     by_uid: dict[str, Series] = {}
     for inst in instances:
         ds = inst.ds
-        uid = str(ds.get("SeriesInstanceUID", "") or "no-series-uid")
+        uid = raw_text(ds, 0x0020000E) or "no-series-uid"
         s = by_uid.get(uid)
         if s is None:
             try:
