@@ -9,16 +9,11 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _harness import gate_at_most
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 pydicom = pytest.importorskip("pydicom", reason='needs the dicom extra: pip install -e ".[dicom]"')
 pytest.importorskip("highdicom")
