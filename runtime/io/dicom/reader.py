@@ -120,7 +120,7 @@ def read_dicom(path, series: str | int | None = None, *, options: ReadOptions = 
     if chosen.notes:
         notes.extend(chosen.notes)
     rows, cols = frames[0].rows, frames[0].columns
-    need = rows * cols * len(frames) * 4 * 2
+    need = rows * cols * len(frames) * (4 + 4)  # pixels read (float32 at most) + the float32 volume
     if need > options.max_bytes:
         raise InputError(f"{src}: {chosen.label()} needs {need / 1024**3:.1f} GiB, above the memory limit; raise the limit if the scan is really that big")
     data = _pixels(frames, src)
@@ -149,7 +149,7 @@ def _nifti_image(data: np.ndarray, affine: np.ndarray):
 
     header = nib.Nifti1Header()
     header.set_data_shape(data.shape)
-    header.set_data_dtype(np.float32)
+    header.set_data_dtype(data.dtype)
     header.set_qform(affine, code=1)  # scanner-anatomical: DICOM patient coordinates
     header.set_sform(affine, code=1)
     header.set_xyzt_units("mm")
@@ -241,9 +241,11 @@ def _geometry(frames: list[ser.Frame], src: str, allow_2d: bool):
 
 
 def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
-    """float32 ``[columns, rows, slices]`` (Fortran order), rescaled per frame."""
+    """``[columns, rows, slices]`` (Fortran order): the stored integers when no frame is rescaled
+    (the NIfTI reader makes its one float32 copy from them), else float32 rescaled per frame."""
     rows, cols = frames[0].rows, frames[0].columns
-    out = np.empty((cols, rows, len(frames)), dtype=np.float32, order="F")
+    plain = all(f.slope == 1.0 and f.intercept == 0.0 for f in frames)
+    out = None
     cache: dict[int, np.ndarray] = {}
     for k, f in enumerate(frames):
         key = id(f.instance)
@@ -256,10 +258,15 @@ def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
                 cache = {key: arr}  # an Enhanced MR file: keep its frames while they are used
         if arr.shape[-2:] != (rows, cols) or f.index >= arr.shape[0]:
             raise InputError(f"{f.ref}: the pixel data holds {arr.shape} values, not the {rows}x{cols} image its header describes; copy it again")
-        plane = arr[f.index].astype(np.float32)
-        if f.slope != 1.0 or f.intercept != 0.0:
-            plane = plane * np.float32(f.slope) + np.float32(f.intercept)
-        out[:, :, k] = plane.T
+        if out is None:
+            out = np.empty((cols, rows, len(frames)), dtype=arr.dtype if plain else np.float32, order="F")
+        plane = arr[f.index]
+        if plain:
+            if plane.dtype != out.dtype:
+                raise InputError(f"{f.ref}: stores {plane.dtype} pixels, unlike the other slices ({out.dtype}); export the series again")
+            out[:, :, k] = plane.T
+        else:
+            out[:, :, k] = plane.T.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
     return out
 
 
