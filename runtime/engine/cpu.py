@@ -68,7 +68,7 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str, cores: int) -> CpuInfo:
     """``CpuInfo`` from the text of ``/proc/cpuinfo`` (first processor's model name and flags)."""
-    model, flags = "unknown CPU", frozenset()
+    model, flags = "unknown CPU", frozenset[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

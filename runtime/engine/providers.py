@@ -293,7 +293,7 @@ def resolve_providers(
             f"--fp16 sets TensorRT's fp16 mode and needs --provider tensorrt (running on {name}); "
             "on cpu/openvino use an int8 model instead"
         )
-    cpu = (CPU, {})
+    cpu: tuple[str, dict] = (CPU, {})
     if name == "cpu":
         return [cpu]
     if name == "openvino":
