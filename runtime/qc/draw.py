@@ -34,7 +34,7 @@ class QCDependencyError(LimbsegError):
     exit_code = EXIT_USAGE
 
 
-def _pil():
+def require_pillow():
     try:
         from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
     except ImportError:
@@ -43,7 +43,7 @@ def _pil():
 
 
 def _font(size: int):
-    _, _, ImageFont, _ = _pil()
+    _, _, ImageFont, _ = require_pillow()
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -98,7 +98,7 @@ def _scale_bar_mm(width_mm: float) -> int:
 
 def render_view(view, table, window: tuple[float, float]) -> bytes:
     """PNG bytes of one view (see module doc). ``window``: display (low, high) intensities."""
-    Image, ImageDraw, _, PngImagePlugin = _pil()
+    Image, ImageDraw, _, PngImagePlugin = require_pillow()
     rows_mm = view.image.shape[0] * view.pixel_mm[0]
     cols_mm = view.image.shape[1] * view.pixel_mm[1]
     px_per_mm = MM_TARGET / max(rows_mm, cols_mm)
