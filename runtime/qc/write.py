@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from limbseg_rt.runtime.qc import draw, page, views
+from limbseg_rt.runtime.qc.draw import QCDependencyError  # noqa: F401 - re-exported for callers
 
 
 def check_available() -> None:
@@ -60,7 +61,7 @@ def render_overlays(volume: np.ndarray, labels: np.ndarray, spacing_mm, table) -
     return out
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -91,9 +92,9 @@ def write_qc(volume: np.ndarray, labels: np.ndarray, spacing_mm, table, report: 
     written: dict[str, Path] = {}
     try:
         for slug, _, png in overlays:
-            written[f"qc_{slug}"] = _write_bytes_atomic(folder / f"{stem}_qc_{slug}.png", png)
+            written[f"qc_{slug}"] = write_bytes_atomic(folder / f"{stem}_qc_{slug}.png", png)
         html = page.build_report_html(report, [(caption, png) for _, caption, png in overlays], table=table)
-        written["html"] = _write_bytes_atomic(folder / f"{stem}_report.html", html.encode("utf-8"))
+        written["html"] = write_bytes_atomic(folder / f"{stem}_report.html", html.encode("utf-8"))
     except BaseException:
         for p in written.values():
             Path(p).unlink(missing_ok=True)
@@ -107,3 +108,38 @@ def write_qc_for_result(result, scan_path, labels_path, *, read_options=None) ->
 
     canon, props = read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())
     return write_qc(canon, result.labels_canonical, props.canonical_spacing, result.table, result.report.to_dict(), labels_path)
+
+
+def _table_for(report: dict):
+    """The label table of the model named in the report (its file, if still there), else the default table."""
+    from limbseg_rt.runtime.model.labels import default_label_table
+    from limbseg_rt.runtime.model.metadata import read_metadata
+
+    path = ((report.get("manifest") or {}).get("model") or {}).get("path")
+    if path and Path(path).is_file():
+        try:
+            return read_metadata(Path(path)).labels
+        except Exception:  # an unreadable model file only costs the colours: fall back to the default table
+            pass
+    return default_label_table()
+
+
+def write_qc_for_folder(folder, record: dict) -> dict[str, Path]:
+    """QC files for a published batch scan folder from its completion record (``outputs``, ``input.source``).
+
+    The labels and report are read from the folder, the intensities from the source scan (read with
+    the default options; a scan that needed other read options is refused by the reader with its
+    one-line message).
+    """
+    import json
+
+    from limbseg_rt.runtime.io.nifti import read_image
+
+    folder = Path(folder)
+    outputs = record["outputs"]
+    report = json.loads((folder / outputs["report"]).read_text(encoding="utf-8"))
+    labels_path = folder / outputs["labels"]
+    lab, _ = read_image(labels_path)
+    canon, props = read_image(Path(record["input"]["source"]))
+    labels = np.rint(lab).astype(np.uint16 if lab.max() > 255 else np.uint8)
+    return write_qc(canon, labels, props.canonical_spacing, _table_for(report), report, labels_path)
