@@ -133,27 +133,31 @@ def line_chart(series: list[tuple[str, list[float], list[float], str]], *, title
 
 
 def strip_chart(groups: list[tuple[str, list[tuple[float, bool, str]]]], *, title: str, unit: str) -> str:
-    """One row per group (a muscle): a dot per scan ``(value, is_outlier, scan id)``; outliers red."""
+    """One row per group (a muscle): a dot per scan ``(value, is_outlier, scan id)``; outliers red.
+
+    Each row has its own scale, 0 to its largest value (printed at the row's end), so small and
+    large muscles both show their spread."""
     if not groups:
         return ""
-    row, left, right, top = 18, 64, 30, 28
-    width = 640
+    row, left, right, top = 18, 64, 110, 28
+    width = 680
     plot_w = width - left - right
     height = top + row * len(groups) + 30
-    vals = [v for _, pts in groups for v, _, _ in pts]
-    vmax = _nice_max(max(vals) if vals else 1.0)
     parts = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
              f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>']
-    for t in _ticks(vmax):
-        x = left + plot_w * t / vmax
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = left + plot_w * t
         parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{t:.0%}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">'
+                 f"share of the row's largest value ({escape(unit)} at the right)</text>")
     for i, (label, pts) in enumerate(groups):
         y = top + i * row + row / 2
+        vmax = max([v for v, _, _ in pts] + [0.0]) or 1.0
         parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="lab" text-anchor="end">{escape(label)}</text>')
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left + plot_w + 6}" y="{y + 4:.1f}" class="val">{_fmt(vmax)} {escape(unit)}</text>')
         for v, out, scan in pts:
             x = left + plot_w * max(v, 0.0) / vmax
             cls = "outlier" if out else "dot"
