@@ -41,6 +41,8 @@ KNOWN: dict[str, tuple[str, str]] = {
     "max_acsa_position_mm": ("Max ACSA position", "mm"),
     "max_acsa_position_fraction": ("Max ACSA position", "fraction"),
     "length_mm": ("Length", "mm"),
+    "acsa_profile_mm2": ("ACSA profile", "mm²"),
+    "acsa_mm2": ("ACSA", "mm²"),
     "imat_percent": ("IMAT (T1w estimate)", "%"),
     "imat_ml": ("IMAT (T1w estimate)", "mL"),
     "ff_mean": ("FF mean", ""),
