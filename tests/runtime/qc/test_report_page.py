@@ -13,13 +13,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from qc_browser import dump_dom, screenshot
 
 from limbseg_rt.runtime.api import segment_file
 from limbseg_rt.runtime.model.bundled import MODELS_DIR
 from limbseg_rt.runtime.model.labels import default_label_table
 from limbseg_rt.runtime.phantom.generate import make_phantom
 from limbseg_rt.runtime.qc import page
-from qc_browser import dump_dom, screenshot
 
 pytest.importorskip("PIL", reason='QC pictures need Pillow (pip install "limbseg-rt[qc]")')
 
