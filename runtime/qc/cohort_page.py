@@ -87,7 +87,7 @@ def build_cohort_html(rows: list[dict], columns: list[str], pages: dict[str, str
             s["total"] += v
     measures = _measures(columns)
     sections = []
-    outlier_rows = []
+    outlier_rows: list[tuple[str, str, str, str, float, tuple[float, float]]] = []
     for measure in measures:
         header, unit = page.unit_and_header(measure)
         groups: dict[str, list[tuple[float, str]]] = {}
@@ -103,9 +103,12 @@ def build_cohort_html(rows: list[dict], columns: list[str], pages: dict[str, str
             fences = tukey_fences([v for v, _ in pts])
             marked = []
             for v, sid in pts:
-                out = fences is not None and (v < fences[0] or v > fences[1])
-                marked.append((v, out, sid))
-                if out:
+                if fences is None:
+                    marked.append((v, False, sid))
+                    continue
+                is_out = v < fences[0] or v > fences[1]
+                marked.append((v, is_out, sid))
+                if is_out:
                     outlier_rows.append((sid, key, header, unit, v, fences))
                     if measure == "volume_ml":
                         scans[sid]["outliers"] += 1

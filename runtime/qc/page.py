@@ -20,6 +20,7 @@ import base64
 import json
 from html import escape
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from limbseg_rt.runtime.qc import svg
 
@@ -104,11 +105,11 @@ def _flatten(record: dict, prefix: str = "") -> dict:
     return out
 
 
-def _is_number(v) -> bool:
+def _is_number(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _is_profile(v) -> bool:
+def _is_profile(v: Any) -> TypeGuard[list]:
     return isinstance(v, list) and len(v) > 0 and all(_is_number(x) or x is None for x in v)
 
 
@@ -194,7 +195,7 @@ def muscle_table(report: dict, colours: dict[str, str] | None = None) -> str:
 
 def side_pairs(records: list[dict], key: str = "volume_ml") -> list[tuple[str, float | None, float | None]]:
     """``[(code, left, right)]`` from side records (``side`` L/R) or ``key_left``/``key_right`` keys."""
-    pairs: dict[str, list] = {}
+    pairs: dict[str, list[float | None]] = {}
     for rec in records:
         code = str(rec.get("code", ""))
         side = str(rec.get("side", "")).upper()[:1]
