@@ -164,5 +164,5 @@ def render_view(view, table, window: tuple[float, float]) -> bytes:
     info.add_text("limbseg-rt:mm_per_pixel", f"{1.0 / px_per_mm:.6f}")
     info.add_text("limbseg-rt:labels", " ".join(str(i) for i in present))
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", pnginfo=info, optimize=False, compress_level=6)
+    canvas.save(buf, format="PNG", pnginfo=info, optimize=False, compress_level=1)  # 1: ~6x faster than 6, ~30 % larger
     return buf.getvalue()
