@@ -127,19 +127,20 @@ def _table_for(report: dict):
 def write_qc_for_folder(folder, record: dict) -> dict[str, Path]:
     """QC files for a published batch scan folder from its completion record (``outputs``, ``input.source``).
 
-    The labels and report are read from the folder, the intensities from the source scan (read with
-    the default options; a scan that needed other read options is refused by the reader with its
-    one-line message).
+    The labels and report are read from the folder, the intensities from the source scan, read with
+    the options the record's ``settings.read_options`` gives (``--volume``, ``--prefer-sform``, ...).
     """
     import json
 
-    from limbseg_rt.runtime.io.nifti import read_image
+    from limbseg_rt.runtime.io.nifti import ReadOptions, read_image
 
     folder = Path(folder)
     outputs = record["outputs"]
     report = json.loads((folder / outputs["report"]).read_text(encoding="utf-8"))
     labels_path = folder / outputs["labels"]
     lab, _ = read_image(labels_path)
-    canon, props = read_image(Path(record["input"]["source"]))
+    recorded = (record.get("settings") or {}).get("read_options") or {}
+    options = ReadOptions(**{k: v for k, v in recorded.items() if v is not None})
+    canon, props = read_image(Path(record["input"]["source"]), options=options)
     labels = np.rint(lab).astype(np.uint16 if lab.max() > 255 else np.uint8)
     return write_qc(canon, labels, props.canonical_spacing, _table_for(report), report, labels_path)

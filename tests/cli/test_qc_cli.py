@@ -40,11 +40,14 @@ def test_run_without_qc_writes_no_pictures(tiny_unet_path, tmp_path):
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.html"))
 
 
-def test_qc_without_pillow_is_one_line_with_the_install_hint_and_writes_nothing(tiny_unet_path, tmp_path):
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_qc_without_pillow_is_one_line_with_the_install_hint_and_writes_nothing(tiny_unet_path, tmp_path, command):
     scan = write_phantom(tmp_path / "b.nii.gz", 6)
+    args = ["run", str(scan)] if command == "run" else ["batch", str(scan), "--out", str(tmp_path / "cohort")]
+    args += ["--model", str(tiny_unet_path), "--provider", "cpu", "--qc"]
     code = ("import sys; sys.modules['PIL'] = None\n"
             "from limbseg_rt.cli import main\n"
-            f"sys.exit(main(['run', {str(scan)!r}, '--model', {str(tiny_unet_path)!r}, '--provider', 'cpu', '--qc']))\n")
+            f"sys.exit(main({args!r}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_USAGE, proc.stderr
     lines = proc.stderr.strip().splitlines()
