@@ -66,7 +66,7 @@ figure{display:inline-block;margin:0 12px 12px 0;vertical-align:top;max-width:59
 figcaption{font-size:13px;color:#333;max-width:640px}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#eee}#muscles th{background:#e8eef7}td.t,th.t{text-align:left}tr.absent td{color:#999}
-.cut{color:#b3261e;font-weight:600}.swatch{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:middle;border:1px solid #0003}
+.cut{color:#b3261e;font-weight:600;white-space:nowrap}td.t:first-child{white-space:nowrap}.swatch{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:middle;border:1px solid #0003}
 svg.plot{background:#fff;border:1px solid #ddd;margin:0 12px 12px 0}svg .grid{stroke:#e3e3e3}
 svg text{font-size:11px;fill:#333}svg .ptitle{font-size:13px;font-weight:600}svg .dot{fill:#3b7dd8;opacity:.75}svg .outlier{fill:#b3261e}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:13px}dl.kv dt{font-weight:600}dl.kv dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
@@ -264,7 +264,7 @@ def warning_items(report: dict) -> list[str]:
         items.append("the image is empty or constant: the labels are all background")
     if "fov_cut" in flags and "field of view" not in text:
         items.append("some muscles reach the first or last slice: the field of view cut them")
-    if "provider_fallback" in flags and "fallback" not in text:
+    if "provider_fallback" in flags and "fallback" not in text and "fell back" not in text:
         items.append("the execution provider fell back to another one")
     return items
 
@@ -330,7 +330,7 @@ def build_report_html(report: dict, images: list[tuple[str, bytes]], *, table=No
     engine = manifest.get("engine") or {}
     model = manifest.get("model") or {}
     out = [html_head(title), f"<h1>{escape(title)}</h1>",
-           f'<p class="sub">{totals.get("muscles_found", "?")} of {len(report.get("muscles") or [])} muscles found, '
+           f'<p class="sub">{totals.get("muscles_found", "?")} of {len({str(m.get("code")) for m in report.get("muscles") or []})} muscles found, '
            f'{float(totals.get("volume_ml") or 0.0):.1f} mL in all; model {escape(str(model.get("file")))}, '
            f'provider {escape(str(engine.get("provider")))}, precision {escape(str(engine.get("precision")))}</p>']
     if is_demo_model(manifest):
