@@ -120,3 +120,24 @@ def test_fewer_than_four_scans_mark_no_outliers(tmp_path):
 def test_the_cohort_page_needs_a_batch_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="limbseg-rt batch"):
         write_cohort_page(tmp_path)
+
+
+def test_run_qc_draws_the_same_pictures_for_an_lps_copy_of_the_scan(tiny_unet_path, tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    ras = write_phantom(tmp_path / "ras.nii.gz", 8)
+    img = nib.load(str(ras))
+    t = nib.orientations.ornt_transform(nib.io_orientation(img.affine), nib.orientations.axcodes2ornt(("L", "P", "S")))
+    lps = nib.Nifti1Image(nib.orientations.apply_orientation(np.asarray(img.dataobj), t),
+                          img.affine @ nib.orientations.inv_ornt_aff(t, img.shape))
+    nib.save(lps, str(tmp_path / "lps.nii.gz"))
+    for name in ("ras", "lps"):
+        assert cli_main(["run", str(tmp_path / f"{name}.nii.gz"), "--model", str(tiny_unet_path), "--provider", "cpu", "--qc"]) == EXIT_OK
+    ras_png = sorted(p.name[len("ras"):] for p in tmp_path.glob("ras_qc_*.png"))
+    assert ras_png and ras_png == sorted(p.name[len("lps"):] for p in tmp_path.glob("lps_qc_*.png"))
+    for suffix in ras_png:
+        a = np.asarray(Image.open(tmp_path / f"ras{suffix}").convert("RGB"))
+        b = np.asarray(Image.open(tmp_path / f"lps{suffix}").convert("RGB"))
+        assert np.array_equal(a, b), suffix
