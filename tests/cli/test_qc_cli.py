@@ -141,3 +141,15 @@ def test_run_qc_draws_the_same_pictures_for_an_lps_copy_of_the_scan(tiny_unet_pa
         a = np.asarray(Image.open(tmp_path / f"ras{suffix}").convert("RGB"))
         b = np.asarray(Image.open(tmp_path / f"lps{suffix}").convert("RGB"))
         assert np.array_equal(a, b), suffix
+
+
+def test_demo_without_pillow_still_runs_and_says_how_to_get_pictures(tmp_path):
+    """The README's first command installs no extras: the demo must work without Pillow."""
+    out = tmp_path / "demo"
+    code = ("import sys; sys.modules['PIL'] = None\n"
+            "from limbseg_rt.cli import main\n"
+            f"sys.exit(main(['demo', '--out-dir', {str(out)!r}, '--slices', '8', '--provider', 'cpu']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert 'no QC pictures: QC pictures need Pillow: pip install "limbseg-rt[qc]"' in proc.stdout
+    assert (out / "phantom_seed0_labels.nii.gz").is_file() and not list(out.glob("*.html"))
