@@ -411,6 +411,7 @@ def segment_file(
     read_options=None,
     progress: Callable[[int, int], None] | None = None,
     segmenter: Segmenter | None = None,
+    qc: bool = False,
     **segmenter_kwargs,
 ) -> tuple[SegmentationResult, dict[str, Path]]:
     """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
@@ -418,8 +419,13 @@ def segment_file(
     Output paths are checked before any work (never the input, folders must exist); files are
     written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
     from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
-    Returns the result and the paths written.
+    Returns the result and the paths written. ``qc``: also write the QC PNGs and
+    ``<stem>_report.html`` beside the labels (``runtime/qc``; needs the ``qc`` extra, checked first).
     """
+    if qc:
+        from limbseg_rt.runtime.qc.write import check_available
+
+        check_available()
     scan = Path(scan)
     if not scan.is_file():
         raise InputError(f"input scan not found: {scan}")
@@ -440,4 +446,8 @@ def segment_file(
         if own:
             seg.close()
     written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
+    if qc:
+        from limbseg_rt.runtime.qc.write import write_qc_for_result
+
+        written.update(write_qc_for_result(result, scan, written["labels"], read_options=read_options))
     return result, written

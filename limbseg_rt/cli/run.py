@@ -78,6 +78,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="per-muscle volume CSV (default: <stem>_volumes.csv)")
     p.add_argument("--limb-range", type=_limb_range, default=None, metavar="A:B",
                    help="part of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions), e.g. 0:0.5 for a thigh")
+    p.add_argument("--qc", action="store_true",
+                   help="also write QC overlays (<stem>_qc_*.png) and <stem>_report.html beside the labels (needs the qc extra)")
     add_read_arguments(p)
     return p
 
@@ -156,7 +158,8 @@ def main(args) -> int:
     with ProgressBar("segmenting") as bar:
         result, written = segment_file(
             args.scan, out=args.out, report_json=args.report, csv=args.csv, limb_range=args.limb_range,
-            read_options=read_options_from_args(args), progress=bar.update, **segmenter_kwargs_from_args(args),
+            read_options=read_options_from_args(args), progress=bar.update, qc=bool(getattr(args, "qc", False)),
+            **segmenter_kwargs_from_args(args),
         )
     render_summary(result, written)
     return EXIT_EMPTY if result.empty else EXIT_OK
