@@ -77,7 +77,7 @@ def label_surfaces(label_map: np.ndarray, keep: Iterable[int] | None = None) -> 
         edge[tuple(lo)] |= differ
         edge[tuple(hi)] |= differ
         for end in (0, -1):
-            face = [slice(None)] * lab.ndim
+            face: list[slice | int] = [slice(None)] * lab.ndim
             face[axis] = end
             edge[tuple(face)] = True
     flat = np.flatnonzero(edge)

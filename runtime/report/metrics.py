@@ -309,7 +309,7 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         """JSON-ready dict; NaN becomes None (JSON has no NaN)."""
         rows = [{k: _json_number(v) for k, v in asdict(r).items()} for r in self.rows]
-        mean = {k: _json_number(getattr(self.mean, k)) for k in METRIC_FIELDS}
+        mean: dict[str, object] = {k: _json_number(getattr(self.mean, k)) for k in METRIC_FIELDS}
         mean["n_labels"] = self.mean.n_labels
         mean["counts"] = dict(self.mean.counts)
         return {
@@ -391,7 +391,8 @@ def evaluate_labels(
 
     n_ids = int(max(pred.max(initial=0), ref.max(initial=0))) + 1
     counts = label_counts(pred, ref, n_ids)
-    count_pred, count_ref, count_both = counts.pred, counts.ref, counts.both
+    count_pred, count_ref = counts.pred, counts.ref
+    dice_all, rve_all = counts.dice(), counts.rve_percent()
 
     if label_ids is not None:
         ids = [int(i) for i in label_ids]
@@ -435,9 +436,8 @@ def evaluate_labels(
             flag = FLAG_MISSING_IN_REFERENCE
         else:
             flag = FLAG_ABSENT_IN_BOTH
-        both = int(count_both[i]) if i < n_ids else 0
-        dsc = 2.0 * both / (npred + nref) if (npred + nref) else math.nan
-        rve = 100.0 * (npred - nref) / nref if nref else math.nan
+        dsc = float(dice_all[i]) if i < n_ids else math.nan
+        rve = float(rve_all[i]) if i < n_ids else math.nan
         rows.append(
             LabelMetrics(i, name, code, dsc, rve, hd, h95, asd_, npred * vox_ml, nref * vox_ml, flag)
         )
