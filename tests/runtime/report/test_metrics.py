@@ -533,16 +533,3 @@ def test_overlap_metrics_run_without_scipy_and_distances_name_the_extra():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '2 surface distances (HD, HD95, ASSD) need scipy, which is not installed: pip install "limbseg-rt[eval]"'
 
-
-def test_evaluate_command_without_scipy_exits_2_with_one_line(tmp_path):
-    ref = np.zeros((9, 8, 5), np.uint8)
-    ref[2:6, 2:6, 1:4] = 1
-    p = _save(tmp_path / "p.nii.gz", np.roll(ref, 1, axis=0), np.eye(4))
-    r = _save(tmp_path / "r.nii.gz", ref, np.eye(4))
-    code = _BLOCK + f"from limbseg_rt.cli import main\nsys.exit(main(['evaluate', {str(p)!r}, {str(r)!r}]))\n"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip() == (
-        'limbseg-rt: error: surface distances (HD, HD95, ASSD) need scipy, which is not installed: '
-        'pip install "limbseg-rt[eval]"'
-    )
