@@ -244,18 +244,20 @@ def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
 def muscle_dice(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: int = 100) -> dict[int, float]:
     """Dice per muscle (1..classes-1) for muscles covering >= ``min_pixels`` in the union (smaller ones
     are dominated by a handful of boundary pixels)."""
-    pred, ref = np.asarray(pred).ravel(), np.asarray(ref).ravel()
-    cp = np.bincount(pred, minlength=classes)
-    cr = np.bincount(ref, minlength=classes)
-    both = np.bincount(pred[pred == ref], minlength=classes)
-    return {c: 2.0 * both[c] / (cp[c] + cr[c]) for c in range(1, classes) if cp[c] + cr[c] >= min_pixels}
+    from limbseg_rt.runtime.report.metrics import label_counts
+
+    counts = label_counts(pred, ref, classes)
+    dice = counts.dice()
+    return {c: float(dice[c]) for c in range(1, classes) if counts.pred[c] + counts.ref[c] >= min_pixels}
 
 
 def muscle_rve(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: int = 100) -> dict[int, float]:
     """Relative volume error (%) per muscle vs ``ref`` for muscles with >= ``min_pixels`` in ``ref``."""
-    cp = np.bincount(np.asarray(pred).ravel(), minlength=classes)
-    cr = np.bincount(np.asarray(ref).ravel(), minlength=classes)
-    return {c: 100.0 * (cp[c] - cr[c]) / cr[c] for c in range(1, classes) if cr[c] >= min_pixels}
+    from limbseg_rt.runtime.report.metrics import label_counts
+
+    counts = label_counts(pred, ref, classes)
+    rve = counts.rve_percent()
+    return {c: float(rve[c]) for c in range(1, classes) if counts.ref[c] >= min_pixels}
 
 
 def phantom_model_slices(seed: int, *, slices: int, hw: tuple[int, int], shape=(256, 256)):

@@ -30,17 +30,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def mean_dice(pred, truth, table) -> tuple[float, int]:
     """Mean DSC over the muscles present in the truth or the prediction, and how many there were."""
-    import numpy as np
+    from limbseg_rt.runtime.report.metrics import label_counts
 
-    from limbseg_rt.runtime.report.metrics import dice
-
-    pred = np.asarray(pred)
-    truth = np.asarray(truth)
-    ids = sorted(set(np.unique(truth).tolist()) | set(np.unique(pred).tolist()))
-    scores = [dice(pred == i, truth == i) for i in ids if i != 0 and i < len(table)]
-    if not scores:
-        return float("nan"), 0
-    return float(np.mean(scores)), len(scores)
+    counts = label_counts(pred, truth)
+    return counts.mean_dice(range(1, min(len(table), len(counts))))
 
 
 def main(args) -> int:
