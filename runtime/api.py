@@ -443,6 +443,7 @@ def segment_file(
     read_options=None,
     progress: Callable[[int, int], None] | None = None,
     segmenter: Segmenter | None = None,
+    qc: bool = False,
     series: str | int | None = None,
     seg: str | os.PathLike | None = None,
     seg_type: str = "binary",
@@ -455,10 +456,15 @@ def segment_file(
     from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
     A DICOM input (folder, ``.zip``, file) also gets a DICOM SEG (``seg``, default
     ``<name>_seg.dcm`` beside the input; ``seg_type`` ``"binary"`` or ``"labelmap"``); ``series``
-    picks its series. Returns the result and the paths written.
+    picks its series. Returns the result and the paths written. ``qc``: also write the QC PNGs and
+    ``<stem>_report.html`` beside the labels (``runtime/qc``; needs the ``qc`` extra, checked first).
     """
     from limbseg_rt.runtime.io.dicom import looks_like_dicom
 
+    if qc:
+        from limbseg_rt.runtime.qc.write import check_available
+
+        check_available()
     scan = Path(scan)
     is_dicom = looks_like_dicom(scan)
     if not (scan.is_file() or (scan.is_dir() and is_dicom)):
@@ -497,4 +503,16 @@ def segment_file(
         raise
     if seg_path is not None:
         written["seg"] = seg_path
+    if qc and is_dicom:  # the QC pictures need the intensities again: read the same series
+        from limbseg_rt.runtime.io.dicom import read_dicom
+        from limbseg_rt.runtime.io.nifti import ReadOptions
+        from limbseg_rt.runtime.qc.write import write_qc
+
+        canon, props, _ = read_dicom(scan, series, options=read_options if read_options is not None else ReadOptions())
+        written.update(write_qc(canon, result.labels_canonical, props.canonical_spacing, result.table,
+                                result.report.to_dict(), written["labels"]))
+    elif qc:
+        from limbseg_rt.runtime.qc.write import write_qc_for_result
+
+        written.update(write_qc_for_result(result, scan, written["labels"], read_options=read_options))
     return result, written

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or bundled model name (unet, attention-unet, sc-unet), "
                    "or a DICOM folder / .zip / file to list its series")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8", "bf16"),
                    help="which bundled file a name refers to (default: the CPU choice, int8 when bundled)")
     return p
 

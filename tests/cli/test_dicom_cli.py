@@ -235,3 +235,12 @@ def test_phantom_dicom_option_writes_the_same_scan(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(args) != EXIT_OK  # the folder is not empty any more: refused, nothing overwritten
     assert "empty or new folder" in capsys.readouterr().err
+
+
+def test_qc_pictures_for_a_dicom_input(tmp_path, phantom, tiny_unet_path, capsys):
+    pytest.importorskip("PIL")
+    write_series(phantom[0], tmp_path / "s")
+    code, _, err = _run([tmp_path / "s", "--qc"], capsys, tiny_unet_path)
+    assert code == EXIT_OK, err
+    assert (tmp_path / "s_report.html").is_file() and (tmp_path / "s_seg.dcm").is_file()
+    assert len(list(tmp_path.glob("s_qc_*.png"))) >= 3
