@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "run",
         help="segment the muscles of one lower-limb MRI scan",
-        description="Segment one NIfTI scan. Writes <stem>_labels.nii.gz, <stem>_report.json and "
+        description="Segment one NIfTI scan or DICOM series (folder, .zip, Enhanced MR file; DICOM also gets <name>_seg.dcm). Writes <stem>_labels.nii.gz, <stem>_report.json and "
         "<stem>_volumes.csv next to the scan unless told otherwise; never overwrites the scan.",
     )
     p.add_argument("scan", help="input scan: .nii / .nii.gz, or DICOM (a series folder, a .zip of one, an Enhanced MR file)")
