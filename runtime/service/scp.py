@@ -111,6 +111,7 @@ class StorageSCP:
             log.warning("association rejected", extra={"event": "association_rejected", "reason": "address not allowed",
                                                        "address": address, "calling_ae": event.assoc.requestor.ae_title})
             event.assoc.acse.send_reject(0x01, 0x01, 0x01)
+            event.assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the PDU first
 
     def _on_rejected(self, event) -> None:
         # pynetdicom rejected the association itself (calling or called AE title not on our list).
