@@ -181,14 +181,18 @@ def write_toml(path: Path, config) -> Path:
 
 
 RUNNER = """
-import sys, signal, threading, logging
+import os, sys, signal, threading, logging, time
 sys.path.insert(0, {tests!r})
 from serve_helpers import threshold_seg, IDENTITY
+delay = float(os.environ.get("SERVE_TEST_DELAY", "0"))  # a slow model, for shutdown tests
+def process(series_dir, out_dir):
+    time.sleep(delay)
+    return threshold_seg(series_dir, out_dir)
 from limbseg_rt.runtime.service.config import load_config
 from limbseg_rt.runtime.service.logs import configure
 from limbseg_rt.runtime.service.node import Node
 configure(sys.stderr, logging.DEBUG)
-node = Node(load_config(sys.argv[1]), threshold_seg, IDENTITY)
+node = Node(load_config(sys.argv[1]), process, IDENTITY)
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: stop.set())
 node.start()
@@ -199,12 +203,12 @@ node.stop()
 """
 
 
-def start_node_process(toml: Path, log_path: Path) -> subprocess.Popen:
+def start_node_process(toml: Path, log_path: Path, *, delay: float = 0.0) -> subprocess.Popen:
     """The node (threshold model) in its own process, so a test can SIGKILL it; waits until it listens."""
     code = RUNNER.format(tests=str(Path(__file__).parent))
     log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-c", code, str(toml)], stdout=subprocess.PIPE, stderr=log,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVE_TEST_DELAY": str(delay)})
     line = proc.stdout.readline()
     if b"READY" not in line:
         proc.kill()
