@@ -37,10 +37,9 @@ def free_port() -> int:
 def make_series(folder: Path, *, slices: int = 3, size: int = 16, seed: int = 0, series_uid: str | None = None,
                 study_uid: str | None = None) -> tuple[str, list[Path]]:
     """Write an axial MR series (uint16 ``size x size`` x ``slices``, 1 mm pixels, 4 mm slices); returns (uid, files)."""
+    from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    from pydicom import Dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -161,8 +161,10 @@ class Spool:
                 state = SeriesState(series_uid, study_uid, 0, now, now, calling_ae)
             state.instances = sum(1 for _ in folder.glob("*.dcm"))
             state.last_received = now
-            write_json(folder / "series.json", state.to_json())
-            self.used_bytes += len(data) - old
+            state_file = folder / "series.json"
+            old_state = state_file.stat().st_size if state_file.exists() else 0
+            write_json(state_file, state.to_json())
+            self.used_bytes += len(data) - old + state_file.stat().st_size - old_state
             return state
 
     def series_state(self, series_uid: str) -> SeriesState | None:
