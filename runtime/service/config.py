@@ -113,7 +113,8 @@ class _Section:
     def __init__(self, data, name: str):
         if not isinstance(data, dict):
             raise ConfigError(f"[{name}] must be a table")
-        self.data, self.name, self.used = data, name, set()
+        self.data, self.name = data, name
+        self.used: set[str] = set()
 
     def get(self, key, kind, default=None, *, required=False):
         self.used.add(key)
@@ -186,14 +187,14 @@ def load_config(path: str | os.PathLike) -> ServeConfig:
     tls = None
     if "tls" in raw:
         t = _Section(raw["tls"], "tls")
-        cert, key = _path(t.get("cert", str, required=True)), _path(t.get("key", str, required=True))
+        cert_p, key_p = _path(t.get("cert", str, required=True)), _path(t.get("key", str, required=True))
         ca_text = t.get("ca", str)
         t.finish()
         ca = _path(ca_text) if ca_text else None
-        for what, p in (("cert", cert), ("key", key), ("ca", ca)):
+        for what, p in (("cert", cert_p), ("key", key_p), ("ca", ca)):
             if p is not None and not p.is_file():
                 raise ConfigError(f"[tls] {what} file {p} does not exist")
-        tls = TLSConfig(cert=cert, key=key, ca=ca)
+        tls = TLSConfig(cert=cert_p, key=key_p, ca=ca)
 
     sp = _Section(raw.get("spool", {}), "spool")
     spool = _path(sp.get("folder", str, required=True))

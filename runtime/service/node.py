@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from limbseg_rt.runtime.service.config import ServeConfig
 from limbseg_rt.runtime.service.deliver import Sender
@@ -52,8 +53,8 @@ class Node:
         self._processing: str | None = None
         self._threads: list[threading.Thread] = []
         self.started = 0.0
-        self.scp = None
-        self.http = None
+        self.scp: Any = None
+        self.http: Any = None
         self.sender = Sender(config, self.spool, self.counters)
 
     # ------------------------------------------------------------------ lifecycle

@@ -21,7 +21,7 @@ class ProcessingUnavailable(LimbsegError):
 def dicom_io():
     """``(read_dicom, write_seg)`` from the runtime's DICOM package; ``ProcessingUnavailable`` if absent."""
     try:
-        from limbseg_rt.runtime.io.dicom import read_dicom, write_seg  # type: ignore[attr-defined]
+        from limbseg_rt.runtime.io.dicom import read_dicom, write_seg
     except ImportError:
         raise ProcessingUnavailable(
             'this installation has no DICOM reader/SEG writer (limbseg_rt.runtime.io.dicom); install "limbseg-rt[serve]" '

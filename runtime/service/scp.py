@@ -21,6 +21,7 @@ import errno
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from limbseg_rt.runtime.service.config import ServeConfig
 from limbseg_rt.runtime.service.spool import SeriesState, Spool, SpoolFull, valid_uid
@@ -72,7 +73,7 @@ class StorageSCP:
 
     def __init__(self, config: ServeConfig, spool: Spool, on_stored: Callable[[SeriesState], None], counters: dict):
         self.config, self.spool, self.on_stored, self.counters = config, spool, on_stored, counters
-        self.server = None
+        self.server: Any = None
 
     def start(self) -> None:
         from pynetdicom import AE, evt
@@ -83,7 +84,7 @@ class StorageSCP:
         ae.maximum_associations = 16
         for uid in (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE):
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_STORE, self._on_store),
