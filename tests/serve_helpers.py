@@ -148,6 +148,12 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def committed(spool: Path, name: str = "seg.dcm") -> list[Path]:
+    """``name`` in every committed result folder (not the hidden staging folders a worker fills)."""
+    results = spool / "results"
+    return [p / name for p in sorted(results.iterdir()) if not p.name.startswith(".") and (p / name).exists()]
+
+
 def received(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm")) if folder.exists() else []
 

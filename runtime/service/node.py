@@ -68,15 +68,15 @@ class Node:
         undelivered = len(self.spool.undelivered())
         self.scp = StorageSCP(self.config, self.spool, self._on_stored, self.counters)
         self.scp.start()
+        log.info("node started", extra={"event": "started", "ae_title": self.config.ae_title, "port": self.scp.port,
+                                        "tls": self.config.tls is not None, "resumed_series": len(resumed),
+                                        "undelivered_results": undelivered})
         for target, name in ((self._schedule_loop, "scheduler"), (self._work_loop, "worker"), (self._send_loop, "sender")):
             t = threading.Thread(target=target, name=f"limbseg-serve-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         if self.config.http_port:
             self._start_http()
-        log.info("node started", extra={"event": "started", "ae_title": self.config.ae_title, "port": self.scp.port,
-                                        "tls": self.config.tls is not None, "resumed_series": len(resumed),
-                                        "undelivered_results": undelivered})
 
     def stop(self) -> None:
         """Stop accepting, let the series in flight finish (up to ``shutdown_grace_seconds``), stop sending.

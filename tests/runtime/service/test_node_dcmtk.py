@@ -12,6 +12,7 @@ from serve_helpers import (
     IDENTITY,
     PATIENT_NAME,
     SEG,
+    committed,
     free_port,
     make_series,
     node_config,
@@ -79,8 +80,9 @@ def test_one_series_end_to_end_seg_reaches_pacs_and_passes_dciodvfy(tmp_path, ma
     assert st["outbox"] == 0
     # The spool keeps only the dedup record: instances and the delivered SEG are gone.
     assert not any((node.spool.incoming).iterdir())
-    [result] = [p for p in node.spool.results.iterdir()]
-    assert sorted(p.name for p in result.iterdir()) == ["result.json"]
+    [record] = committed(node.spool.root, "result.json")
+    assert sorted(p.name for p in node.spool.results.iterdir()) == [record.parent.name]
+    assert sorted(p.name for p in record.parent.iterdir()) == ["result.json"]
     lines = log_lines()
     assert any(line.get("event") == "delivered" and line.get("series") == series_uid for line in lines)
     text = json.dumps(lines)
@@ -141,7 +143,7 @@ def test_resending_an_instance_restarts_the_stability_clock(tmp_path, make_node)
     time.sleep(1.3)  # 2.6 s after the first send, only 1.3 s after the last instance
     assert node.status()["counters"]["processed"] == 0
     wait_for(lambda: node.status()["counters"]["processed"] == 1, 20, "processing after the clock")
-    rec = json.loads(next(node.spool.results.glob("*/result.json")).read_text())
+    rec = json.loads(committed(node.spool.root, "result.json")[0].read_text())
     assert rec["instances"] == 3
 
 
@@ -203,9 +205,9 @@ def test_pacs_down_results_wait_in_the_outbox_and_are_delivered_when_it_is_back(
     assert storescu(port, files).returncode == 0
     wait_for(lambda: node.status()["counters"]["delivery_failures"] >= 2, 30, "failed delivery attempts")
     assert node.status()["outbox"] == 1
-    rec = json.loads(next(node.spool.results.glob("*/result.json")).read_text())
+    rec = json.loads(committed(node.spool.root, "result.json")[0].read_text())
     assert rec["destinations"]["pacs"]["attempts"] >= 2 and not rec["destinations"]["pacs"]["delivered"]
-    assert "seg.dcm" in [p.name for p in next(node.spool.results.glob("*")).iterdir()]
+    assert len(committed(node.spool.root)) == 1
     with storescp(tmp_path / "pacs", pacs_port):
         wait_for(lambda: received(tmp_path / "pacs"), 30, "delivery once PACS is back")
         wait_for(lambda: node.status()["counters"]["delivered"] == 1, 10, "the delivery recorded")

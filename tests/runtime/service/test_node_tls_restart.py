@@ -11,6 +11,7 @@ import time
 import pytest
 from serve_helpers import (
     IDENTITY,
+    committed,
     free_port,
     make_series,
     node_config,
@@ -86,7 +87,7 @@ def test_sigkill_after_the_ack_then_restart_processes_and_delivers_once(tmp_path
         with storescp(tmp_path / "pacs", pacs_port):
             proc = start_node_process(toml, log)
             segs = wait_for(lambda: received(tmp_path / "pacs"), 40, "the SEG after the restart")
-            wait_for(lambda: not list((config.spool / "results").glob("*/seg.dcm")), 10, "the outbox emptied")
+            wait_for(lambda: not committed(config.spool), 10, "the outbox emptied")
             # Restart once more: nothing is left to process or send, so nothing arrives twice.
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
@@ -114,15 +115,18 @@ def test_sigkill_with_an_undelivered_result_sends_it_after_the_restart(tmp_path)
     proc = start_node_process(toml, log)
     try:
         assert storescu(port, files).returncode == 0
-        wait_for(lambda: list((config.spool / "results").glob("*/seg.dcm")), 30, "the result in the outbox (PACS down)")
+        wait_for(lambda: committed(config.spool), 30, "the result in the outbox (PACS down)")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         with storescp(tmp_path / "pacs", pacs_port):
             proc = start_node_process(toml, log)
             wait_for(lambda: received(tmp_path / "pacs"), 30, "the outbox delivered after the restart")
         events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-        assert sum(e.get("event") == "processed" for e in events) == 1
-        assert [e for e in events if e.get("event") == "started"][1]["undelivered_results"] == 1
+        names = [e.get("event") for e in events]
+        second = [i for i, n in enumerate(names) if n == "started"][1]
+        assert "processing" not in names[second:]  # the restarted node only sent; it did not segment again
+        assert events[second]["undelivered_results"] == 1 and events[second]["resumed_series"] == 0
+        assert len(committed(config.spool, "result.json")) == 1
     finally:
         proc.kill()
         proc.wait(timeout=10)
