@@ -125,10 +125,10 @@ def storescu(port: int, files, *, calling: str = "SCANNER", called: str = "LIMBS
 
 
 @contextlib.contextmanager
-def storescp(folder: Path, port: int, ae: str = "PACS"):
+def storescp(folder: Path, port: int, ae: str = "PACS", extra=()):
     """dcmtk storescp as the PACS on 127.0.0.1:port, writing what it receives into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["storescp", "-aet", ae, "-od", str(folder), "-fe", ".dcm", "--fork", str(port)],
+    proc = subprocess.Popen(["storescp", "-aet", ae, "-od", str(folder), "-fe", ".dcm", "--fork", *extra, str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _port_open(port), 10, f"storescp on port {port}")

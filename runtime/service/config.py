@@ -41,6 +41,8 @@ class Destination:
     host: str
     port: int
     ae_title: str
+    tls: bool = False
+    ca: Path | None = None  # CA that signed the destination's certificate (default: the system store)
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,11 @@ def load_config(path: str | os.PathLike) -> ServeConfig:
             host=s.get("host", str, required=True),
             port=_port(s.get("port", int, required=True), f"[destination {name}] port"),
             ae_title=_ae(s.get("ae_title", str, required=True), f"[destination {name}] ae_title"),
+            tls=s.get("tls", bool, False),
+            ca=_path(s.get("ca", str)) if s.get("ca", str) else None,
         )
+        if dest.ca is not None and not dest.ca.is_file():
+            raise ConfigError(f"[destination {name}] ca file {dest.ca} does not exist")
         s.finish()
         if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name) or name in names:
             raise ConfigError(f"destination name {name!r} must be unique, letters/digits/_.- only")

@@ -25,7 +25,7 @@ def next_delay(attempts: int, base: float, cap: float) -> float:
     return min(cap, base * (2 ** max(0, attempts - 1)))
 
 
-def send_files(files: list[Path], dest: Destination, calling_ae: str, *, timeout: float = 30.0) -> None:
+def send_files(files: list[Path], dest: Destination, calling_ae: str, *, timeout: float = 30.0, tls_context=None) -> None:
     """C-STORE ``files`` (Part 10) to ``dest`` in one association; ``OSError`` with the reason on any failure."""
     from pydicom import dcmread
     from pynetdicom import AE
@@ -36,7 +36,8 @@ def send_files(files: list[Path], dest: Destination, calling_ae: str, *, timeout
     contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, [ts])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    tls_args = (tls_context, dest.host) if tls_context is not None else None  # SNI only; hostname check is off
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         raise OSError(f"association with {dest.ae_title}@{dest.host}:{dest.port} failed ({why})")
@@ -85,7 +86,9 @@ class Sender:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    send_files(files, dest, self.config.ae_title)
+                    from limbseg_rt.runtime.service.scp import client_ssl_context
+
+                    send_files(files, dest, self.config.ae_title, tls_context=client_ssl_context(self.config, dest))
                 except Exception as exc:  # network errors, refused statuses: all are retried
                     state["attempts"] = state.get("attempts", 0) + 1
                     state["last_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -30,6 +30,7 @@ log = logging.getLogger("limbseg_rt.serve")
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.1",     # Explicit VR Little Endian
     "1.2.840.10008.1.2",       # Implicit VR Little Endian
@@ -64,6 +65,19 @@ def server_ssl_context(config: ServeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def client_ssl_context(config: ServeConfig, dest) -> ssl.SSLContext | None:
+    """TLS client context for a destination with ``tls = true``: verifies the peer against ``dest.ca``
+    (or the system store), and presents this node's ``[tls]`` certificate when there is one."""
+    if not dest.tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(dest.ca) if dest.ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # DICOM peers are named by AE title and address; the CA check still applies
+    if config.tls is not None:
+        ctx.load_cert_chain(certfile=str(config.tls.cert), keyfile=str(config.tls.key))
+    return ctx
+
+
 class StorageSCP:
     """Accepts MR images from allowed callers into ``spool``; ``on_stored(state)`` after each success.
 
@@ -84,10 +98,12 @@ class StorageSCP:
         ae.maximum_associations = 16
         for uid in (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE):
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
+        ae.add_supported_context(VERIFICATION)  # C-ECHO: how scanners test a new node
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
         ]
         self.server = ae.start_server(
             (self.config.bind, self.config.port), block=False, evt_handlers=handlers,

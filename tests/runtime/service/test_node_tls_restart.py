@@ -70,6 +70,42 @@ def test_tls_association_with_client_certificates(tmp_path, certs):
         node.stop()
 
 
+def test_results_go_to_a_tls_destination_with_the_nodes_certificate(tmp_path, certs):
+    from limbseg_rt.runtime.service.config import Destination, TLSConfig
+    from limbseg_rt.runtime.service.node import Node
+
+    (nkey, ncrt), (pkey, pcrt) = certs["server"], certs["client"]  # the node's pair; the PACS's pair
+    pacs_port, port = free_port(), free_port()
+    dest = Destination("pacs", "127.0.0.1", pacs_port, "PACS", tls=True, ca=pcrt)
+    config = node_config(tmp_path, port, tls=TLSConfig(cert=ncrt, key=nkey, ca=None), destinations=(dest,))
+    _, files = make_series(tmp_path / "scan", slices=2)
+    # storescp requires and verifies the node's certificate (+cf: the certificate it trusts).
+    with storescp(tmp_path / "pacs", pacs_port, extra=("+tls", str(pkey), str(pcrt), "-pw", "+cf", str(ncrt), "-rc")):
+        node = Node(config, threshold_seg, IDENTITY, tick_seconds=0.05)
+        node.start()
+        try:
+            sent = storescu(port, files, extra=("+tla", "+cf", str(ncrt)))  # anonymous TLS caller: no CA set
+            assert sent.returncode == 0, sent.stderr
+            wait_for(lambda: received(tmp_path / "pacs"), 30, "the SEG over TLS")
+            wait_for(lambda: node.status()["counters"]["delivered"] == 1, 10, "the delivery recorded")
+        finally:
+            node.stop()
+
+
+def test_c_echo_answers(tmp_path):
+    from limbseg_rt.runtime.service.node import Node
+
+    port = free_port()
+    node = Node(node_config(tmp_path, port), threshold_seg, IDENTITY)
+    node.start()
+    try:
+        echo = subprocess.run(["echoscu", "-v", "-aet", "SCANNER", "-aec", "LIMBSEG", "127.0.0.1", str(port)],
+                              capture_output=True, text=True, timeout=30)
+        assert echo.returncode == 0 and "Received Echo Response (Success)" in echo.stderr, echo.stderr
+    finally:
+        node.stop()
+
+
 def test_sigkill_after_the_ack_then_restart_processes_and_delivers_once(tmp_path):
     pacs_port, port = free_port(), free_port()
     config = node_config(tmp_path, port, pacs_port=pacs_port, stable_seconds=2.0)
