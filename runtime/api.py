@@ -101,6 +101,25 @@ class SegmentationResult:
             raise
         return written
 
+    def save_seg(self, path: str | os.PathLike, *, seg_type: str = "binary") -> Path | None:
+        """Write a DICOM SEG over the source series (DICOM inputs only; see docs/dicom.md).
+
+        Returns the path, or None when no muscle was found (a SEG needs a segment). The model's
+        name, SHA-256 and whether it is a bundled demo model go into the SEG's algorithm
+        identification and SeriesDescription.
+        """
+        from limbseg_rt.runtime.io.dicom.seg import AlgorithmInfo, write_seg
+        from limbseg_rt.runtime.model.bundled import MODELS_DIR
+
+        model = self.report.manifest["model"]
+        model_path = Path(model["path"]).resolve()
+        demo = model_path.parent == MODELS_DIR.resolve()
+        version = self.report.manifest.get("versions", {}).get("limbseg_rt", "unknown")
+        algo = AlgorithmInfo(f"limbseg-rt {model['metadata']['architecture']}", str(version), model["sha256"], demo)
+        out = write_seg(self.labels_canonical, self.props, path, table=self.table, algorithm=algo, seg_type=seg_type)
+        self.report.manifest["dicom_seg"] = {"path": str(out) if out else None, "type": seg_type, "demo_model": demo}
+        return out
+
 
 def check_output_paths(outputs: list[Path], input_path: str | os.PathLike | None) -> None:
     """``OutputError`` if an output is the input, two outputs coincide, or a folder is missing."""
@@ -200,11 +219,13 @@ class Segmenter:
         limb_range: tuple[float, float] | None = None,
         read_options=None,
         progress: Callable[[int, int], None] | None = None,
+        series: str | int | None = None,
     ) -> SegmentationResult:
-        """Segment one scan (a NIfTI path or a nibabel image). Writes nothing.
+        """Segment one scan (a NIfTI path, a nibabel image, or a DICOM folder / .zip / file). Writes nothing.
 
         ``limb_range``: ``(a, b)``, the part of the limb the scan covers (0 = hip, 1 = ankle),
         used by SC-UNet. ``progress(done, total)``: called after each batch of slices.
+        ``series``: SeriesNumber or SeriesInstanceUID when a DICOM input holds several series.
         """
         from limbseg_rt.runtime.io.nifti import ReadOptions
 
@@ -216,7 +237,7 @@ class Segmenter:
         md = self._runner.metadata
 
         t0 = time.perf_counter()
-        canon, props, input_info = _read_source(source, options)
+        canon, props, input_info = _read_source(source, options, series)
         t_read = time.perf_counter() - t0
 
         pipe_options = dataclasses.replace(self._options, limb_range=limb_range)
@@ -346,10 +367,20 @@ def _metadata_summary(md) -> dict:
     return d
 
 
-def _read_source(source, options) -> tuple[np.ndarray, object, dict]:
+def _read_source(source, options, series=None) -> tuple[np.ndarray, object, dict]:
     """(canonical float32 volume, ImageProps, input description) for a path or a nibabel image."""
+    from limbseg_rt.runtime.io.dicom import looks_like_dicom
     from limbseg_rt.runtime.io.nifti import from_nibabel, read_image
 
+    if isinstance(source, (str, os.PathLike)) and looks_like_dicom(source):
+        from limbseg_rt.runtime.io.dicom import read_dicom
+
+        path = Path(source)
+        canon, props, info = read_dicom(path, series, options=options)
+        digest = sha256_file(path) if path.is_file() else None
+        return canon, props, {"path": str(path), "name": path.name, "sha256": digest, "dicom": info.to_dict()}
+    if series is not None:
+        raise InputError(f"{source}: --series applies to DICOM inputs only")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         canon, props = read_image(path, options=options)
@@ -390,7 +421,7 @@ def default_output_paths(scan: str | os.PathLike) -> dict[str, Path]:
     """``<stem>_labels.nii.gz``, ``<stem>_report.json``, ``<stem>_volumes.csv`` next to the scan."""
     scan = Path(scan)
     name = scan.name
-    for suffix in (".nii.gz", ".nii", ".gz"):
+    for suffix in (".nii.gz", ".nii", ".gz", ".dcm", ".zip"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -398,6 +429,7 @@ def default_output_paths(scan: str | os.PathLike) -> dict[str, Path]:
         "labels": scan.with_name(f"{name}_labels.nii.gz"),
         "report": scan.with_name(f"{name}_report.json"),
         "csv": scan.with_name(f"{name}_volumes.csv"),
+        "seg": scan.with_name(f"{name}_seg.dcm"),
     }
 
 
@@ -411,6 +443,9 @@ def segment_file(
     read_options=None,
     progress: Callable[[int, int], None] | None = None,
     segmenter: Segmenter | None = None,
+    series: str | int | None = None,
+    seg: str | os.PathLike | None = None,
+    seg_type: str = "binary",
     **segmenter_kwargs,
 ) -> tuple[SegmentationResult, dict[str, Path]]:
     """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
@@ -418,10 +453,15 @@ def segment_file(
     Output paths are checked before any work (never the input, folders must exist); files are
     written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
     from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
-    Returns the result and the paths written.
+    A DICOM input (folder, ``.zip``, file) also gets a DICOM SEG (``seg``, default
+    ``<name>_seg.dcm`` beside the input; ``seg_type`` ``"binary"`` or ``"labelmap"``); ``series``
+    picks its series. Returns the result and the paths written.
     """
+    from limbseg_rt.runtime.io.dicom import looks_like_dicom
+
     scan = Path(scan)
-    if not scan.is_file():
+    is_dicom = looks_like_dicom(scan)
+    if not (scan.is_file() or (scan.is_dir() and is_dicom)):
         raise InputError(f"input scan not found: {scan}")
     defaults = default_output_paths(scan)
     targets = {
@@ -429,15 +469,32 @@ def segment_file(
         "report": Path(report_json) if report_json is not None else defaults["report"],
         "csv": Path(csv) if csv is not None else defaults["csv"],
     }
+    if seg is not None and not is_dicom:
+        raise OutputError(f"{seg}: a DICOM SEG needs a DICOM input; {scan} is not DICOM")
+    if is_dicom:
+        targets["seg"] = Path(seg) if seg is not None else defaults["seg"]
     check_output_paths(list(targets.values()), scan)
     if not targets["labels"].name.lower().endswith((".nii.gz", ".nii")):
         raise OutputError(f"{targets['labels']}: a label file name must end in .nii.gz or .nii; choose another output name")
     own = segmenter is None
-    seg = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
+    engine = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
-        result = seg.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress)
+        result = engine.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress, series=series)
     finally:
         if own:
-            seg.close()
-    written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
+            engine.close()
+    seg_path = None
+    if "seg" in targets:
+        existed = targets["seg"].exists()
+        seg_path = result.save_seg(targets["seg"], seg_type=seg_type)  # atomic; first, so a failure leaves nothing new
+        if seg_path is None:
+            result.report.warnings.append("no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
+    try:
+        written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
+    except BaseException:
+        if seg_path is not None and not existed:
+            seg_path.unlink(missing_ok=True)
+        raise
+    if seg_path is not None:
+        written["seg"] = seg_path
     return result, written

@@ -17,7 +17,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Without MODEL: versions, execution providers and bundled models. "
         "With MODEL (a .onnx file or a bundled name such as unet): its metadata and inputs/outputs.",
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or bundled model name (unet, attention-unet, sc-unet)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or bundled model name (unet, attention-unet, sc-unet), "
+                   "or a DICOM folder / .zip / file to list its series")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
                    help="which bundled file a name refers to (default: the CPU choice, int8 when bundled)")
     return p
@@ -116,9 +117,31 @@ def _print_model(path) -> None:
         print(f"  {o.name:<10} {_fmt_shape(o.shape):<22} {o.type}")
 
 
+def _print_dicom(path) -> None:
+    from limbseg_rt.runtime.io.dicom import list_series
+
+    found, series = list_series(path)
+    print(f"{path}: {len(found.instances)} DICOM file(s), {found.skipped_non_dicom} non-DICOM file(s) skipped"
+          + (f", {found.skipped_dicomdir} DICOMDIR skipped" if found.skipped_dicomdir else ""))
+    print(f"  {'series':>6}  {'modality':<8} {'orientation':<22} {'slices':>6}  {'spacing (mm)':<20} {'run':<4} description")
+    for s in series:
+        sp = "x".join(f"{v:.3g}" for v in s.spacing) if s.spacing else "-"
+        run = "yes" if s.skip_reason is None else "no"
+        why = f" [{s.skip_reason}]" if s.skip_reason else ""
+        notes = "".join(f" [{n}]" for n in s.notes)
+        number = s.number if s.number is not None else "?"
+        print(f"  {number:>6}  {s.modality:<8} {s.orientation:<22} {len(s.main):>6}  {sp:<20} {run:<4} {s.description}{why}{notes}")
+    print("  UIDs: " + "; ".join(f"{s.number}: {s.uid}" for s in series))
+
+
 def main(args) -> int:
     if args.model is None:
         _print_installation()
+        return 0
+    from limbseg_rt.runtime.io.dicom import looks_like_dicom
+
+    if not str(args.model).lower().endswith(".onnx") and looks_like_dicom(args.model):
+        _print_dicom(args.model)
         return 0
     from limbseg_rt.runtime.model.bundled import resolve_model
 

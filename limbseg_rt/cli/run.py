@@ -71,7 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Segment one NIfTI scan. Writes <stem>_labels.nii.gz, <stem>_report.json and "
         "<stem>_volumes.csv next to the scan unless told otherwise; never overwrites the scan.",
     )
-    p.add_argument("scan", help="input scan (.nii or .nii.gz)")
+    p.add_argument("scan", help="input scan: .nii / .nii.gz, or DICOM (a series folder, a .zip of one, an Enhanced MR file)")
     add_engine_arguments(p)
     p.add_argument("--out", default=None, help="label file (default: <stem>_labels.nii.gz next to the scan)")
     p.add_argument("--report", default=None, help="JSON report (default: <stem>_report.json)")
@@ -79,7 +79,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limb-range", type=_limb_range, default=None, metavar="A:B",
                    help="part of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions), e.g. 0:0.5 for a thigh")
     add_read_arguments(p)
+    add_dicom_arguments(p)
     return p
+
+
+def add_dicom_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DICOM input and output (pip install \"limbseg-rt[dicom]\"; docs/dicom.md)")
+    g.add_argument("--series", default=None, metavar="NUMBER|UID",
+                   help="which series of a DICOM input to segment when it holds several (limbseg-rt info DIR lists them)")
+    g.add_argument("--seg", default=None, metavar="PATH", help="DICOM SEG to write for a DICOM input (default: <name>_seg.dcm beside the input)")
+    g.add_argument("--seg-type", default="binary", choices=("binary", "labelmap"),
+                   help="SEG kind: binary (default, what most viewers show) or labelmap (the newer Label Map SOP class)")
 
 
 def add_read_arguments(p: argparse.ArgumentParser) -> None:
@@ -154,6 +164,7 @@ def main(args) -> int:
         result, written = segment_file(
             args.scan, out=args.out, report_json=args.report, csv=args.csv, limb_range=args.limb_range,
             read_options=read_options_from_args(args), progress=bar.update, **segmenter_kwargs_from_args(args),
+            series=args.series, seg=args.seg, seg_type=args.seg_type,
         )
     render_summary(result, written)
     return EXIT_EMPTY if result.empty else EXIT_OK

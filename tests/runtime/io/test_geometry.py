@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.io import geometry
 
 ORIENTATIONS = geometry.all_orientations()
 SHAPE = (5, 6, 7)  # distinct lengths so a wrong permutation cannot go unnoticed

@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.io.nifti import GIB, ReadOptions, from_nibabel, read_image, read_raw
 
 NIB_DATA = Path(os.path.dirname(nib.__file__)) / "tests" / "data"

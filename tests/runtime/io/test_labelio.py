@@ -11,9 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from limbseg_rt.runtime.io import geometry
-from limbseg_rt.runtime.io import labelio
 from limbseg_rt.runtime.errors import OutputError
+from limbseg_rt.runtime.io import geometry, labelio
 from limbseg_rt.runtime.io.nifti import ReadOptions, read_image, read_raw
 from limbseg_rt.runtime.model.labels import Label, LabelTable, default_label_table
 
