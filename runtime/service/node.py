@@ -191,7 +191,8 @@ class Node:
             "instances": len(files), "calling_ae": state.calling_ae, "files": [p.name for p in outputs],
             "first_received": state.first_received, "last_received": state.last_received,
             "processed_at": time.time(), "processing_s": round(seconds, 3),
-            "destinations": {d.name: {"delivered": False, "attempts": 0} for d in self.config.destinations},
+            # Nothing to send (no muscle found) means nothing to deliver.
+            "destinations": {d.name: {"delivered": False, "attempts": 0} for d in self.config.destinations} if outputs else {},
         }
         try:
             self.spool.commit_result(key, staging, record, expect_last_received=state.last_received)

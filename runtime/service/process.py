@@ -1,45 +1,43 @@
 """The node's default processing: one ``Segmenter`` (model loaded once), DICOM series in, SEG out.
 
-The DICOM reader and SEG writer are the runtime's (``limbseg_rt.runtime.io.dicom``, issue 18); this
-module only adapts them to the node's ``process(series_dir, out_dir) -> list[Path]`` contract.
+The DICOM reader and SEG writer are the runtime's own (``Segmenter.segment`` on a DICOM folder,
+``SegmentationResult.save_seg``; docs/dicom.md); this module adapts them to the node's
+``process(series_dir, out_dir) -> list[Path]`` contract and names what changes the output.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from limbseg_rt.runtime.errors import LimbsegError
+from limbseg_rt.runtime.errors import MissingDependencyError
 from limbseg_rt.runtime.service.config import ModelConfig
 
-
-class ProcessingUnavailable(LimbsegError):
-    """This installation lacks what the default processing needs (the DICOM reader / SEG writer)."""
-
-    exit_code = 2
+log = logging.getLogger("limbseg_rt.serve")
+SERVE_HINT = 'the DICOM node needs the serve extra: pip install "limbseg-rt[serve]"'
 
 
-def dicom_io():
-    """``(read_dicom, write_seg)`` from the runtime's DICOM package; ``ProcessingUnavailable`` if absent."""
-    try:
-        from limbseg_rt.runtime.io.dicom import read_dicom, write_seg
-    except ImportError:
-        raise ProcessingUnavailable(
-            'this installation has no DICOM reader/SEG writer (limbseg_rt.runtime.io.dicom); install "limbseg-rt[serve]" '
-            "from a release that includes DICOM support"
-        ) from None
-    return read_dicom, write_seg
+def require_serve_dependencies() -> None:
+    """``MissingDependencyError`` (exit 12) naming the extra when pynetdicom, pydicom or highdicom is missing."""
+    for name in ("pynetdicom", "pydicom", "highdicom"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise MissingDependencyError(f"{SERVE_HINT} ({name} is not installed)") from None
 
 
 class SegmentSeries:
-    """``process(series_dir, out_dir)``: segment the spooled series, write ``out_dir/seg.dcm``; returns ``[path]``.
+    """``process(series_dir, out_dir)``: segment the spooled series and write ``out_dir/seg.dcm``.
 
-    ``identity`` (model SHA-256 and the settings that change the output) is the node's dedup key part.
+    Returns ``[seg.dcm]``, or ``[]`` when no muscle was found (a SEG needs a segment; logged).
+    ``identity`` (model SHA-256 and the settings that change the output) goes into the node's
+    dedup key. Errors are the runtime's (``InputError`` for a series that cannot be read, ...).
     """
 
     def __init__(self, model: ModelConfig):
         from limbseg_rt.runtime.api import Segmenter
 
-        self._read, self._write = dicom_io()
+        require_serve_dependencies()
         self.model = model
         self.segmenter = Segmenter(model.model, provider=model.provider, precision=model.precision, threads=model.threads)
         self.identity = {
@@ -48,11 +46,15 @@ class SegmentSeries:
         }
 
     def __call__(self, series_dir: Path, out_dir: Path) -> list[Path]:
-        image = self._read(series_dir)
-        result = self.segmenter.segment(image)
-        out = Path(out_dir) / "seg.dcm"
-        self._write(result, series_dir, out, seg_type=self.model.seg_type)
+        result = self.segmenter.segment(Path(series_dir))
+        out = self.save(result, Path(out_dir) / "seg.dcm")
+        if out is None:
+            log.warning("no muscle found: no SEG to send", extra={"event": "empty_result", "series": Path(series_dir).name})
+            return []
         return [out]
+
+    def save(self, result, path: Path) -> Path | None:
+        return result.save_seg(path, seg_type=self.model.seg_type)
 
     def close(self) -> None:
         self.segmenter.close()
