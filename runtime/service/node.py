@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -121,7 +122,7 @@ class Node:
             now = time.time()
             with self._clock_lock:
                 ready = [uid for uid, t in self._clock.items() if now - t >= self.config.stable_seconds and uid not in self._queued]
-            for uid in sorted(ready, key=lambda u: self._clock[u]):
+            for uid in sorted(ready, key=lambda u: self._clock.get(u, 0.0)):
                 try:
                     self._queue.put_nowait(uid)
                 except queue.Full:
@@ -144,6 +145,9 @@ class Node:
             self._processing = uid
             try:
                 self._process_series(uid)
+            except Exception as exc:  # e.g. the disk filled up while committing: the series stays in incoming/
+                log.error("series not committed; it is tried again", extra={
+                    "event": "commit_error", "series": uid, "error": f"{type(exc).__name__}: {exc}"})
             finally:
                 self._processing = None
                 self._queued.discard(uid)
@@ -174,8 +178,6 @@ class Node:
                 if p.parent.resolve() != staging.resolve() or not p.is_file():
                     raise RuntimeError(f"processing returned {p.name}, not a file in its output folder")
         except Exception as exc:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.spool.park_failed(uid, {"series_uid": uid, "error": message, "type": type(exc).__name__,
@@ -197,12 +199,13 @@ class Node:
         try:
             self.spool.commit_result(key, staging, record, expect_last_received=state.last_received)
         except SeriesChanged:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             log.info("series changed while processing; it is processed again once stable",
                      extra={"event": "requeued", "series": uid})
             return
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already if the rename happened
+            raise
         with self._clock_lock:
             if self._clock.get(uid) == state.last_received:
                 self._clock.pop(uid, None)

@@ -240,3 +240,26 @@ def test_http_health_and_metrics_on_localhost(tmp_path, make_node):
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
     assert "limbseg_serve_received_total 0" in metrics and "limbseg_serve_up 1" in metrics
     wait_for(lambda: (node.spool.root / "status.json").is_file(), 5, "status.json")
+
+
+def test_an_instance_arriving_during_processing_is_not_lost(tmp_path, make_node):
+    import threading
+
+    port = free_port()
+    _, files = make_series(tmp_path / "scan", slices=3)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(series_dir, out_dir):
+        started.set()
+        release.wait(20)
+        return threshold_seg(series_dir, out_dir)
+
+    node = make_node(node_config(tmp_path, port, stable_seconds=0.5), process=slow)
+    assert storescu(port, files[:2]).returncode == 0
+    assert started.wait(20)
+    assert storescu(port, files[2:]).returncode == 0  # acknowledged while the first two are being processed
+    release.set()
+    wait_for(lambda: node.status()["counters"]["processed"] == 1, 30, "the series processed with all instances")
+    [record] = committed(node.spool.root, "result.json")
+    assert json.loads(record.read_text())["instances"] == 3
+    assert not any(node.spool.incoming.iterdir())
