@@ -151,7 +151,8 @@ def test_sigkill_with_an_undelivered_result_sends_it_after_the_restart(tmp_path)
     proc = start_node_process(toml, log)
     try:
         assert storescu(port, files).returncode == 0
-        wait_for(lambda: committed(config.spool), 30, "the result in the outbox (PACS down)")
+        wait_for(lambda: committed(config.spool) and not any((config.spool / "incoming").iterdir()), 30,
+                 "the result in the outbox (PACS down) and the series' instances cleaned up")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         with storescp(tmp_path / "pacs", pacs_port):
