@@ -30,6 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="voxel size in mm (default 1.75 1.75 5.0: a 448 mm field of view)")
     p.add_argument("--orientation", default="RAS", type=_axis_code,
                    help="axis code of the stored arrays, e.g. RAS, LPS, LAS or a permutation like ASR (default RAS)")
+    p.add_argument("--dicom", default=None, metavar="DIR",
+                   help="also write the image as a DICOM MR series into DIR (an empty or new folder; needs the dicom extra)")
     return p
 
 
@@ -49,6 +51,9 @@ def main(args) -> int:
             raise OutputError(f"{path}: output must end in .nii or .nii.gz")
         if not path.parent.is_dir():
             raise OutputError(f"{path.parent}: folder does not exist; create it first")
+    dicom_dir = Path(args.dicom) if args.dicom else None
+    if dicom_dir is not None and dicom_dir.exists() and (not dicom_dir.is_dir() or any(dicom_dir.iterdir())):
+        raise OutputError(f"{dicom_dir}: --dicom needs an empty or new folder")
     spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING
     image, labels = make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
                                  orientation=args.orientation)
@@ -57,6 +62,14 @@ def main(args) -> int:
         nib.save(labels, str(lab))
     except OSError as exc:
         raise OutputError(f"cannot write output: {exc.strerror or exc}") from exc
+    if dicom_dir is not None:
+        import numpy as np
+
+        from limbseg_rt.runtime.io.dicom.write_series import write_mr_series
+
+        dicom_dir.mkdir(parents=True, exist_ok=True)
+        files = write_mr_series(np.asarray(image.dataobj), image.affine, dicom_dir, description=f"limbseg-rt phantom seed {args.seed}")
+        print(f"wrote {len(files)} DICOM files to {dicom_dir}")
     sx, sy, sz = spacing
     print(f"wrote {out} and {lab}: {image.shape[0]}x{image.shape[1]}x{image.shape[2]} voxels, "
           f"{sx:g}x{sy:g}x{sz:g} mm, orientation {''.join(nib.aff2axcodes(image.affine))}, seed {args.seed}")

@@ -219,3 +219,19 @@ def test_bundled_demo_model_says_demo_in_the_seg(tmp_path, phantom, capsys):
     assert "demo_model=yes" in algo.AlgorithmParameters
     assert dciodvfy_errors(tmp_path / "s_seg.dcm") == []
 
+
+
+def test_phantom_dicom_option_writes_the_same_scan(tmp_path, capsys):
+    from limbseg_rt.runtime.io.dicom import read_dicom
+    from limbseg_rt.runtime.io.nifti import read_image
+
+    args = ["phantom", str(tmp_path / "p.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"), "--seed", "2", "--slices", "6",
+            "--shape", "40", "40", "--orientation", "LPS", "--dicom", str(tmp_path / "dcm")]
+    assert cli_main(args) == EXIT_OK
+    vol, props, _ = read_dicom(tmp_path / "dcm")
+    ref, ref_props = read_image(tmp_path / "p.nii.gz")
+    assert np.array_equal(vol, ref)
+    np.testing.assert_allclose(props.canonical_affine, ref_props.canonical_affine, atol=1e-4)
+    capsys.readouterr()
+    assert cli_main(args) != EXIT_OK  # the folder is not empty any more: refused, nothing overwritten
+    assert "empty or new folder" in capsys.readouterr().err
