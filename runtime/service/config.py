@@ -52,6 +52,7 @@ class ModelConfig:
     precision: str = "auto"
     threads: int | None = None
     seg_type: str = "binary"
+    keep_report: bool = False  # also keep labels.nii.gz, report.json, volumes.csv in results/<key>/
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ def load_config(path: str | os.PathLike) -> ServeConfig:
         precision=m.get("precision", str, "auto"),
         threads=m.get("threads", int, None),
         seg_type=m.get("seg_type", str, "binary"),
+        keep_report=m.get("keep_report", bool, False),
     )
     m.finish()
     if model.provider not in ("auto", "tensorrt", "cuda", "openvino", "cpu"):

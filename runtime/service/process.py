@@ -30,6 +30,8 @@ class SegmentSeries:
     """``process(series_dir, out_dir)``: segment the spooled series and write ``out_dir/seg.dcm``.
 
     Returns ``[seg.dcm]``, or ``[]`` when no muscle was found (a SEG needs a segment; logged).
+    With ``keep_report`` the NIfTI labels, JSON report and CSV are written beside it; they stay in
+    the result folder (the node sends only the returned files).
     ``identity`` (model SHA-256 and the settings that change the output) goes into the node's
     dedup key. Errors are the runtime's (``InputError`` for a series that cannot be read, ...).
     """
@@ -48,6 +50,9 @@ class SegmentSeries:
     def __call__(self, series_dir: Path, out_dir: Path) -> list[Path]:
         result = self.segmenter.segment(Path(series_dir))
         out = self.save(result, Path(out_dir) / "seg.dcm")
+        if self.model.keep_report:  # kept in the result folder for local pick-up; not sent (not DICOM)
+            result.save(Path(out_dir) / "labels.nii.gz", report_json=Path(out_dir) / "report.json",
+                        csv=Path(out_dir) / "volumes.csv")
         if out is None:
             log.warning("no muscle found: no SEG to send", extra={"event": "empty_result", "series": Path(series_dir).name})
             return []

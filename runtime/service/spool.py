@@ -275,11 +275,14 @@ class Spool:
         return keys
 
     def release_payload(self, key: str) -> None:
-        """After every destination has it, delete the result's files; ``result.json`` stays (dedup record)."""
+        """After every destination has them, delete the files that were sent; ``result.json`` (the
+        dedup record) and any kept local files (labels, report) stay."""
         folder = self.results / key
+        record = self.result_record(key) or {}
         with self._lock:
-            for p in folder.iterdir():
-                if p.name != "result.json" and p.is_file():
+            for name in record.get("files", []):
+                p = folder / name
+                if p.is_file():
                     self.used_bytes -= p.stat().st_size
                     p.unlink()
             fsync_dir(folder)

@@ -72,7 +72,7 @@ def test_the_serve_command_segments_a_phantom_series_and_pacs_gets_the_same_seg_
     pacs_port, port = free_port(), free_port()
     config = node_config(tmp_path, port, pacs_port=pacs_port, stable_seconds=1.0)
     toml = write_toml(tmp_path / "node.toml", config)
-    toml.write_text(toml.read_text() + '[model]\nmodel = "unet"\nprovider = "cpu"\nthreads = 1\n')
+    toml.write_text(toml.read_text() + '[model]\nmodel = "unet"\nprovider = "cpu"\nthreads = 1\nkeep_report = true\n')
     with storescp(tmp_path / "pacs", pacs_port):
         proc = subprocess.Popen([sys.executable, "-m", "limbseg_rt", "serve", "--config", str(toml)],
                                 stderr=subprocess.PIPE, text=True)
@@ -91,6 +91,12 @@ def test_the_serve_command_segments_a_phantom_series_and_pacs_gets_the_same_seg_
     events = [json.loads(line)["event"] for line in log.splitlines()]
     assert "processed" in events and "delivered" in events and events[-1] == "stopped"
     assert PATIENT_NAME not in log and "PID-42" not in log
+    # keep_report: labels, report and CSV stay in the result folder; the sent SEG is gone from it.
+    [record] = [p for p in (config.spool / "results").glob("*/result.json") if not p.parent.name.startswith(".")]
+    assert sorted(p.name for p in record.parent.iterdir()) == sorted(
+        ["labels.ctbl", "labels.itksnap.txt", "labels.nii.gz", "report.json", "result.json", "volumes.csv"])
+    report_text = (record.parent / "report.json").read_text()
+    assert PATIENT_NAME not in report_text and "PID-42" not in report_text
     check = subprocess.run(["dciodvfy", str(seg_file)], capture_output=True, text=True, timeout=60)
     assert "Error" not in check.stderr, check.stderr
     # `run` on the same files writes the same segmentation (segments and frames).
