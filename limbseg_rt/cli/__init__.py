@@ -17,6 +17,7 @@ import sys
 COMMANDS = {
     "run": "run",
     "batch": "batch",
+    "serve": "serve",
     "demo": "demo",
     "info": "info",
     "tune": "tune",
