@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import InputError, OutputError
+from limbseg_rt.runtime.errors import InputError
 from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
 from limbseg_rt.runtime.report.run_report import (
@@ -30,7 +30,6 @@ from limbseg_rt.runtime.report.run_report import (
     muscle_stats,
     peak_rss_mib,
     runtime_versions,
-    write_text_atomic,
 )
 
 FLAG_EMPTY = "empty_image"
@@ -69,52 +68,44 @@ class SegmentationResult:
         any write fails, the files this call already wrote are removed. Returns the paths written
         (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
         """
-        from limbseg_rt.runtime.io.labelio import write_labels
+        from limbseg_rt.runtime.io.outputs import OutputSet
 
         src = input_path or self.report.manifest.get("input", {}).get("path")
-        targets = {"labels": Path(out_path)}
-        if report_json is not None:
-            targets["report"] = Path(report_json)
-        if csv is not None:
-            targets["csv"] = Path(csv)
-        check_output_paths(list(targets.values()), src)
+        with OutputSet(inputs=[src] if src else ()) as out:
+            declare_outputs(out, out_path, report_json, csv)
+            out.check()
+            return self.write_outputs(out)
+
+    def write_outputs(self, out) -> dict[str, Path]:
+        """Write this result into a declared, checked ``OutputSet`` and publish it (report last).
+
+        ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``report`` as wanted),
+        e.g. from ``declare_outputs``. Returns the paths published.
+        """
+        from limbseg_rt.runtime.io.labelio import stage_labels
 
         t0 = time.perf_counter()
-        written: dict[str, Path] = {}
-        try:
-            files = write_labels(self.labels_canonical, targets["labels"], self.props, table=self.table)
-            written["labels"] = files.labels
-            for key, p in (("itksnap", files.itksnap), ("slicer", files.slicer)):
-                if p is not None:
-                    written[key] = Path(p)
-            manifest = self.report.manifest
-            manifest["outputs"] = {k: str(v) for k, v in {**written, **targets}.items()}
-            manifest["timings_s"]["write"] = time.perf_counter() - t0
-            manifest["peak_rss_mib"] = peak_rss_mib()
-            if "csv" in targets:
-                written["csv"] = write_text_atomic(targets["csv"], self.report.to_csv())
-            if "report" in targets:
-                written["report"] = write_text_atomic(targets["report"], self.report.to_json())
-        except BaseException:
-            for p in written.values():
-                Path(p).unlink(missing_ok=True)
-            raise
-        return written
+        stage_labels(out, self.labels_canonical, self.props, table=self.table)
+        manifest = self.report.manifest
+        manifest["outputs"] = {k: str(v) for k, v in out.paths.items()}
+        manifest["timings_s"]["write"] = time.perf_counter() - t0
+        manifest["peak_rss_mib"] = peak_rss_mib()
+        if "csv" in out:
+            out.write_text("csv", self.report.to_csv())
+        if "report" in out:
+            out.write_text("report", self.report.to_json())
+        return out.commit()
 
 
-def check_output_paths(outputs: list[Path], input_path: str | os.PathLike | None) -> None:
-    """``OutputError`` if an output is the input, two outputs coincide, or a folder is missing."""
-    resolved = [p.expanduser().resolve() for p in outputs]
-    if len(set(resolved)) != len(resolved):
-        raise OutputError("two outputs point to the same file; give each output its own name")
-    src = Path(input_path).expanduser().resolve() if input_path else None
-    for p, r in zip(outputs, resolved):
-        if src is not None and (r == src or (r.exists() and src.exists() and os.path.samefile(r, src))):
-            raise OutputError(f"refusing to overwrite the input scan {p}; choose another output name")
-        if not r.parent.is_dir():
-            raise OutputError(f"output folder {r.parent} does not exist; create it or choose another path")
-        if r.is_dir():
-            raise OutputError(f"output {p} is a folder; give a file name")
+def declare_outputs(out, labels, report_json=None, csv=None) -> None:
+    """Declare one run's outputs in an ``OutputSet``: labels + side files, CSV, then the report (published last)."""
+    from limbseg_rt.runtime.io.labelio import declare_label_outputs
+
+    declare_label_outputs(out, labels)
+    if csv is not None:
+        out.add("csv", csv, what="volume CSV")
+    if report_json is not None:
+        out.add("report", report_json, what="report")
 
 
 class Segmenter:
@@ -286,26 +277,19 @@ class Segmenter:
 
 
 def labels_image(labels_canonical: np.ndarray, props, table):
-    """uint8 ``Nifti1Image`` of canonical labels on the input grid, with the input's header geometry.
+    """Label ``Nifti1Image`` (uint8; uint16 above 254 classes) of canonical labels on the input grid.
 
-    Same conventions as ``labelio.write_labels`` (qform/sform and codes copied, intent label),
-    but in memory: nothing is written. ``.affine`` is the input's affine; when that was assumed
-    (``--assume-orientation``, no geometry in the file) nibabel marks it as an sform (code 2) in
-    memory, whereas ``save`` writes the file with the input's own (zero) codes.
+    Built by ``labelio.label_image``, as the file ``save`` writes (qform/sform and codes copied,
+    intent label), but in memory: nothing is written. ``.affine`` is the input's affine; when that was
+    assumed (``--assume-orientation``, no geometry in the file) nibabel marks it as an sform (code 2)
+    in memory, whereas ``save`` writes the file with the input's own (zero) codes.
     """
-    import nibabel as nib
-
     from limbseg_rt.runtime.io.geometry import from_canonical
+    from limbseg_rt.runtime.io.labelio import label_dtype, label_image
 
-    data = np.asfortranarray(from_canonical(labels_canonical, props).astype(np.uint8, copy=False))
-    klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
-    header = klass.header_class.from_header(props.header)
-    header.set_data_shape(data.shape)
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1.0, 0.0)
-    header.set_intent("label", (), name="labels")
-    header["cal_min"], header["cal_max"] = 0.0, float(len(table) - 1)
-    return klass(data, np.asarray(props.affine, dtype=np.float64), header)
+    dtype = label_dtype(table)
+    data = np.asfortranarray(from_canonical(labels_canonical, props).astype(dtype, copy=False))
+    return label_image(data, props, table, dtype, affine=np.asarray(props.affine, dtype=np.float64))
 
 
 def _geometry(props, canonical_shape) -> dict:
@@ -388,12 +372,10 @@ def _flags_and_warnings(run, stats, props, md, limb_range, fallback) -> tuple[li
 
 def default_output_paths(scan: str | os.PathLike) -> dict[str, Path]:
     """``<stem>_labels.nii.gz``, ``<stem>_report.json``, ``<stem>_volumes.csv`` next to the scan."""
+    from limbseg_rt.runtime.io.outputs import nifti_stem
+
     scan = Path(scan)
-    name = scan.name
-    for suffix in (".nii.gz", ".nii", ".gz"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = nifti_stem(scan.name)
     return {
         "labels": scan.with_name(f"{name}_labels.nii.gz"),
         "report": scan.with_name(f"{name}_report.json"),
@@ -423,15 +405,17 @@ def segment_file(
     scan = Path(scan)
     if not scan.is_file():
         raise InputError(f"input scan not found: {scan}")
+    from limbseg_rt.runtime.io.outputs import OutputSet
+
     defaults = default_output_paths(scan)
-    targets = {
-        "labels": Path(out) if out is not None else defaults["labels"],
-        "report": Path(report_json) if report_json is not None else defaults["report"],
-        "csv": Path(csv) if csv is not None else defaults["csv"],
-    }
-    check_output_paths(list(targets.values()), scan)
-    if not targets["labels"].name.lower().endswith((".nii.gz", ".nii")):
-        raise OutputError(f"{targets['labels']}: a label file name must end in .nii.gz or .nii; choose another output name")
+    out_set = OutputSet(inputs=[scan])
+    declare_outputs(
+        out_set,
+        Path(out) if out is not None else defaults["labels"],
+        Path(report_json) if report_json is not None else defaults["report"],
+        Path(csv) if csv is not None else defaults["csv"],
+    )
+    out_set.check()  # every output location is usable before the segmentation starts
     own = segmenter is None
     seg = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
@@ -439,5 +423,6 @@ def segment_file(
     finally:
         if own:
             seg.close()
-    written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
+    with out_set:
+        written = result.write_outputs(out_set)
     return result, written

@@ -158,6 +158,30 @@ def read_image(path, *, options: ReadOptions = ReadOptions()) -> tuple[np.ndarra
     return _assemble(data, header, version, src, options, warnings + more, slope, inter)
 
 
+def read_labels(path, *, options: ReadOptions = ReadOptions(allow_2d=True), grid: str = "file",
+                what: str = "label map") -> tuple[np.ndarray, ImageProps]:
+    """Read a label NIfTI with the same checks as ``read_image`` -> (integer labels, props).
+
+    ``grid="file"``: labels on the file's own grid, with the file's spatial dimensions (a 2D map
+    stays 2D; trailing axes of length 1 dropped); ``grid="canonical"``: RAS+ ``[X, Y, Z]`` like
+    ``read_image``. dtype uint8 when every value fits, else uint16 (values 0..65535 after scaling).
+    Raises InputError when a value is negative, not a whole number or above 65535.
+    """
+    volume, props = read_image(path, options=options)
+    if volume.size and (volume.min() < 0 or volume.max() > 65535 or not np.array_equal(volume, np.rint(volume))):
+        raise InputError(f"{path}: is not a {what} (values must be whole numbers 0..65535); give a label file")
+    dtype = np.uint8 if not volume.size or volume.max() <= 255 else np.uint16
+    labels = volume.astype(dtype, order="F")
+    del volume
+    if grid == "canonical":
+        return labels, props
+    if grid != "file":
+        raise ValueError(f"grid must be 'file' or 'canonical', got {grid!r}")
+    on_file = np.asarray(geometry.from_canonical(labels, props))
+    ndim = 2 if len(props.file_shape) == 2 else 3
+    return np.ascontiguousarray(on_file.reshape(on_file.shape[:ndim])), props
+
+
 def from_nibabel(img, *, options: ReadOptions = ReadOptions(), source: str | None = None) -> tuple[np.ndarray, ImageProps]:
     """Like ``read_image`` for an in-memory nibabel image (NIfTI, or anything nibabel can convert).
 
