@@ -74,7 +74,7 @@ def os_error_line(exc: OSError, path, what: str = "output") -> str:
     if code == errno.ENAMETOOLONG:
         return f"the {what} {p} cannot be written: the name is too long for this file system; choose a shorter name"
     if code == errno.ENOENT:
-        return f"the {what} {p} cannot be written: the folder {folder} does not exist; create it or choose another path"
+        return f"the {what} {p} cannot be written: its output folder does not exist ({folder}); create it or choose another path"
     return f"the {what} {p} cannot be written ({exc.strerror or exc}); check the disk and the folder's permissions"
 
 
@@ -188,7 +188,7 @@ class OutputSet:
                                   "choose a file name")
         folder = target.parent if str(target.parent) else Path(".")
         if not folder.is_dir():
-            raise OutputError(f"the {what} {quote(raw)} cannot be written: the folder {quote(folder)} does not exist; "
+            raise OutputError(f"the {what} {quote(raw)} cannot be written: its output folder does not exist ({quote(folder)}); "
                               "create it or choose another path")
         try:
             name_max = os.pathconf(folder, "PC_NAME_MAX")
