@@ -18,6 +18,7 @@ EXIT_OUTPUT = 8        # output cannot be written where asked (or would overwrit
 EXIT_ENGINE = 9        # the inference engine (ONNX Runtime, OpenVINO) failed while running
 EXIT_MEMORY = 10       # the inference engine ran out of memory
 EXIT_SCANS_FAILED = 11  # batch: at least one scan of the cohort failed (the others were written)
+EXIT_DEPENDENCY = 12   # a feature needs an optional extra that is not installed (e.g. [dicom])
 
 
 class LimbsegError(Exception):
@@ -72,3 +73,9 @@ class ParityError(LimbsegError):
         super().__init__(
             f"{len(self.failures)} parity check(s) failed: " + "; ".join(self.failures)
         )
+
+
+class MissingDependencyError(LimbsegError):
+    """An optional extra needed for this input or output is not installed; the message says how."""
+
+    exit_code = EXIT_DEPENDENCY

@@ -99,7 +99,7 @@ def _duration(seconds: float) -> str:
 
 
 def _interrupt_on_sigterm() -> dict:
-    """SIGTERM (and SIGINT) raise KeyboardInterrupt once; which one came is kept for the exit code."""
+    """SIGTERM, SIGHUP (and SIGINT) raise KeyboardInterrupt once; which one came is kept for the exit code."""
     state = {"signal": None}
 
     def handler(signum, frame):
@@ -109,6 +109,8 @@ def _interrupt_on_sigterm() -> dict:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, handler)
     return state
 
 
@@ -141,6 +143,8 @@ def main(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
     progress.close()
     render(result)
     return result.exit_code
