@@ -99,7 +99,7 @@ def environment_error(exc: BaseException):
     from limbseg_rt.runtime.errors import MissingDependencyError, OutputError
     from limbseg_rt.runtime.io.outputs import os_error_line
 
-    if isinstance(exc, ModuleNotFoundError) and exc.name:
+    if isinstance(exc, ImportError) and exc.name:
         top = exc.name.split(".")[0]
         if top in OPTIONAL_EXTRAS:
             return MissingDependencyError(
@@ -139,7 +139,7 @@ def _dispatch(args) -> int:
         error_line(f"interrupted ({signal.Signals(signum).name}); outputs are complete from this run or as they "
                    "were before it; rerun the command")
         return 128 + int(signum)
-    except (ModuleNotFoundError, OSError) as exc:
+    except (ImportError, OSError) as exc:
         mapped = environment_error(exc)
         if mapped is None or args.debug:
             raise

@@ -122,10 +122,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _Target:
-    __slots__ = ("key", "path", "what", "in_place", "temp")
+    __slots__ = ("key", "path", "what", "in_place", "temp", "fd")
 
-    def __init__(self, key: str, path: Path, what: str, in_place: bool):
-        self.key, self.path, self.what, self.in_place = key, path, what, in_place
+    def __init__(self, key: str, path: Path, what: str, in_place: bool, fd: int | None = None):
+        self.key, self.path, self.what, self.in_place, self.fd = key, path, what, in_place, fd
         self.temp: Path | None = None
 
 
@@ -154,16 +154,18 @@ class OutputSet:
         if key in self._targets:
             raise ValueError(f"output {key!r} declared twice")
         raw = Path(path).expanduser()
+        _check_name_length(raw, what)
         target = Path(os.path.realpath(raw)) if raw.is_symlink() else raw
-        in_place = self._check_target(raw, target, what)
         for other in self._targets.values():
-            if not (in_place and other.in_place) and _same(other.path, target):
+            if _same(other.path, target) and not (other.in_place and _is_char_device(target)):
                 raise OutputError(f"the {what} {quote(raw)} and the {other.what} {quote(other.path)} are the same file; "
                                   "give each output its own name")
-        self._targets[key] = _Target(key, target, what, in_place)
+        in_place, fd = self._check_target(raw, target, what)
+        self._targets[key] = _Target(key, target, what, in_place, fd)
         return target
 
-    def _check_target(self, raw: Path, target: Path, what: str) -> bool:
+    def _check_target(self, raw: Path, target: Path, what: str) -> tuple[bool, int | None]:
+        """(written in place?, open write end of a FIFO); OutputError if unusable."""
         for src in self._inputs:
             if _same(src, target):
                 raise OutputError(f"the {what} {quote(raw)} would overwrite the input {quote(src)}; choose another "
@@ -179,10 +181,10 @@ class OutputSet:
             if stat.S_ISDIR(mode):
                 raise OutputError(f"the {what} {quote(raw)} is a folder; give a file name")
             if stat.S_ISCHR(mode):
-                return True
+                return True, None
             if stat.S_ISFIFO(mode):
-                self._check_fifo_reader(raw, target, what)
-                return True
+                # Held open until the publish: closing it now would give the reader an early end of file.
+                return True, self._open_fifo(raw, target, what)
             if not stat.S_ISREG(mode):
                 raise OutputError(f"the {what} {quote(raw)} is not a regular file (a block device or socket); "
                                   "choose a file name")
@@ -190,17 +192,11 @@ class OutputSet:
         if not folder.is_dir():
             raise OutputError(f"the {what} {quote(raw)} cannot be written: its output folder does not exist ({quote(folder)}); "
                               "create it or choose another path")
-        try:
-            name_max = os.pathconf(folder, "PC_NAME_MAX")
-        except (OSError, ValueError):
-            name_max = 255
-        if len(os.fsencode(target.name)) > name_max:
-            raise OutputError(f"the {what} {quote(raw)} cannot be written: the name is longer than this file system "
-                              f"allows ({name_max} bytes); choose a shorter name")
-        return False
+        _check_name_length(target, what)
+        return False, None
 
     @staticmethod
-    def _check_fifo_reader(raw: Path, target: Path, what: str) -> None:
+    def _open_fifo(raw: Path, target: Path, what: str) -> int:
         try:
             fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
@@ -208,7 +204,8 @@ class OutputSet:
                 raise OutputError(f"the {what} {quote(raw)} is a named pipe with no reader; start the reader first "
                                   "or give a file name") from None
             raise OutputError(os_error_line(exc, raw, what)) from None
-        os.close(fd)
+        os.set_blocking(fd, True)
+        return fd
 
     def check(self) -> None:
         """Probe every target folder for writability (and clear stale temporaries there)."""
@@ -290,7 +287,8 @@ class OutputSet:
                     continue
                 try:
                     if t.in_place:
-                        with open(t.temp, "rb") as src, open(t.path, "wb") as dst:
+                        fd, t.fd = t.fd, None
+                        with open(t.temp, "rb") as src, (os.fdopen(fd, "wb") if fd is not None else open(t.path, "wb")) as dst:
                             shutil.copyfileobj(src, dst)
                         os.unlink(t.temp)
                     else:
@@ -315,6 +313,9 @@ class OutputSet:
                 except OSError:
                     pass
                 t.temp = None
+            if t.fd is not None:
+                os.close(t.fd)
+                t.fd = None
         if self._stage_dir is not None:
             shutil.rmtree(self._stage_dir, ignore_errors=True)
             self._stage_dir = None
@@ -340,6 +341,24 @@ class _Writing:
     def __exit__(self, typ, exc, tb):
         if exc is not None and isinstance(exc, OSError) and not isinstance(exc, OutputError):
             raise OutputError(os_error_line(exc, self._t.path, self._t.what)) from None
+        return False
+
+
+def _check_name_length(path: Path, what: str) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        name_max = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.fsencode(path.name)) > name_max:
+        raise OutputError(f"the {what} {quote(path)} cannot be written: the name is longer than this file system "
+                          f"allows ({name_max} bytes); choose a shorter name")
+
+
+def _is_char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
         return False
 
 
