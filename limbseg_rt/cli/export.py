@@ -47,7 +47,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-
     try:
         import torch  # noqa: F401
         import onnx  # noqa: F401
