@@ -186,7 +186,13 @@ def label_image(data: np.ndarray, props, table: LabelTable, dtype=None, *, affin
 
     dtype = dtype if dtype is not None else label_dtype(table)
     klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
-    header = klass.header_class.from_header(props.header)  # a copy; the input's header is untouched
+    source = props.header.copy()  # never the input's header object itself
+    minimum = 352 if props.nifti_version != 2 else 544  # header + extension flag of a single-file NIfTI
+    if float(source["vox_offset"]) < minimum:  # accepted on read (old writers); written correctly
+        source["vox_offset"] = minimum
+    header = klass.header_class.from_header(source)
+    if affine is not None and getattr(props, "units_scale", 1.0) != 1.0:
+        header.set_xyzt_units("mm", header.get_xyzt_units()[1])  # an in-memory affine in mm
     header.set_data_shape(data.shape)
     header.set_data_dtype(dtype)
     header.set_slope_inter(1.0, 0.0)
@@ -216,6 +222,10 @@ def _verify(tmp: Path, out: Path, data: np.ndarray, props, dtype) -> None:
             problems.append(f"{name} differs")
     if props.affine_source in ("sform", "qform"):
         back_affine = header.get_sform() if props.affine_source == "sform" else header.get_qform()
+        scale = getattr(props, "units_scale", 1.0)
+        if scale != 1.0:  # the file keeps its own units (e.g. m); props.affine is in mm
+            back_affine = back_affine.copy()
+            back_affine[:3, :] *= scale
         if not np.array_equal(back_affine, props.affine):
             problems.append(f"{props.affine_source} affine differs")
     if int(header["intent_code"]) != NIFTI_INTENT_LABEL:

@@ -123,6 +123,7 @@ class ImageProps:
     volume_index: int | None
     header: Any = field(repr=False)
     warnings: tuple[str, ...] = ()
+    units_scale: float = 1.0  # mm per unit of the file's xyzt_units (affine and spacing here are in mm)
 
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
@@ -488,6 +489,10 @@ def _plan_shape(file_shape: tuple[int, ...], options: ReadOptions, src: str):
 def _choose_affine(header, shape, options: ReadOptions, src: str, warnings: list[str]):
     """-> (4x4 float64 affine of the input grid, "sform" | "qform" | "assumed")."""
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    for name, code in (("qform_code", qcode), ("sform_code", scode)):
+        if not 0 <= code <= 5:
+            raise InputError(f"{src}: the header's {name} is {code}, not a NIfTI code (0..5); the header is damaged; "
+                             f"{_FIX_EXPORT}")
     if qcode <= 0 and scode <= 0:
         if options.assume_orientation is None:
             raise InputError(
@@ -557,6 +562,9 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         data = data[plan[2]].reshape(plan[0])
     shape, vol_index, _ = plan
     affine, how = _choose_affine(header, shape, options, src, warnings)
+    scale = _units_scale(header, src, warnings)
+    if scale != 1.0:
+        affine[:3, :] *= scale
     ornt = geometry.ornt_from_affine(affine)
     axis = geometry.slice_axis(ornt)
     tilt = geometry.axis_tilt_degrees(affine, axis)
@@ -565,13 +573,15 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
     if sum(s > 1 for s in shape) == 2 and geometry.canonical_shape(shape, ornt)[2] != 1:
         warnings.append("the single slice is not axial; the models were trained on axial slices")
 
-    volume = np.asarray(geometry.canonical_array(data, ornt)).astype(np.float32, order="F")
-    if slope is not None:
-        volume *= np.float32(slope)
-        volume += np.float32(inter)
+    with np.errstate(over="ignore", invalid="ignore"):
+        volume = np.asarray(geometry.canonical_array(data, ornt)).astype(np.float32, order="F")
+        if slope is not None:
+            volume *= np.float32(slope)
+            volume += np.float32(inter)
     bad = ~np.isfinite(volume)
     nbad = int(np.count_nonzero(bad))
     if nbad:
+        _check_float32_range(data, nbad, slope, src)
         share = nbad / volume.size
         if share > options.max_nonfinite_fraction:
             raise InputError(
@@ -602,5 +612,32 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         volume_index=vol_index,
         header=header,
         warnings=tuple(warnings),
+        units_scale=scale,
     )
     return volume, props
+
+
+# NIfTI xyzt_units, spatial part (bits 0-2): millimetres per unit.
+_SPATIAL_UNITS = {0: ("unknown", 1.0), 1: ("m", 1000.0), 2: ("mm", 1.0), 3: ("um", 0.001)}
+
+
+def _units_scale(header, src: str, warnings: list[str]) -> float:
+    """mm per spatial unit of the file; InputError for a code NIfTI does not define."""
+    code = int(header["xyzt_units"]) & 0x07
+    if code not in _SPATIAL_UNITS:
+        raise InputError(f"{src}: the header's spatial unit code ({code}) is not a NIfTI unit (m, mm, um); "
+                         f"the header is damaged; {_FIX_EXPORT}")
+    name, scale = _SPATIAL_UNITS[code]
+    if scale != 1.0:
+        warnings.append(f"the file stores positions in {name}; converted to mm (volumes in mL)")
+    return scale
+
+
+def _check_float32_range(data, nbad: int, slope, src: str) -> None:
+    """InputError saying the truth when finite values overflowed float32 (huge values or scl_slope)."""
+    raw = np.asarray(data)
+    finite_in_file = raw.size - int(np.count_nonzero(~np.isfinite(raw))) if raw.dtype.kind == "f" else raw.size
+    if raw.size - finite_in_file < nbad:
+        why = f"with scl_slope {slope:g} " if slope is not None and slope != 1.0 else ""
+        raise InputError(f"{src}: voxel values {why}exceed the float32 range (about 3.4e38); the image cannot be "
+                         f"used as it is; rescale it or {_FIX_EXPORT}")
