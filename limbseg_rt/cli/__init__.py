@@ -125,6 +125,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    import logging
+    import warnings
+
+    from limbseg_rt.runtime.errors import EXIT_INTERNAL, LimbsegError
+
+    # The error output is exactly one line: third-party warnings (numpy, nibabel's logger, onnx)
+    # are silenced unless --debug; everything the user must know is in our own lines and the report.
+    nib_log = logging.getLogger("nibabel")
+    nib_level = nib_log.level
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.simplefilter("ignore")
+                nib_log.setLevel(logging.ERROR)
+            return _call(args)
+    finally:
+        nib_log.setLevel(nib_level)
+
+
+def _call(args) -> int:
     from limbseg_rt.runtime.errors import EXIT_INTERNAL, LimbsegError
 
     try:
