@@ -159,6 +159,13 @@ def _call(args) -> int:
         error_line(f"interrupted ({signal.Signals(signum).name}); outputs are complete from this run or as they "
                    "were before it; rerun the command")
         return 128 + int(signum)
+    except MemoryError:
+        if args.debug:
+            raise
+        from limbseg_rt.runtime.errors import EXIT_MEMORY
+
+        error_line("ran out of memory; close other programs, use a smaller --batch-size, or use a machine with more memory")
+        return EXIT_MEMORY
     except (ImportError, OSError) as exc:
         mapped = environment_error(exc)
         if mapped is None or args.debug:

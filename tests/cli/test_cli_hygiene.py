@@ -43,3 +43,15 @@ def test_threads_are_bounded_by_the_cpus(capsys):
         cli_main(["run", "scan.nii.gz", "--threads", str(4 * cpus + 1)])
     assert exc.value.code == 2
     assert f"use at most {4 * cpus}" in capsys.readouterr().err
+
+
+def test_running_out_of_memory_is_exit_10_not_a_bug(tmp_path, capsys, monkeypatch):
+    import limbseg_rt.runtime.report.metrics as metrics
+
+    def hungry(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(metrics, "evaluate_files", hungry)
+    rc = cli_main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz")])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 10 and len(lines) == 1 and "ran out of memory" in lines[0] and "internal error" not in lines[0]
