@@ -64,8 +64,9 @@ class SegmentationResult:
     ) -> dict[str, Path]:
         """Write the labels (atomic, verified, with ITK-SNAP/Slicer label files) and the reports.
 
-        Refuses (``OutputError``) to write over the input file, or any output onto another. If
-        any write fails, the files this call already wrote are removed. Returns the paths written
+        One ``outputs.OutputSet``: refuses (``OutputError``) to write over the input file, or any
+        output onto another; all files are written to temporaries and published together (report
+        last), so a failure leaves any earlier files at these paths untouched. Returns the paths written
         (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
         """
         from limbseg_rt.runtime.io.outputs import OutputSet
