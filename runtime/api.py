@@ -77,11 +77,12 @@ class SegmentationResult:
             out.check()
             return self.write_outputs(out)
 
-    def write_outputs(self, out) -> dict[str, Path]:
+    def write_outputs(self, out, *, before_commit: Callable | None = None) -> dict[str, Path]:
         """Write this result into a declared, checked ``OutputSet`` and publish it (report last).
 
         ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``report`` as wanted),
-        e.g. from ``declare_outputs``. Returns the paths published.
+        e.g. from ``declare_outputs``. ``before_commit(out)`` may add more staged files (QC).
+        Returns the paths published.
         """
         from limbseg_rt.runtime.io.labelio import stage_labels
 
@@ -95,6 +96,8 @@ class SegmentationResult:
             out.write_text("csv", self.report.to_csv())
         if "report" in out:
             out.write_text("report", self.report.to_json())
+        if before_commit is not None:
+            before_commit(out)
         return out.commit()
 
 
@@ -106,7 +109,7 @@ def declare_outputs(out, labels, report_json=None, csv=None) -> None:
     if csv is not None:
         out.add("csv", csv, what="volume CSV")
     if report_json is not None:
-        out.add("report", report_json, what="report")
+        out.add("report", report_json, what="report", last=True)
 
 
 class Segmenter:
@@ -394,6 +397,7 @@ def segment_file(
     read_options=None,
     progress: Callable[[int, int], None] | None = None,
     segmenter: Segmenter | None = None,
+    qc: bool = False,
     **segmenter_kwargs,
 ) -> tuple[SegmentationResult, dict[str, Path]]:
     """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
@@ -401,8 +405,13 @@ def segment_file(
     Output paths are checked before any work (never the input, folders must exist); files are
     written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
     from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
-    Returns the result and the paths written.
+    Returns the result and the paths written. ``qc``: also write the QC PNGs and
+    ``<stem>_report.html`` beside the labels (``runtime/qc``; needs the ``qc`` extra, checked first).
     """
+    if qc:
+        from limbseg_rt.runtime.qc.write import check_available
+
+        check_available()
     scan = Path(scan)
     if not scan.is_file():
         raise InputError(f"input scan not found: {scan}")
@@ -424,6 +433,13 @@ def segment_file(
     finally:
         if own:
             seg.close()
+    stage_qc = None
+    if qc:  # the QC PNGs and HTML page join the run's output set (published together, report last)
+        from limbseg_rt.runtime.qc.write import stage_qc_for_result
+
+        def stage_qc(o):
+            stage_qc_for_result(o, result, scan, o.paths["labels"], read_options=read_options)
+
     with out_set:
-        written = result.write_outputs(out_set)
+        written = result.write_outputs(out_set, before_commit=stage_qc)
     return result, written

@@ -20,6 +20,7 @@ COMMANDS = {
     "batch": "batch",
     "demo": "demo",
     "info": "info",
+    "tune": "tune",
     "phantom": "phantom",
     "evaluate": "evaluate",
     "train": "train",

@@ -13,7 +13,8 @@ evaluation's JSON/CSV; an exported model; a cohort table). Its rules (docs/outpu
   depend on the target's, so a legal target name never makes an illegal temporary name. Files are
   created ``O_EXCL`` with mode 0666 minus the umask (what a plain ``open`` gives, not mkstemp's 0600).
 - **Published together** (``commit``): only when every file of the set is complete, the
-  temporaries are renamed over the targets in the order they were added (the report is added last),
+  temporaries are renamed over the targets in the order they were added (the report, marked
+  ``last``, after all others),
   with SIGINT/SIGTERM/SIGHUP held for those few renames. Until then the previous run's files are
   untouched, so a rerun that fails (disk full, ``ulimit -f``, a signal, an error) leaves the
   previous set complete; its temporaries are removed (``discard``, also on ``KeyboardInterrupt``).
@@ -122,10 +123,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _Target:
-    __slots__ = ("key", "path", "what", "in_place", "temp", "fd")
+    __slots__ = ("key", "path", "what", "in_place", "temp", "fd", "last")
 
-    def __init__(self, key: str, path: Path, what: str, in_place: bool, fd: int | None = None):
-        self.key, self.path, self.what, self.in_place, self.fd = key, path, what, in_place, fd
+    def __init__(self, key: str, path: Path, what: str, in_place: bool, fd: int | None = None, last: bool = False):
+        self.key, self.path, self.what, self.in_place, self.fd, self.last = key, path, what, in_place, fd, last
         self.temp: Path | None = None
 
 
@@ -149,8 +150,11 @@ class OutputSet:
         self._stage_dir: Path | None = None
 
     # ------------------------------------------------------------------ declaring
-    def add(self, key: str, path, *, what: str = "output") -> Path:
-        """Declare target ``path`` (checked now; ``OutputError`` if unusable). Returns the target path."""
+    def add(self, key: str, path, *, what: str = "output", last: bool = False) -> Path:
+        """Declare target ``path`` (checked now; ``OutputError`` if unusable). Returns the target path.
+
+        Targets are published in declaration order, those with ``last=True`` (the report) after all others.
+        """
         if key in self._targets:
             raise ValueError(f"output {key!r} declared twice")
         raw = Path(path).expanduser()
@@ -161,7 +165,7 @@ class OutputSet:
                 raise OutputError(f"the {what} {quote(raw)} and the {other.what} {quote(other.path)} are the same file; "
                                   "give each output its own name")
         in_place, fd = self._check_target(raw, target, what)
-        self._targets[key] = _Target(key, target, what, in_place, fd)
+        self._targets[key] = _Target(key, target, what, in_place, fd, last)
         return target
 
     def _check_target(self, raw: Path, target: Path, what: str) -> tuple[bool, int | None]:
@@ -282,7 +286,8 @@ class OutputSet:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS) if main and _HELD_SIGNALS else None
         written: dict[str, Path] = {}
         try:
-            for t in self._targets.values():
+            ordered = [t for t in self._targets.values() if not t.last] + [t for t in self._targets.values() if t.last]
+            for t in ordered:
                 if t.temp is None:
                     continue
                 try:
