@@ -367,3 +367,22 @@ def test_sigxfsz_is_not_fatal_in_the_cli():
     finally:
         restore_signal_handlers(previous)
     assert signal.getsignal(signal.SIGXFSZ) == previous[signal.SIGXFSZ]
+
+
+def test_qc_files_are_part_of_the_set_and_a_failed_rerun_keeps_them(scan, tiny_unet_path, tmp_path):
+    pytest.importorskip("PIL", reason="QC overlays need Pillow (the qc extra)")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [*_run_args(scan, tiny_unet_path, out), "--qc"]
+    first = _proc(args)
+    assert first.returncode in OK_CODES, first.stderr
+    before = _snapshot(out)
+    assert "leg_report.html" in before and any(n.startswith("leg_qc_") for n in before)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    done = _proc(args, preexec_fn=small_files)
+    assert done.returncode == EXIT_OUTPUT, done.stderr
+    assert "file too large" in _one_line(done.stderr)
+    assert _snapshot(out) == before
