@@ -31,12 +31,10 @@ def check_available() -> None:
 
 def qc_stem(labels_path: str | os.PathLike) -> tuple[Path, str]:
     """(folder, stem) of the QC files that go beside ``labels_path``."""
+    from limbseg_rt.runtime.io.outputs import nifti_stem
+
     p = Path(labels_path)
-    name = p.name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
+    name = nifti_stem(p.name, (".nii.gz", ".nii"))
     if name.endswith("_labels") and len(name) > len("_labels"):
         name = name[: -len("_labels")]
     return p.parent, name
