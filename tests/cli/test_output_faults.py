@@ -386,3 +386,29 @@ def test_qc_files_are_part_of_the_set_and_a_failed_rerun_keeps_them(scan, tiny_u
     assert done.returncode == EXIT_OUTPUT, done.stderr
     assert "file too large" in _one_line(done.stderr)
     assert _snapshot(out) == before
+
+
+def test_sighup_to_a_batch_is_an_interrupt_with_exit_129(tiny_unet_path, tmp_path):
+    """Like SIGTERM (tests/cli/test_batch_cli.py): complete scan folders only, the documented code."""
+    import time
+
+    from cohort_helpers import hidden_entries, write_cohort
+
+    paths = write_cohort(tmp_path / "in", 10, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
+    out = tmp_path / "out"
+    cmd = _cmd("batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
+               "--provider", "cpu", "--threads", "1", "--workers", "1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir())) or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before SIGHUP arrived")
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "interrupted (SIGHUP)" in err.strip().splitlines()[-1]
+    assert hidden_entries(out) == []
