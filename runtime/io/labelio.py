@@ -186,11 +186,14 @@ def label_image(data: np.ndarray, props, table: LabelTable, dtype=None, *, affin
 
     dtype = dtype if dtype is not None else label_dtype(table)
     klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
-    source = props.header.copy()  # never the input's header object itself
-    minimum = 352 if props.nifti_version != 2 else 544  # header + extension flag of a single-file NIfTI
-    if float(source["vox_offset"]) < minimum:  # accepted on read (old writers); written correctly
-        source["vox_offset"] = minimum
-    header = klass.header_class.from_header(source)
+    if props.header is None:  # a source without a NIfTI header gets a fresh one
+        header = klass.header_class()
+    else:
+        source = props.header.copy()  # unchecked copy: never the input's header object itself
+        minimum = 352 if props.nifti_version != 2 else 544  # header + extension flag of a single-file NIfTI
+        if float(source["vox_offset"]) < minimum:  # accepted on read (old writers); written correctly
+            source["vox_offset"] = minimum
+        header = klass.header_class.from_header(source)
     if affine is not None and getattr(props, "units_scale", 1.0) != 1.0:
         header.set_xyzt_units("mm", header.get_xyzt_units()[1])  # an in-memory affine in mm
     header.set_data_shape(data.shape)
