@@ -129,19 +129,19 @@ def nnunet_cases(root: str | Path) -> list[tuple[str, Path, Path]]:
     return cases
 
 
-def _load_canonical(path: Path):
-    import nibabel as nib
+def _load_canonical(path: Path, *, labels: bool = False):
+    """(canonical RAS+ ``[X, Y, Z]`` array, its affine) through the runtime's strict reader.
 
-    try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many kinds for corrupt files
-        raise InputError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    return data, img.affine
+    The same checks and policies as ``limbseg-rt run`` (NaN/Inf, scaling, qform/sform, memory):
+    images come back float32, label maps uint8/uint16 (``nifti.read_labels``).
+    """
+    from limbseg_rt.runtime.io.nifti import read_image, read_labels
+
+    if labels:
+        data, props = read_labels(path, grid="canonical")
+    else:
+        data, props = read_image(path)
+    return data, props.canonical_affine
 
 
 def nifti_subject(
@@ -156,7 +156,7 @@ def nifti_subject(
 ) -> SubjectSlices:
     """Read an image/label NIfTI pair, reorient both to RAS+ canonical and slice along z."""
     image, affine = _load_canonical(Path(image_path))
-    labels, label_affine = _load_canonical(Path(label_path))
+    labels, label_affine = _load_canonical(Path(label_path), labels=True)
     if image.shape != labels.shape or not np.allclose(affine, label_affine, atol=1e-3):
         raise InputError(
             f"{label_path}: label volume does not share the image's grid (shape or affine differ)"

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from limbseg_rt.export.parity_data import parity_sets
 from limbseg_rt.export.quantize import to_fp16, to_int8
 from limbseg_rt.export.spec import DEFAULT_OPSET, IMAGE, LABELS, LOGITS, POSITION, ExportSpec, Tolerance, export_spec
 from limbseg_rt.models import DEFAULT_FEATURES, check_state_dict, create_model, read_checkpoint
-from limbseg_rt.runtime.errors import ModelError, OutputError, ParityError
+from limbseg_rt.runtime.errors import ModelError, ParityError
+from limbseg_rt.runtime.io.outputs import OutputSet
 from limbseg_rt.runtime.model.labels import LabelTable, default_label_table
 from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
 from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
@@ -55,13 +55,6 @@ class ExportResult:
     path: Path
     metadata: ModelMetadata
     parity: dict
-
-
-def _default_file_mode() -> int:
-    """0666 minus the process umask: what ``open(path, "w")`` would have created."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 # --- model preparation --------------------------------------------------------------------------
@@ -201,13 +194,15 @@ def _versions(opset: int) -> dict:
     }
 
 
-def _check_out(out: Path, checkpoint: Path) -> None:
-    if not out.parent.is_dir():
-        raise OutputError(f"output folder does not exist: {out.parent}")
-    if out.exists() and out.resolve() == checkpoint.resolve():
-        raise OutputError(f"output {out} would overwrite the checkpoint")
-    if out.is_dir():
-        raise OutputError(f"output {out} is a folder; give a file name such as model.onnx")
+def _check_out(out: Path, checkpoint: Path, calibration=None) -> OutputSet:
+    """The export's ``OutputSet`` (one model file), checked: never the checkpoint or calibration data."""
+    inputs = [checkpoint]
+    if calibration is not None and not isinstance(calibration, tuple) and str(calibration) != "phantom":
+        inputs.append(Path(calibration))
+    outs = OutputSet(inputs=inputs)
+    outs.add("model", out, what="model file")
+    outs.check()
+    return outs
 
 
 def load_network(arch: str, checkpoint: Path, *, features, classes: int) -> tuple[nn.Module, dict, tuple[int, ...]]:
@@ -273,7 +268,7 @@ def export_model(
     spec = export_spec(arch, opset=opset)  # ValueError for unknown arch
     tol = tolerance if tolerance is not None else spec.tolerance(precision)
     table = _label_table(labels)
-    _check_out(out, checkpoint)
+    outs = _check_out(out, checkpoint, calibration)
     model, _, feats = load_network(arch, checkpoint, features=features, classes=len(table))
     multiple = 2 ** len(feats)
     hw = tuple(int(v) for v in input_hw)
@@ -333,9 +328,11 @@ def export_model(
                 versions=_versions(spec.opset),
                 parity=_jsonable(parity),
             )
-            _write_with_metadata(candidate, out, metadata)
+            with outs:
+                _write_with_metadata(candidate, outs, metadata)
     finally:
         torch.set_num_threads(torch_threads)
+        outs.discard()
     return ExportResult(out, metadata, metadata.parity)
 
 
@@ -365,8 +362,8 @@ def _jsonable(obj):
     return obj
 
 
-def _write_with_metadata(candidate: Path, out: Path, metadata: ModelMetadata) -> None:
-    """Store ``metadata`` in ``metadata_props``, check, write next to ``out`` and rename into place."""
+def _write_with_metadata(candidate: Path, outs: OutputSet, metadata: ModelMetadata) -> None:
+    """Store ``metadata`` in ``metadata_props``, check, write beside the target and publish it."""
     import onnx
 
     proto = onnx.load(str(candidate))
@@ -377,12 +374,6 @@ def _write_with_metadata(candidate: Path, out: Path, metadata: ModelMetadata) ->
     proto.producer_name = "limbseg-rt"
     proto.producer_version = limbseg_rt.__version__
     onnx.checker.check_model(proto)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a model file is shared data
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with outs.writing("model"):
+        onnx.save(proto, str(outs.temp("model")))
+    outs.commit()

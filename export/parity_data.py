@@ -106,17 +106,11 @@ def nifti_sets(folder, *, hw: tuple[int, int], slices_per_volume: int) -> tuple[
     slice (every 4th held out): weaker, since neighbouring slices look alike, and said so in
     ``source``.
     """
-    import nibabel as nib
+    from limbseg_rt.runtime.io.nifti import read_image
 
     sets = []
     for path in _nifti_files(Path(folder)):
-        try:
-            img = nib.as_closest_canonical(nib.load(str(path)))
-            data = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:  # nibabel raises many types for bad files
-            raise InputError(f"{path.name} cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
+        data, _ = read_image(path)  # the runtime's strict reader: what the model will be served
         sets.append(volume_slices(data, hw=hw, max_slices=slices_per_volume * 2, name=path.name))
     if len(sets) == 1:
         only = sets[0]

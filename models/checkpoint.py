@@ -16,8 +16,6 @@ save it and it does not affect inference).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,12 +147,10 @@ def save_checkpoint(model: nn.Module, path, *, optimizer=None, extra: Mapping | 
         if k in ckpt:
             raise ValueError(f"extra key {k!r} would overwrite the checkpoint's own entry")
         ckpt[k] = list(v) if isinstance(v, tuple) else v
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from limbseg_rt.runtime.io.outputs import OutputSet
+
+    with OutputSet() as out:  # a temporary beside it, renamed into place; umask mode
+        out.add("checkpoint", path, what="checkpoint")
+        with out.writing("checkpoint"):
+            torch.save(ckpt, str(out.temp("checkpoint")))
+        return out.commit()["checkpoint"]

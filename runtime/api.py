@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import InputError, OutputError
+from limbseg_rt.runtime.errors import InputError
 from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
 from limbseg_rt.runtime.report.run_report import (
@@ -30,7 +30,6 @@ from limbseg_rt.runtime.report.run_report import (
     muscle_stats,
     peak_rss_mib,
     runtime_versions,
-    write_text_atomic,
 )
 
 FLAG_EMPTY = "empty_image"
@@ -65,41 +64,41 @@ class SegmentationResult:
     ) -> dict[str, Path]:
         """Write the labels (atomic, verified, with ITK-SNAP/Slicer label files) and the reports.
 
-        Refuses (``OutputError``) to write over the input file, or any output onto another. If
-        any write fails, the files this call already wrote are removed. Returns the paths written
+        One ``outputs.OutputSet``: refuses (``OutputError``) to write over the input file, or any
+        output onto another; all files are written to temporaries and published together (report
+        last), so a failure leaves any earlier files at these paths untouched. Returns the paths written
         (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
         """
-        from limbseg_rt.runtime.io.labelio import write_labels
+        from limbseg_rt.runtime.io.outputs import OutputSet
 
         src = input_path or self.report.manifest.get("input", {}).get("path")
-        targets = {"labels": Path(out_path)}
-        if report_json is not None:
-            targets["report"] = Path(report_json)
-        if csv is not None:
-            targets["csv"] = Path(csv)
-        check_output_paths(list(targets.values()), src)
+        with OutputSet(inputs=[src] if src else ()) as out:
+            declare_outputs(out, out_path, report_json, csv)
+            out.check()
+            return self.write_outputs(out)
+
+    def write_outputs(self, out, *, before_commit: Callable | None = None) -> dict[str, Path]:
+        """Write this result into a declared, checked ``OutputSet`` and publish it (report last).
+
+        ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``report`` as wanted),
+        e.g. from ``declare_outputs``. ``before_commit(out)`` may add more staged files (QC).
+        Returns the paths published.
+        """
+        from limbseg_rt.runtime.io.labelio import stage_labels
 
         t0 = time.perf_counter()
-        written: dict[str, Path] = {}
-        try:
-            files = write_labels(self.labels_canonical, targets["labels"], self.props, table=self.table)
-            written["labels"] = files.labels
-            for key, p in (("itksnap", files.itksnap), ("slicer", files.slicer)):
-                if p is not None:
-                    written[key] = Path(p)
-            manifest = self.report.manifest
-            manifest["outputs"] = {k: str(v) for k, v in {**written, **targets}.items()}
-            manifest["timings_s"]["write"] = time.perf_counter() - t0
-            manifest["peak_rss_mib"] = peak_rss_mib()
-            if "csv" in targets:
-                written["csv"] = write_text_atomic(targets["csv"], self.report.to_csv())
-            if "report" in targets:
-                written["report"] = write_text_atomic(targets["report"], self.report.to_json())
-        except BaseException:
-            for p in written.values():
-                Path(p).unlink(missing_ok=True)
-            raise
-        return written
+        stage_labels(out, self.labels_canonical, self.props, table=self.table)
+        manifest = self.report.manifest
+        manifest["outputs"] = {k: str(v) for k, v in out.paths.items()}
+        manifest["timings_s"]["write"] = time.perf_counter() - t0
+        manifest["peak_rss_mib"] = peak_rss_mib()
+        if "csv" in out:
+            out.write_text("csv", self.report.to_csv())
+        if "report" in out:
+            out.write_text("report", self.report.to_json())
+        if before_commit is not None:
+            before_commit(out)
+        return out.commit()
 
     def save_seg(self, path: str | os.PathLike, *, seg_type: str = "binary") -> Path | None:
         """Write a DICOM SEG over the source series (DICOM inputs only; see docs/dicom.md).
@@ -121,19 +120,15 @@ class SegmentationResult:
         return out
 
 
-def check_output_paths(outputs: list[Path], input_path: str | os.PathLike | None) -> None:
-    """``OutputError`` if an output is the input, two outputs coincide, or a folder is missing."""
-    resolved = [p.expanduser().resolve() for p in outputs]
-    if len(set(resolved)) != len(resolved):
-        raise OutputError("two outputs point to the same file; give each output its own name")
-    src = Path(input_path).expanduser().resolve() if input_path else None
-    for p, r in zip(outputs, resolved):
-        if src is not None and (r == src or (r.exists() and src.exists() and os.path.samefile(r, src))):
-            raise OutputError(f"refusing to overwrite the input scan {p}; choose another output name")
-        if not r.parent.is_dir():
-            raise OutputError(f"output folder {r.parent} does not exist; create it or choose another path")
-        if r.is_dir():
-            raise OutputError(f"output {p} is a folder; give a file name")
+def declare_outputs(out, labels, report_json=None, csv=None) -> None:
+    """Declare one run's outputs in an ``OutputSet``: labels + side files, CSV, then the report (published last)."""
+    from limbseg_rt.runtime.io.labelio import declare_label_outputs
+
+    declare_label_outputs(out, labels)
+    if csv is not None:
+        out.add("csv", csv, what="volume CSV")
+    if report_json is not None:
+        out.add("report", report_json, what="report", last=True)
 
 
 class Segmenter:
@@ -307,26 +302,19 @@ class Segmenter:
 
 
 def labels_image(labels_canonical: np.ndarray, props, table):
-    """uint8 ``Nifti1Image`` of canonical labels on the input grid, with the input's header geometry.
+    """Label ``Nifti1Image`` (uint8; uint16 above 254 classes) of canonical labels on the input grid.
 
-    Same conventions as ``labelio.write_labels`` (qform/sform and codes copied, intent label),
-    but in memory: nothing is written. ``.affine`` is the input's affine; when that was assumed
-    (``--assume-orientation``, no geometry in the file) nibabel marks it as an sform (code 2) in
-    memory, whereas ``save`` writes the file with the input's own (zero) codes.
+    Built by ``labelio.label_image``, as the file ``save`` writes (qform/sform and codes copied,
+    intent label), but in memory: nothing is written. ``.affine`` is the input's affine; when that was
+    assumed (``--assume-orientation``, no geometry in the file) nibabel marks it as an sform (code 2)
+    in memory, whereas ``save`` writes the file with the input's own (zero) codes.
     """
-    import nibabel as nib
-
     from limbseg_rt.runtime.io.geometry import from_canonical
+    from limbseg_rt.runtime.io.labelio import label_dtype, label_image
 
-    data = np.asfortranarray(from_canonical(labels_canonical, props).astype(np.uint8, copy=False))
-    klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
-    header = klass.header_class.from_header(props.header)
-    header.set_data_shape(data.shape)
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1.0, 0.0)
-    header.set_intent("label", (), name="labels")
-    header["cal_min"], header["cal_max"] = 0.0, float(len(table) - 1)
-    return klass(data, np.asarray(props.affine, dtype=np.float64), header)
+    dtype = label_dtype(table)
+    data = np.asfortranarray(from_canonical(labels_canonical, props).astype(dtype, copy=False))
+    return label_image(data, props, table, dtype, affine=np.asarray(props.affine, dtype=np.float64))
 
 
 def _geometry(props, canonical_shape) -> dict:
@@ -419,12 +407,10 @@ def _flags_and_warnings(run, stats, props, md, limb_range, fallback) -> tuple[li
 
 def default_output_paths(scan: str | os.PathLike) -> dict[str, Path]:
     """``<stem>_labels.nii.gz``, ``<stem>_report.json``, ``<stem>_volumes.csv`` next to the scan."""
+    from limbseg_rt.runtime.io.outputs import nifti_stem
+
     scan = Path(scan)
-    name = scan.name
-    for suffix in (".nii.gz", ".nii", ".gz", ".dcm", ".zip"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = nifti_stem(scan.name, suffixes=(".nii.gz", ".nii", ".gz", ".dcm", ".zip"))
     return {
         "labels": scan.with_name(f"{name}_labels.nii.gz"),
         "report": scan.with_name(f"{name}_report.json"),
@@ -469,19 +455,24 @@ def segment_file(
     is_dicom = looks_like_dicom(scan)
     if not (scan.is_file() or (scan.is_dir() and is_dicom)):
         raise InputError(f"input scan not found: {scan}")
+    from limbseg_rt.runtime.io.outputs import OutputSet
+
     defaults = default_output_paths(scan)
-    targets = {
-        "labels": Path(out) if out is not None else defaults["labels"],
-        "report": Path(report_json) if report_json is not None else defaults["report"],
-        "csv": Path(csv) if csv is not None else defaults["csv"],
-    }
     if seg is not None and not is_dicom:
         raise OutputError(f"{seg}: a DICOM SEG needs a DICOM input; {scan} is not DICOM")
+    out_set = OutputSet(inputs=[scan])
+    declare_outputs(
+        out_set,
+        Path(out) if out is not None else defaults["labels"],
+        Path(report_json) if report_json is not None else defaults["report"],
+        Path(csv) if csv is not None else defaults["csv"],
+    )
     if is_dicom:
-        targets["seg"] = Path(seg) if seg is not None else defaults["seg"]
-    check_output_paths(list(targets.values()), scan)
-    if not targets["labels"].name.lower().endswith((".nii.gz", ".nii")):
-        raise OutputError(f"{targets['labels']}: a label file name must end in .nii.gz or .nii; choose another output name")
+        out_set.add("seg", Path(seg) if seg is not None else defaults["seg"], what="DICOM SEG")
+    if not out_set.paths["labels"].name.lower().endswith((".nii.gz", ".nii")):
+        raise OutputError(f"{out_set.paths['labels']}: a label file name must end in .nii.gz or .nii; "
+                          "choose another output name")
+    out_set.check()  # every output location is usable before the segmentation starts
     own = segmenter is None
     engine = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
@@ -489,30 +480,30 @@ def segment_file(
     finally:
         if own:
             engine.close()
-    seg_path = None
-    if "seg" in targets:
-        existed = targets["seg"].exists()
-        seg_path = result.save_seg(targets["seg"], seg_type=seg_type)  # atomic; first, so a failure leaves nothing new
-        if seg_path is None:
-            result.report.warnings.append("no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
-    try:
-        written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
-    except BaseException:
-        if seg_path is not None and not existed:
-            seg_path.unlink(missing_ok=True)
-        raise
-    if seg_path is not None:
-        written["seg"] = seg_path
-    if qc and is_dicom:  # the QC pictures need the intensities again: read the same series
-        from limbseg_rt.runtime.io.dicom import read_dicom
-        from limbseg_rt.runtime.io.nifti import ReadOptions
-        from limbseg_rt.runtime.qc.write import write_qc
+    stage_qc = None
+    if qc:  # the QC PNGs and HTML page join the run's output set (published together, report last)
+        from limbseg_rt.runtime.qc.write import stage_qc as stage_qc_files
+        from limbseg_rt.runtime.qc.write import stage_qc_for_result
 
-        canon, props, _ = read_dicom(scan, series, options=read_options if read_options is not None else ReadOptions())
-        written.update(write_qc(canon, result.labels_canonical, props.canonical_spacing, result.table,
-                                result.report.to_dict(), written["labels"]))
-    elif qc:
-        from limbseg_rt.runtime.qc.write import write_qc_for_result
+        def stage_qc(o):
+            if not is_dicom:
+                stage_qc_for_result(o, result, scan, o.paths["labels"], read_options=read_options)
+                return
+            from limbseg_rt.runtime.io.dicom import read_dicom
+            from limbseg_rt.runtime.io.nifti import ReadOptions
 
-        written.update(write_qc_for_result(result, scan, written["labels"], read_options=read_options))
+            # the QC pictures need the intensities again: read the same series
+            canon, props, _ = read_dicom(scan, series, options=read_options if read_options is not None else ReadOptions())
+            stage_qc_files(o, canon, result.labels_canonical, props.canonical_spacing, result.table,
+                           result.report.to_dict(), o.paths["labels"])
+
+    with out_set:
+        if "seg" in out_set:  # staged before the report is written, so the report names it
+            if result.labels_canonical.any():
+                result.save_seg(out_set.temp("seg"), seg_type=seg_type)
+                result.report.manifest["dicom_seg"]["path"] = str(out_set.paths["seg"])
+            else:
+                out_set.drop("seg")
+                result.report.warnings.append("no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
+        written = result.write_outputs(out_set, before_commit=stage_qc)
     return result, written

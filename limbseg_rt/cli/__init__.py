@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # Sub-command name -> module in this package. Order is the order of ``--help``.
@@ -47,14 +48,107 @@ def error_line(message: str) -> None:
     print(f"limbseg-rt: error: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from limbseg_rt.runtime.errors import EXIT_INTERNAL, LimbsegError
+# Optional packages -> the extra that installs them (a missing one is exit 12 with this hint).
+OPTIONAL_EXTRAS = {
+    "torch": "export", "onnx": "export", "onnxscript": "export", "onnxconverter_common": "export",
+    "scipy": "export", "PIL": "export", "tqdm": "export", "openvino": "openvino", "ray": "cluster",
+    "pyarrow": "cluster",
+}
+_ENV_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG"}
 
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: the output set in progress is discarded."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM/SIGHUP raise ``Interrupted`` once (repeats are ignored while cleaning up); SIGXFSZ
+    (``ulimit -f``) is ignored so the write fails with EFBIG and a message instead of killing us.
+    Returns the previous handlers (for ``restore_signal_handlers``); nothing outside the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    state = {"seen": False}
+
+    def handler(signum, frame):
+        if not state["seen"]:
+            state["seen"] = True
+            raise Interrupted(signum)
+
+    previous = {}
+    for name, how in (("SIGTERM", handler), ("SIGHUP", handler), ("SIGXFSZ", signal.SIG_IGN)):
+        if hasattr(signal, name):
+            num = getattr(signal, name)
+            previous[num] = signal.signal(num, how)
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    for num, how in previous.items():
+        signal.signal(num, how if how is not None else signal.SIG_DFL)
+
+
+def environment_error(exc: BaseException):
+    """A ``LimbsegError`` for an environment fault (missing optional package, disk full, read-only
+    file system, permission, name too long) that escaped the library; None for anything else."""
+    import errno
+
+    from limbseg_rt.runtime.errors import MissingDependencyError, OutputError
+    from limbseg_rt.runtime.io.outputs import os_error_line
+
+    if isinstance(exc, ImportError) and exc.name:
+        top = exc.name.split(".")[0]
+        if top in OPTIONAL_EXTRAS:
+            return MissingDependencyError(
+                f"this command needs the optional package {top!r}, which is not installed; "
+                f'install it with: pip install "limbseg-rt[{OPTIONAL_EXTRAS[top]}]"'
+            )
+    if isinstance(exc, OSError) and errno.errorcode.get(exc.errno or -1) in _ENV_ERRNOS:
+        return OutputError(os_error_line(exc, exc.filename or "output", "file"))
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    previous = install_signal_handlers()
+    try:
+        return _dispatch(args)
+    finally:
+        restore_signal_handlers(previous)
+
+
+def _dispatch(args) -> int:
+    import logging
+    import warnings
+
+    from limbseg_rt.runtime.errors import EXIT_INTERNAL, LimbsegError
+
+    # The error output is exactly one line: third-party warnings (numpy, nibabel's logger, onnx)
+    # are silenced unless --debug; everything the user must know is in our own lines and the report.
+    nib_log = logging.getLogger("nibabel")
+    nib_level = nib_log.level
+    try:
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.simplefilter("ignore")
+                nib_log.setLevel(logging.ERROR)
+            return _call(args)
+    finally:
+        nib_log.setLevel(nib_level)
+
+
+def _call(args) -> int:
+    from limbseg_rt.runtime.errors import EXIT_INTERNAL, LimbsegError
+
     try:
         return int(args._main(args) or 0)
     except LimbsegError as exc:
@@ -62,9 +156,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return exc.exit_code
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        error_line(f"interrupted ({signal.Signals(signum).name}); outputs are complete from this run or as they "
+                   "were before it; rerun the command")
+        return 128 + int(signum)
+    except MemoryError:
+        if args.debug:
+            raise
+        from limbseg_rt.runtime.errors import EXIT_MEMORY
+
+        error_line("ran out of memory; close other programs, use a smaller --batch-size, or use a machine with more memory")
+        return EXIT_MEMORY
+    except (ImportError, OSError) as exc:
+        mapped = environment_error(exc)
+        if mapped is None or args.debug:
+            raise
+        error_line(str(mapped))
+        return mapped.exit_code
     except Exception as exc:  # a bug, not a user error: say so, keep it on one line
         if args.debug:
             raise

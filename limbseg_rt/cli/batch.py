@@ -101,7 +101,7 @@ def _duration(seconds: float) -> str:
 
 
 def _interrupt_on_sigterm() -> dict:
-    """SIGTERM (and SIGINT) raise KeyboardInterrupt once; which one came is kept for the exit code."""
+    """SIGTERM, SIGHUP (and SIGINT) raise KeyboardInterrupt once; which one came is kept for the exit code."""
     state = {"signal": None}
 
     def handler(signum, frame):
@@ -111,6 +111,8 @@ def _interrupt_on_sigterm() -> dict:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, handler)
     return state
 
 
@@ -147,6 +149,8 @@ def main(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
     progress.close()
     render(result)
     if getattr(args, "qc", False):

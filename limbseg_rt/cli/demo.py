@@ -46,6 +46,7 @@ def main(args) -> int:
     from limbseg_rt.cli.run import render_summary, segmenter_kwargs_from_args
     from limbseg_rt.runtime.api import Segmenter, segment_file
     from limbseg_rt.runtime.errors import EXIT_EMPTY, EXIT_OK, InputError, OutputError
+    from limbseg_rt.runtime.io.outputs import OutputSet
     from limbseg_rt.runtime.phantom.generate import make_phantom
 
     if args.slices < 2:
@@ -69,8 +70,12 @@ def main(args) -> int:
         image, truth = make_phantom(args.seed, slices=args.slices)
         scan = out_dir / f"phantom_seed{args.seed}.nii.gz"
         truth_path = out_dir / f"phantom_seed{args.seed}_truth.nii.gz"
-        nib.save(image, str(scan))
-        nib.save(truth, str(truth_path))
+        with OutputSet() as outs:
+            for key, path, img in (("scan", scan, image), ("truth", truth_path, truth)):
+                outs.add(key, path, what="phantom file")
+                with outs.writing(key):
+                    nib.save(img, str(outs.temp(key)))
+            outs.commit()
         print(f"phantom scan {scan} (ground truth {truth_path.name}), shape {tuple(image.shape)}")
         with ProgressBar("segmenting") as bar:
             result, written = segment_file(scan, progress=bar.update, segmenter=seg, qc=qc)

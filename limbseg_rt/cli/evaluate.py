@@ -72,7 +72,8 @@ def render_table(result) -> str:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from limbseg_rt.runtime.errors import InputError, OutputError
+    from limbseg_rt.runtime.errors import InputError
+    from limbseg_rt.runtime.io.outputs import OutputSet
     from limbseg_rt.runtime.model.labels import LabelTable, default_label_table
     from limbseg_rt.runtime.report.metrics import evaluate_files
 
@@ -86,27 +87,21 @@ def main(args: argparse.Namespace) -> int:
     else:
         table = default_label_table()
 
-    outputs = [(args.json, "JSON"), (args.csv, "CSV")]
-    for path, what in outputs:
-        if path and not Path(path).resolve().parent.is_dir():
-            raise OutputError(f"cannot write the {what} file {path}: its folder does not exist")
-
-    result = evaluate_files(args.pred, args.ref, labels=table)
-
-    if args.json:
-        _write(Path(args.json), result.to_json() + "\n")
-    if args.csv:
-        _write(Path(args.csv), result.to_csv())
+    # Checked before the (long) evaluation: never one of the inputs, folders exist and are writable.
+    with OutputSet(inputs=[args.pred, args.ref, args.labels]) as out:
+        if args.csv:
+            out.add("csv", args.csv, what="CSV file")
+        if args.json:
+            out.add("json", args.json, what="JSON file")
+        out.check()
+        result = evaluate_files(args.pred, args.ref, labels=table)
+        if args.csv:
+            out.write_text("csv", result.to_csv())
+        if args.json:
+            out.write_text("json", result.to_json() + "\n")
+        out.commit()
     sp = " x ".join(f"{s:g}" for s in result.spacing)
     print(f"grid {' x '.join(str(n) for n in result.shape)} voxels of {sp} mm; distances in mm, volumes in mL")
     print(render_table(result))
     return 0
 
-
-def _write(path, text: str) -> None:
-    from limbseg_rt.runtime.errors import OutputError
-
-    try:
-        path.write_text(text)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc

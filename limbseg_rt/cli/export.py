@@ -47,14 +47,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from limbseg_rt.cli import error_line
-
     try:
         import torch  # noqa: F401
         import onnx  # noqa: F401
     except ImportError as exc:
-        error_line(f'limbseg-rt export needs PyTorch and onnx ({exc.name} is missing): pip install "limbseg-rt[export]"')
-        return 1
+        from limbseg_rt.runtime.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"limbseg-rt export needs the optional packages 'torch' and 'onnx' ({exc.name!r} "
+                                     'is not installed); install them with: pip install "limbseg-rt[export]"') from None
     from limbseg_rt.export.onnx_export import export_model
 
     result = export_model(

@@ -6,11 +6,13 @@ import argparse
 
 
 def _axis_code(text: str) -> str:
-    code = text.upper()
-    groups = ("LR", "AP", "SI")
-    if len(code) != 3 or sorted(next((i for i, g in enumerate(groups) if c in g), -1) for c in code) != [0, 1, 2]:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one letter of each pair L/R, A/P, S/I (e.g. RAS, LPS, ASL)")
-    return code
+    from limbseg_rt.runtime.io.geometry import ornt_from_axcodes
+
+    try:
+        ornt_from_axcodes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one letter of each pair L/R, A/P, S/I (e.g. RAS, LPS, ASL)") from None
+    return text.upper()
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,34 +43,36 @@ def main(args) -> int:
     import nibabel as nib
 
     from limbseg_rt.runtime.errors import OutputError
+    from limbseg_rt.runtime.io.outputs import OutputSet
     from limbseg_rt.runtime.phantom.generate import DEFAULT_SPACING, make_phantom
 
-    out, lab = Path(args.out), Path(args.labels)
-    if out.resolve() == lab.resolve():
-        raise OutputError("the image and --labels paths are the same; give two different files")
-    for path in (out, lab):
-        if not path.name.endswith((".nii", ".nii.gz")):
+    out_path, lab_path = Path(args.out), Path(args.labels)
+    for path in (out_path, lab_path):
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
             raise OutputError(f"{path}: output must end in .nii or .nii.gz")
-        if not path.parent.is_dir():
-            raise OutputError(f"{path.parent}: folder does not exist; create it first")
     dicom_dir = Path(args.dicom) if args.dicom else None
     if dicom_dir is not None and dicom_dir.exists() and (not dicom_dir.is_dir() or any(dicom_dir.iterdir())):
         raise OutputError(f"{dicom_dir}: --dicom needs an empty or new folder")
-    spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING
-    image, labels = make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
-                                 orientation=args.orientation)
-    try:
-        nib.save(image, str(out))
-        nib.save(labels, str(lab))
-    except OSError as exc:
-        raise OutputError(f"cannot write output: {exc.strerror or exc}") from exc
+    with OutputSet() as outs:
+        outs.add("image", out_path, what="phantom image")
+        outs.add("labels", lab_path, what="phantom label file")
+        outs.check()
+        spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING
+        image, labels = make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
+                                     orientation=args.orientation)
+        for key, img in (("image", image), ("labels", labels)):
+            with outs.writing(key):
+                nib.save(img, str(outs.temp(key)))
+        outs.commit()
+    out, lab = out_path, lab_path
     if dicom_dir is not None:
         import numpy as np
 
         from limbseg_rt.runtime.io.dicom.write_series import write_mr_series
 
         dicom_dir.mkdir(parents=True, exist_ok=True)
-        files = write_mr_series(np.asarray(image.dataobj), image.affine, dicom_dir, description=f"limbseg-rt phantom seed {args.seed}")
+        files = write_mr_series(np.asarray(image.dataobj), image.affine, dicom_dir,
+                                description=f"limbseg-rt phantom seed {args.seed}")
         print(f"wrote {len(files)} DICOM files to {dicom_dir}")
     sx, sy, sz = spacing
     print(f"wrote {out} and {lab}: {image.shape[0]}x{image.shape[1]}x{image.shape[2]} voxels, "

@@ -41,6 +41,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    """0 (the engine's choice) .. 4 x the CPUs this process may use: more only thrashes the machine."""
+    import os
+
+    value = _positive_int(text)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if value > 4 * cpus:
+        raise argparse.ArgumentTypeError(f"{value} threads for {cpus} CPU(s) would only slow the machine down; "
+                                         f"use at most {4 * cpus} (or leave it out)")
+    return value
+
+
 def _orientation(text: str) -> str:
     from limbseg_rt.runtime.io.geometry import ornt_from_axcodes
 
@@ -57,7 +69,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="auto", choices=PROVIDERS, help="execution provider (default: auto = best available)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="model precision (default: auto: the measured choice of `limbseg-rt tune`, else int8 on CPU; bf16: the fp32 file in bf16 on OpenVINO)")
     p.add_argument("--allow-fallback", action="store_true", help="accept a slower provider if the requested one is unavailable (reported)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference (default: engine's choice)")
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads for inference (default: engine's choice)")
     p.add_argument("--device-id", type=_positive_int, default=0, help="GPU index for cuda/tensorrt (default: 0)")
     p.add_argument("--fit", default="resize", choices=("resize", "tile"),
                    help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the model's pixel spacing")

@@ -103,8 +103,10 @@ def main(args) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print('limbseg-rt train needs PyTorch: pip install "limbseg-rt[export]"', file=sys.stderr)
-        return 1
+        from limbseg_rt.runtime.errors import MissingDependencyError
+
+        raise MissingDependencyError("limbseg-rt train needs the optional package 'torch' (PyTorch), which is not "
+                                     'installed; install it with: pip install "limbseg-rt[export]"') from None
     from limbseg_rt.export import datasets
     from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec
     from limbseg_rt.export.train import TrainConfig, TrainSettingError, train

@@ -57,12 +57,10 @@ class ScanJob:
 
 def scan_id_for(path: str | os.PathLike) -> str:
     """``/data/s01.nii.gz`` -> ``s01``; a folder ``/data/s02/`` -> ``s02``; other characters -> ``_``."""
+    from limbseg_rt.runtime.io.outputs import nifti_stem
+
     p = Path(path)
-    name = p.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = nifti_stem(p.name, NIFTI_SUFFIXES)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-")
     return safe[:128] or "scan"
 

@@ -7,7 +7,7 @@ message``. A failed scan has one row with its exit code and message and the meas
 empty, so the table lists every scan of the cohort. ``scans.csv`` has one row per scan: what
 happened to it in this run (``segmented``, ``reused`` from an earlier run, ``failed``), its input
 SHA-256 and time. ``cohort.parquet`` holds the ``cohort.csv`` table (typed columns) when pyarrow is
-installed. Every file is written to a temporary name and renamed into place.
+installed. Every file is one ``outputs.OutputSet`` (a temporary beside it, then a rename; umask mode).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from limbseg_rt.runtime.cohort import store
 from limbseg_rt.runtime.cohort.jobs import ScanJob
 from limbseg_rt.runtime.cohort.worker import STATUS_FAILED, STATUS_SKIPPED
+from limbseg_rt.runtime.io.outputs import OutputSet
 
 LEAD_COLUMNS = ("scan_id", "status", "exit_code", "message")
 SCAN_COLUMNS = ("id", "source", "status", "this_run", "exit_code", "message", "input_sha256", "seconds", "slices", "worker", "peak_rss_mib", "folder")
@@ -29,22 +29,19 @@ TEXT_COLUMNS = ("scan_id", "status", "message", "code", "name", "side")
 SUMMARY_SCHEMA = "limbseg-rt.cohort-summary/1"
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _publish(path: Path, write: Callable[[Path], None], what: str) -> Path:
+    """Write one table through ``outputs.OutputSet``: ``write(tmp)`` fills a temporary beside ``path``."""
+    with OutputSet() as out:
+        out.add("table", path, what=what)
+        out.check()
+        tmp = out.temp("table")
+        with out.writing("table"):
+            write(tmp)
+        return out.commit()["table"]
 
 
-def _temp(path: Path) -> tuple[int, Path]:
-    """A temporary file beside ``path`` with the mode a plain ``open`` would give (mkstemp makes 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _umask_mode())
-    return fd, Path(tmp)
-
-
-def _atomic_writer(path: Path):
-    fd, tmp = _temp(path)
-    return os.fdopen(fd, "w", encoding="utf-8", newline=""), tmp
+def _text(tmp: Path):
+    return open(tmp, "w", encoding="utf-8", newline="")
 
 
 def _scan_rows(root: Path, job: ScanJob, outcome: dict) -> tuple[dict | None, list[str], list[dict]]:
@@ -66,10 +63,8 @@ def write_cohort_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict])
     for job in jobs:  # first pass: the union of the per-scan columns
         _, cols, _ = _scan_rows(root, job, outcomes[job.id])
         columns.extend(c for c in cols if c not in columns)
-    path = root / "cohort.csv"
-    fh, tmp = _atomic_writer(path)
-    try:
-        with fh:
+    def write(tmp: Path) -> None:
+        with _text(tmp) as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow([*LEAD_COLUMNS, *columns])
             for job in jobs:
@@ -81,11 +76,8 @@ def write_cohort_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict])
                 msg = o["message"] if o["status"] != STATUS_SKIPPED else ""
                 for row in rows:
                     w.writerow([job.id, record["status"], record["exit_code"], msg, *(row.get(c, "") for c in columns)])
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return _publish(root / "cohort.csv", write, "cohort table")
 
 
 def write_parquet(csv_path: Path) -> Path | None:
@@ -101,16 +93,7 @@ def write_parquet(csv_path: Path) -> Path | None:
         header = next(csv.reader(fh))
     types = {c: pa.string() for c in header if c in TEXT_COLUMNS}
     table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False))
-    path = csv_path.with_suffix(".parquet")
-    fd, tmp = _temp(path)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _publish(csv_path.with_suffix(".parquet"), lambda tmp: pq.write_table(table, tmp), "cohort table")
 
 
 def this_run(outcome: dict) -> str:
@@ -118,10 +101,8 @@ def this_run(outcome: dict) -> str:
 
 
 def write_scans_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) -> Path:
-    path = Path(root) / "scans.csv"
-    fh, tmp = _atomic_writer(path)
-    try:
-        with fh:
+    def write(tmp: Path) -> None:
+        with _text(tmp) as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(SCAN_COLUMNS)
             for job in jobs:
@@ -132,21 +113,15 @@ def write_scans_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) 
                 w.writerow([job.id, job.source, status, this_run(o), o["exit_code"], o["message"], o["input_sha256"],
                             f"{o['seconds']:.3f}", slices, o.get("worker") or "",
                             "" if o.get("peak_rss_mib") is None else f"{o['peak_rss_mib']:.1f}", job.id if record else ""])
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return _publish(Path(root) / "scans.csv", write, "scan table")
 
 
 def write_summary(root: Path, summary: dict) -> Path:
-    path = Path(root) / "summary.json"
-    fh, tmp = _atomic_writer(path)
-    try:
-        with fh:
-            fh.write(json.dumps({"schema": SUMMARY_SCHEMA, **summary}, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps({"schema": SUMMARY_SCHEMA, **summary}, indent=2, default=str) + "\n"
+
+    def write(tmp: Path) -> None:
+        with _text(tmp) as fh:
+            fh.write(text)
+
+    return _publish(Path(root) / "summary.json", write, "cohort summary")

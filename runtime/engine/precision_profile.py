@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,16 +116,10 @@ def save_entries(new: dict, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = load_profile(path)
     entries.update(new)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"entries": entries}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from limbseg_rt.runtime.io.outputs import write_text_file  # one owner of output files
+
+    return write_text_file(path, json.dumps({"entries": entries}, indent=2, sort_keys=True) + "\n",
+                           what="precision profile")
 
 
 def entry_key(provider: str, arch: str) -> str:

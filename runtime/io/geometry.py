@@ -9,6 +9,9 @@ The *canonical* array is the input reordered by flips and axis permutations only
 values never change): canonical axis ``w`` is the input axis whose ornt is ``(w, sign)``, flipped when
 ``sign == -1``. So canonical index 0 along z is the most inferior slice and ``canon[:, :, k]`` is
 axial. ``from_canonical(to_canonical(a))`` returns ``a`` bit for bit (both are pure index maps).
+The reorientation itself is nibabel's (``nibabel.orientations``: ``ornt_transform``,
+``apply_orientation``, ``inv_ornt_aff``, ``axcodes2ornt``); this module adds the checks (shear,
+degenerate axes), the tilt and the names.
 
 Only numpy and nibabel here (runtime side).
 """
@@ -31,6 +34,7 @@ _POSITIVE = "RAS"
 _NEGATIVE = "LPI"
 
 Ornt = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
 
 
 def axcodes(ornt: Ornt) -> tuple[str, str, str]:
@@ -39,22 +43,32 @@ def axcodes(ornt: Ornt) -> tuple[str, str, str]:
 
 
 def ornt_from_axcodes(codes) -> Ornt:
-    """Inverse of ``axcodes``: ``'LPS'`` -> ``((0, -1), (1, -1), (2, 1))``.
+    """Inverse of ``axcodes``: ``'LPS'`` -> ``((0, -1), (1, -1), (2, 1))`` (nibabel's ``axcodes2ornt``).
 
+    The one parser of orientation codes (``--assume-orientation``, the phantom's ``--orientation``).
     Raises ValueError unless ``codes`` names each of the three world axes exactly once.
     """
+    from nibabel.orientations import axcodes2ornt
+
     letters = [str(c).upper() for c in codes]
-    ornt = []
     for c in letters:
-        if c in _POSITIVE:
-            ornt.append((_POSITIVE.index(c), 1))
-        elif c in _NEGATIVE:
-            ornt.append((_NEGATIVE.index(c), -1))
-        else:
+        if c not in _POSITIVE and c not in _NEGATIVE:
             raise ValueError(f"orientation letter {c!r} is not one of R, L, A, P, S, I")
-    if len(ornt) != 3 or sorted(w for w, _ in ornt) != [0, 1, 2]:
+    if len(letters) != 3 or sorted(_axis_of(c) for c in letters) != [0, 1, 2]:
         raise ValueError(f"orientation {''.join(letters)!r} must name each axis once (e.g. RAS, LPS, LAS)")
-    return tuple(ornt)
+    return _as_ornt(axcodes2ornt(letters))
+
+
+def _axis_of(letter: str) -> int:
+    return _POSITIVE.index(letter) if letter in _POSITIVE else _NEGATIVE.index(letter)
+
+
+def _as_ornt(raw) -> Ornt:
+    return tuple((int(w), int(s)) for w, s in np.asarray(raw))
+
+
+def _nib_ornt(ornt: Ornt) -> np.ndarray:
+    return np.asarray(ornt, dtype=np.float64)
 
 
 def check_affine(affine: np.ndarray, *, source: str, form: str = "affine") -> np.ndarray:
@@ -144,15 +158,27 @@ def canonical_shape(shape, ornt: Ornt) -> tuple[int, int, int]:
     return tuple(out)
 
 
+def _to_ras(ornt: Ornt) -> np.ndarray:
+    """nibabel transform taking an array in ``ornt`` to RAS+ (``ornt_transform(ornt, RAS)``)."""
+    from nibabel.orientations import ornt_transform
+
+    return ornt_transform(_nib_ornt(ornt), _RAS)
+
+
+def _from_ras(ornt: Ornt) -> np.ndarray:
+    from nibabel.orientations import ornt_transform
+
+    return ornt_transform(_RAS, _nib_ornt(ornt))
+
+
 def canonical_index_map(shape, ornt: Ornt) -> np.ndarray:
-    """4x4 matrix M with ``input_index = M @ canonical_index`` (homogeneous, integer-valued)."""
-    m = np.zeros((4, 4))
-    m[3, 3] = 1.0
-    for axis, (w, s) in enumerate(ornt):
-        m[axis, w] = float(s)
-        if s == -1:
-            m[axis, 3] = float(shape[axis] - 1)
-    return m
+    """4x4 matrix M with ``input_index = M @ canonical_index`` (homogeneous, integer-valued).
+
+    nibabel's ``inv_ornt_aff`` of the transform to RAS+ for an input of ``shape``.
+    """
+    from nibabel.orientations import inv_ornt_aff
+
+    return inv_ornt_aff(_to_ras(ornt), tuple(int(s) for s in shape[:3])) + 0.0  # + 0.0: no -0.0 entries
 
 
 def canonical_affine(affine: np.ndarray, shape, ornt: Ornt) -> np.ndarray:
@@ -161,27 +187,20 @@ def canonical_affine(affine: np.ndarray, shape, ornt: Ornt) -> np.ndarray:
 
 
 def canonical_array(array: np.ndarray, ornt: Ornt) -> np.ndarray:
-    """Input-grid array ``[..3 spatial axes..]`` -> canonical RAS+ view (flips + transpose, no copy).
+    """Input-grid array ``[..3 spatial axes..]`` -> canonical RAS+ view (nibabel ``apply_orientation``: no copy).
 
     Extra trailing axes (if any) are carried along unchanged.
     """
-    arr = np.asarray(array)
-    flips = tuple(a for a, (_, s) in enumerate(ornt) if s == -1)
-    if flips:
-        arr = np.flip(arr, axis=flips)
-    order = [0, 0, 0]
-    for axis, (w, _) in enumerate(ornt):
-        order[w] = axis
-    return np.transpose(arr, tuple(order) + tuple(range(3, arr.ndim)))
+    from nibabel.orientations import apply_orientation
+
+    return apply_orientation(np.asarray(array), _to_ras(ornt))
 
 
 def input_array(canon: np.ndarray, ornt: Ornt) -> np.ndarray:
     """Exact inverse of ``canonical_array``: canonical view -> input-grid view (no copy)."""
-    arr = np.asarray(canon)
-    worlds = tuple(w for w, _ in ornt)
-    arr = np.transpose(arr, worlds + tuple(range(3, arr.ndim)))
-    flips = tuple(a for a, (_, s) in enumerate(ornt) if s == -1)
-    return np.flip(arr, axis=flips) if flips else arr
+    from nibabel.orientations import apply_orientation
+
+    return apply_orientation(np.asarray(canon), _from_ras(ornt))
 
 
 def to_canonical(array: np.ndarray, props) -> np.ndarray:

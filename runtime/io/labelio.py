@@ -3,11 +3,11 @@
 ``write_labels(labels, path, props, table=...)`` copies the input header (qform, sform and their
 codes unchanged, so the labels overlay the scan in any viewer), stores uint8 (uint16 if the table
 has an index above 254) with scl_slope 1 / scl_inter 0, intent NIFTI_INTENT_LABEL named "labels"
-and cal_min/cal_max = 0 / highest table index. The file is written to a hidden temporary file in
-the same folder, read back and checked (shape, geometry fields, every label value), and only then
-renamed into place with ``os.replace``, so a reader never sees a half-written or wrong file and an
-existing file is replaced atomically. Any mismatch deletes the temporary file and raises
-OutputError.
+and cal_min/cal_max = 0 / highest table index. The files are one ``outputs.OutputSet``:
+the label file is written to a temporary beside the target, read back and checked (shape, geometry
+fields, every label value), and only then published with its side files, so a reader never sees a
+half-written or wrong file and a failed rerun leaves the previous files as they were. Any mismatch
+deletes the temporaries and raises OutputError.
 
 Beside it (same stem): ``<stem>.itksnap.txt``, an ITK-SNAP label description file (columns
 IDX R G B A VIS MSH "LABEL", A an opacity in 0..1), and ``<stem>.ctbl``, a 3D Slicer colour table
@@ -17,15 +17,14 @@ IDX R G B A VIS MSH "LABEL", A an opacity in 0..1), and ``<stem>.ctbl``, a 3D Sl
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.errors import OutputError
+from limbseg_rt.runtime.io import geometry
+from limbseg_rt.runtime.io.outputs import OutputSet, nifti_stem, quote
 from limbseg_rt.runtime.model.labels import LabelTable
 
 NIFTI_INTENT_LABEL = 1002
@@ -46,11 +45,7 @@ class LabelFiles:
 def label_stem(path) -> Path:
     """``/a/b/case_labels.nii.gz`` -> ``/a/b/case_labels`` (the name the side files share)."""
     p = Path(path)
-    name = p.name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            return p.with_name(name[: -len(ext)])
-    return p.with_name(name)
+    return p.with_name(nifti_stem(p.name, (".nii.gz", ".nii")))
 
 
 def write_labels(
@@ -68,36 +63,64 @@ def write_labels(
     returns; mapped back with ``geometry.from_canonical``) or already on the input grid
     ``props.shape`` (``grid="input"``). Values must be table indices. ``path`` must end in
     ``.nii.gz`` or ``.nii``, lie in an existing folder and differ from the input scan.
+    The label file and its side files are one ``OutputSet`` (published together).
     Raises OutputError for an unusable path or a failed read-back check.
     """
-    out = Path(path)
-    _check_output_path(out, props)
-    data = _input_grid_labels(labels, props, table, grid)
-    dtype = np.uint8 if len(table) - 1 <= 254 else np.uint16
-    img = _label_image(np.asfortranarray(data.astype(dtype, copy=False)), props, table, dtype)
-    tmp = _temp_path(out)
-    try:
-        img.to_filename(str(tmp))
-        _verify(tmp, out, data, props, dtype)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot be written ({exc.strerror or exc}); check the folder's free space and permissions") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    itk = slicer = None
+    with OutputSet(inputs=[props.source] if props.source else ()) as out:
+        declare_label_outputs(out, path, descriptions=descriptions)
+        out.check()
+        stage_labels(out, labels, props, table=table, grid=grid)
+        written = out.commit()
+    return LabelFiles(written["labels"], written.get("itksnap"), written.get("slicer"))
+
+
+def declare_label_outputs(out: OutputSet, path, *, descriptions: bool = True) -> None:
+    """Declare ``labels`` (and ``itksnap``, ``slicer`` beside it) in ``out``; checks the name."""
+    p = Path(path)
+    if not p.name.lower().endswith((".nii.gz", ".nii")):
+        raise OutputError(f"{quote(p)}: a label file name must end in .nii.gz or .nii; choose another output name")
+    out.add("labels", p, what="label file")
     if descriptions:
-        itk, slicer = write_label_descriptions(out, table)
-    return LabelFiles(out, itk, slicer)
+        itk, slicer = description_paths(p)
+        out.add("itksnap", itk, what="ITK-SNAP label file")
+        out.add("slicer", slicer, what="Slicer colour table")
+
+
+def description_paths(path) -> tuple[Path, Path]:
+    """``<stem>.itksnap.txt`` and ``<stem>.ctbl`` beside the label file ``path``."""
+    stem = label_stem(path)
+    return stem.with_name(stem.name + ".itksnap.txt"), stem.with_name(stem.name + ".ctbl")
+
+
+def stage_labels(out: OutputSet, labels: np.ndarray, props, *, table: LabelTable, grid: str = "canonical") -> None:
+    """Write the label file (and the side files declared) to ``out``'s temporaries and verify it.
+
+    Nothing is published: ``out.commit()`` does that. See ``write_labels`` for ``labels``/``grid``.
+    """
+    data = _input_grid_labels(labels, props, table, grid)
+    dtype = label_dtype(table)
+    img = label_image(np.asfortranarray(data.astype(dtype, copy=False)), props, table)
+    tmp = out.temp("labels")
+    target = out.paths["labels"]
+    with out.writing("labels"):
+        img.to_filename(str(tmp))
+    _verify(tmp, target, data, props, dtype)
+    if "itksnap" in out:
+        out.write_text("itksnap", itksnap_text(table))
+    if "slicer" in out:
+        out.write_text("slicer", slicer_text(table, out.paths["slicer"].name))
 
 
 def write_label_descriptions(path, table: LabelTable) -> tuple[Path, Path]:
-    """Write ``<stem>.itksnap.txt`` and ``<stem>.ctbl`` next to ``path``; returns both paths."""
-    stem = label_stem(path)
-    itk = stem.with_name(stem.name + ".itksnap.txt")
-    slicer = stem.with_name(stem.name + ".ctbl")
-    _write_text(itk, itksnap_text(table))
-    _write_text(slicer, slicer_text(table, slicer.name))
+    """Write ``<stem>.itksnap.txt`` and ``<stem>.ctbl`` next to ``path`` (one output set); both paths."""
+    itk, slicer = description_paths(path)
+    with OutputSet() as out:
+        out.add("itksnap", itk, what="ITK-SNAP label file")
+        out.add("slicer", slicer, what="Slicer colour table")
+        out.check()
+        out.write_text("itksnap", itksnap_text(table))
+        out.write_text("slicer", slicer_text(table, out.paths["slicer"].name))
+        out.commit()
     return itk, slicer
 
 
@@ -130,20 +153,6 @@ def slicer_text(table: LabelTable, filename: str = "labels.ctbl") -> str:
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def _check_output_path(out: Path, props) -> None:
-    lower = out.name.lower()
-    if not (lower.endswith(".nii.gz") or lower.endswith(".nii")):
-        raise OutputError(f"{out}: a label file name must end in .nii.gz or .nii; choose another output name")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{out}: the folder {folder} does not exist; create it or choose another output path")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder; give a file name ending in .nii.gz")
-    source = Path(str(props.source))
-    if out.exists() and source.exists() and os.path.samefile(source, out):
-        raise OutputError(f"{out}: is the input scan; choose another output path (the scan is never overwritten)")
-
-
 def _input_grid_labels(labels, props, table: LabelTable, grid: str) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.dtype.kind not in "biu":
@@ -162,11 +171,31 @@ def _input_grid_labels(labels, props, table: LabelTable, grid: str) -> np.ndarra
     return arr
 
 
-def _label_image(data: np.ndarray, props, table: LabelTable, dtype):
+def label_dtype(table: LabelTable):
+    """uint8, or uint16 when the table has an index above 254."""
+    return np.uint8 if len(table) - 1 <= 254 else np.uint16
+
+
+def label_image(data: np.ndarray, props, table: LabelTable, dtype=None, *, affine=None):
+    """Nibabel image of ``data`` (labels on the input grid) with the input's header, slope 1 / intercept 0.
+
+    ``affine=None`` (what is written): nibabel keeps the copied qform/sform and codes exactly.
+    Giving ``props.affine`` makes ``img.affine`` the input's affine in memory (``api.labels_image``).
+    """
     import nibabel as nib
 
+    dtype = dtype if dtype is not None else label_dtype(table)
     klass = nib.Nifti2Image if props.nifti_version == 2 else nib.Nifti1Image
-    header = klass.header_class.from_header(props.header)  # a copy; the input's header is untouched
+    if props.header is None:  # a source without a NIfTI header gets a fresh one
+        header = klass.header_class()
+    else:
+        source = props.header.copy()  # unchecked copy: never the input's header object itself
+        minimum = 352 if props.nifti_version != 2 else 544  # header + extension flag of a single-file NIfTI
+        if float(source["vox_offset"]) < minimum:  # accepted on read (old writers); written correctly
+            source["vox_offset"] = minimum
+        header = klass.header_class.from_header(source)
+    if affine is not None and getattr(props, "units_scale", 1.0) != 1.0:
+        header.set_xyzt_units("mm", header.get_xyzt_units()[1])  # an in-memory affine in mm
     header.set_data_shape(data.shape)
     header.set_data_dtype(dtype)
     header.set_slope_inter(1.0, 0.0)
@@ -174,17 +203,7 @@ def _label_image(data: np.ndarray, props, table: LabelTable, dtype):
     header["cal_min"] = 0.0
     header["cal_max"] = float(len(table) - 1)
     header["descrip"] = b"limbseg-rt muscle labels"
-    # affine=None: nibabel keeps the copied qform/sform (and codes) exactly as they are.
-    return klass(data, None, header)
-
-
-def _temp_path(out: Path) -> Path:
-    suffix = ".nii.gz" if out.name.lower().endswith(".nii.gz") else ".nii"
-    tmp = out.with_name(f".{label_stem(out).name}.{secrets.token_hex(6)}.tmp{suffix}")
-    # Created with O_EXCL (never clobbers anything) and mode 0o666 minus the umask, like a normal file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    os.close(fd)
-    return tmp
+    return klass(data, affine, header)
 
 
 def _verify(tmp: Path, out: Path, data: np.ndarray, props, dtype) -> None:
@@ -206,22 +225,13 @@ def _verify(tmp: Path, out: Path, data: np.ndarray, props, dtype) -> None:
             problems.append(f"{name} differs")
     if props.affine_source in ("sform", "qform"):
         back_affine = header.get_sform() if props.affine_source == "sform" else header.get_qform()
+        scale = getattr(props, "units_scale", 1.0)
+        if scale != 1.0:  # the file keeps its own units (e.g. m); props.affine is in mm
+            back_affine = back_affine.copy()
+            back_affine[:3, :] *= scale
         if not np.array_equal(back_affine, props.affine):
             problems.append(f"{props.affine_source} affine differs")
     if int(header["intent_code"]) != NIFTI_INTENT_LABEL:
         problems.append("intent is not NIFTI_INTENT_LABEL")
     if problems:
         raise OutputError(f"{out}: the written label file failed its read-back check ({'; '.join(problems)}); nothing was written")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc}); check the folder's permissions") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

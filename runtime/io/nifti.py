@@ -123,6 +123,7 @@ class ImageProps:
     volume_index: int | None
     header: Any = field(repr=False)
     warnings: tuple[str, ...] = ()
+    units_scale: float = 1.0  # mm per unit of the file's xyzt_units (affine and spacing here are in mm)
 
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
@@ -156,6 +157,30 @@ def read_image(path, *, options: ReadOptions = ReadOptions()) -> tuple[np.ndarra
     header, version, data, warnings = read_raw(path, options=options)
     slope, inter, more = _scaling(float(header["scl_slope"]), float(header["scl_inter"]), src)
     return _assemble(data, header, version, src, options, warnings + more, slope, inter)
+
+
+def read_labels(path, *, options: ReadOptions = ReadOptions(allow_2d=True), grid: str = "file",
+                what: str = "label map") -> tuple[np.ndarray, ImageProps]:
+    """Read a label NIfTI with the same checks as ``read_image`` -> (integer labels, props).
+
+    ``grid="file"``: labels on the file's own grid, with the file's spatial dimensions (a 2D map
+    stays 2D; trailing axes of length 1 dropped); ``grid="canonical"``: RAS+ ``[X, Y, Z]`` like
+    ``read_image``. dtype uint8 when every value fits, else uint16 (values 0..65535 after scaling).
+    Raises InputError when a value is negative, not a whole number or above 65535.
+    """
+    volume, props = read_image(path, options=options)
+    if volume.size and (volume.min() < 0 or volume.max() > 65535 or not np.array_equal(volume, np.rint(volume))):
+        raise InputError(f"{path}: is not a {what} (values must be whole numbers 0..65535); give a label file")
+    dtype = np.uint8 if not volume.size or volume.max() <= 255 else np.uint16
+    labels = volume.astype(dtype, order="F")
+    del volume
+    if grid == "canonical":
+        return labels, props
+    if grid != "file":
+        raise ValueError(f"grid must be 'file' or 'canonical', got {grid!r}")
+    on_file = np.asarray(geometry.from_canonical(labels, props))
+    ndim = 2 if len(props.file_shape) == 2 else 3
+    return np.ascontiguousarray(on_file.reshape(on_file.shape[:ndim])), props
 
 
 def from_nibabel(img, *, options: ReadOptions = ReadOptions(), source: str | None = None) -> tuple[np.ndarray, ImageProps]:
@@ -464,6 +489,10 @@ def _plan_shape(file_shape: tuple[int, ...], options: ReadOptions, src: str):
 def _choose_affine(header, shape, options: ReadOptions, src: str, warnings: list[str]):
     """-> (4x4 float64 affine of the input grid, "sform" | "qform" | "assumed")."""
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    for name, code in (("qform_code", qcode), ("sform_code", scode)):
+        if not 0 <= code <= 5:
+            raise InputError(f"{src}: the header's {name} is {code}, not a NIfTI code (0..5); the header is damaged; "
+                             f"{_FIX_EXPORT}")
     if qcode <= 0 and scode <= 0:
         if options.assume_orientation is None:
             raise InputError(
@@ -533,6 +562,9 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         data = data[plan[2]].reshape(plan[0])
     shape, vol_index, _ = plan
     affine, how = _choose_affine(header, shape, options, src, warnings)
+    scale = _units_scale(header, src, warnings)
+    if scale != 1.0:
+        affine[:3, :] *= scale
     ornt = geometry.ornt_from_affine(affine)
     axis = geometry.slice_axis(ornt)
     tilt = geometry.axis_tilt_degrees(affine, axis)
@@ -541,13 +573,15 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
     if sum(s > 1 for s in shape) == 2 and geometry.canonical_shape(shape, ornt)[2] != 1:
         warnings.append("the single slice is not axial; the models were trained on axial slices")
 
-    volume = np.asarray(geometry.canonical_array(data, ornt)).astype(np.float32, order="F")
-    if slope is not None:
-        volume *= np.float32(slope)
-        volume += np.float32(inter)
+    with np.errstate(over="ignore", invalid="ignore"):
+        volume = np.asarray(geometry.canonical_array(data, ornt)).astype(np.float32, order="F")
+        if slope is not None:
+            volume *= np.float32(slope)
+            volume += np.float32(inter)
     bad = ~np.isfinite(volume)
     nbad = int(np.count_nonzero(bad))
     if nbad:
+        _check_float32_range(data, nbad, slope, src)
         share = nbad / volume.size
         if share > options.max_nonfinite_fraction:
             raise InputError(
@@ -578,5 +612,32 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         volume_index=vol_index,
         header=header,
         warnings=tuple(warnings),
+        units_scale=scale,
     )
     return volume, props
+
+
+# NIfTI xyzt_units, spatial part (bits 0-2): millimetres per unit.
+_SPATIAL_UNITS = {0: ("unknown", 1.0), 1: ("m", 1000.0), 2: ("mm", 1.0), 3: ("um", 0.001)}
+
+
+def _units_scale(header, src: str, warnings: list[str]) -> float:
+    """mm per spatial unit of the file; InputError for a code NIfTI does not define."""
+    code = int(header["xyzt_units"]) & 0x07
+    if code not in _SPATIAL_UNITS:
+        raise InputError(f"{src}: the header's spatial unit code ({code}) is not a NIfTI unit (m, mm, um); "
+                         f"the header is damaged; {_FIX_EXPORT}")
+    name, scale = _SPATIAL_UNITS[code]
+    if scale != 1.0:
+        warnings.append(f"the file stores positions in {name}; converted to mm (volumes in mL)")
+    return scale
+
+
+def _check_float32_range(data, nbad: int, slope, src: str) -> None:
+    """InputError saying the truth when finite values overflowed float32 (huge values or scl_slope)."""
+    raw = np.asarray(data)
+    finite_in_file = raw.size - int(np.count_nonzero(~np.isfinite(raw))) if raw.dtype.kind == "f" else raw.size
+    if raw.size - finite_in_file < nbad:
+        why = f"with scl_slope {slope:g} " if slope is not None and slope != 1.0 else ""
+        raise InputError(f"{src}: voxel values {why}exceed the float32 range (about 3.4e38); the image cannot be "
+                         f"used as it is; rescale it or {_FIX_EXPORT}")

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.model.labels import default_label_table
 from limbseg_rt.runtime.phantom.mr_signal import form_image
 from limbseg_rt.runtime.phantom.cross_section import MIN_AREA_MM2, TISSUE_NAMES, render_slice
@@ -192,17 +193,6 @@ def phantom_arrays(
     )
 
 
-def _parse_orientation(orientation: str) -> tuple[str, str, str]:
-    axis_of = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
-    code = tuple(str(orientation).upper())
-    if len(code) != 3 or any(c not in axis_of for c in code) or sorted(axis_of[c] for c in code) != [0, 1, 2]:
-        raise InputError(
-            f"orientation {orientation!r} is not a 3-letter axis code with one of L/R, A/P and S/I each "
-            "(e.g. RAS, LPS, ASL)"
-        )
-    return code  # type: ignore[return-value]
-
-
 def canonical_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
     """RAS+ voxel-to-world affine (mm) of a canonical ``[X, Y, Z]`` phantom: volume centred on the origin."""
     aff = np.diag([spacing[0], spacing[1], spacing[2], 1.0])
@@ -229,9 +219,15 @@ def make_phantom(
     import nibabel as nib
     from nibabel import orientations as ornt
 
-    code = _parse_orientation(orientation)
+    try:
+        target = np.asarray(geometry.ornt_from_axcodes(str(orientation)), dtype=np.float64)
+    except ValueError:
+        raise InputError(
+            f"orientation {orientation!r} is not a 3-letter axis code with one of L/R, A/P and S/I each "
+            "(e.g. RAS, LPS, ASL)"
+        ) from None
     ph = phantom_arrays(seed, slices=slices, shape=shape, spacing=spacing)
-    xform = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), ornt.axcodes2ornt(code))
+    xform = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), target)
     affine = canonical_affine(ph.labels.shape, ph.spacing) @ ornt.inv_ornt_aff(xform, ph.labels.shape)
     out = []
     for data, dtype in ((ph.image, np.int16), (ph.labels, np.uint8)):

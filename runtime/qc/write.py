@@ -7,16 +7,15 @@ stem drops ``.nii(.gz)`` and a trailing ``_labels``):
   ``<stem>_qc_coronal.png``, ``<stem>_qc_sagittal_right.png`` / ``_left.png``;
 - ``<stem>_report.html``.
 
-Each file is written to a temporary name and renamed into place; if any write fails, the QC files
-this call already wrote are removed (the labels and reports written before are kept: they are
-complete and correct on their own).
+The files go through ``runtime/io/outputs.OutputSet`` (docs/outputs.md): with ``run --qc`` they are
+part of the run's output set (published with the labels, CSV and report, the report last); on their
+own (``write_qc``, a batch folder) they are one set: all appear or none.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,10 @@ def check_available() -> None:
 
 def qc_stem(labels_path: str | os.PathLike) -> tuple[Path, str]:
     """(folder, stem) of the QC files that go beside ``labels_path``."""
+    from limbseg_rt.runtime.io.outputs import nifti_stem
+
     p = Path(labels_path)
-    name = p.name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
+    name = nifti_stem(p.name, (".nii.gz", ".nii"))
     if name.endswith("_labels") and len(name) > len("_labels"):
         name = name[: -len("_labels")]
     return p.parent, name
@@ -62,22 +59,30 @@ def render_overlays(volume: np.ndarray, labels: np.ndarray, spacing_mm, table) -
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """One file through ``outputs.OutputSet`` (a temporary beside it, then a rename; umask mode)."""
+    from limbseg_rt.runtime.io.outputs import OutputSet
+
+    with OutputSet() as out:
+        out.add("file", path, what="QC file")
+        out.write_bytes("file", data)
+        return out.commit()["file"]
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def stage_qc(out, volume: np.ndarray, labels: np.ndarray, spacing_mm, table, report: dict, labels_path) -> list[str]:
+    """Declare and write the QC PNGs and HTML page of one scan into the ``OutputSet`` ``out``
+    (published with the rest of the set by ``out.commit()``); the keys added (``qc_<slug>``, ``html``)."""
+    folder, stem = qc_stem(labels_path)
+    overlays = render_overlays(volume, labels, spacing_mm, table)
+    keys = []
+    for slug, _, png in overlays:
+        key = f"qc_{slug}"
+        out.add(key, folder / f"{stem}_qc_{slug}.png", what="QC image")
+        out.write_bytes(key, png)
+        keys.append(key)
+    html = page.build_report_html(report, [(caption, png) for _, caption, png in overlays], table=table)
+    out.add("html", folder / f"{stem}_report.html", what="QC page")
+    out.write_bytes("html", html.encode("utf-8"))
+    return [*keys, "html"]
 
 
 def write_qc(volume: np.ndarray, labels: np.ndarray, spacing_mm, table, report: dict, labels_path) -> dict[str, Path]:
@@ -85,21 +90,22 @@ def write_qc(volume: np.ndarray, labels: np.ndarray, spacing_mm, table, report: 
 
     ``volume``: canonical float ``[X, Y, Z]`` (the input's intensities); ``labels``: canonical
     integer ``[X, Y, Z]``; ``spacing_mm``: canonical voxel size (mm); ``report``: ``Report.to_dict()``.
-    Keys of the result: ``qc_<slug>`` per PNG and ``html``.
+    Keys of the result: ``qc_<slug>`` per PNG and ``html``. One ``OutputSet``: all or none appear.
     """
-    folder, stem = qc_stem(labels_path)
-    overlays = render_overlays(volume, labels, spacing_mm, table)
-    written: dict[str, Path] = {}
-    try:
-        for slug, _, png in overlays:
-            written[f"qc_{slug}"] = write_bytes_atomic(folder / f"{stem}_qc_{slug}.png", png)
-        html = page.build_report_html(report, [(caption, png) for _, caption, png in overlays], table=table)
-        written["html"] = write_bytes_atomic(folder / f"{stem}_report.html", html.encode("utf-8"))
-    except BaseException:
-        for p in written.values():
-            Path(p).unlink(missing_ok=True)
-        raise
-    return written
+    from limbseg_rt.runtime.io.outputs import OutputSet
+
+    with OutputSet() as out:
+        stage_qc(out, volume, labels, spacing_mm, table, report, labels_path)
+        return out.commit()
+
+
+def stage_qc_for_result(out, result, scan_path, labels_path, *, read_options=None) -> list[str]:
+    """``stage_qc`` for a ``SegmentationResult`` of ``scan_path`` (the scan is read again for its intensities)."""
+    from limbseg_rt.runtime.io.nifti import ReadOptions, read_image
+
+    canon, props = read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())
+    return stage_qc(out, canon, result.labels_canonical, props.canonical_spacing, result.table,
+                    result.report.to_dict(), labels_path)
 
 
 def write_qc_for_result(result, scan_path, labels_path, *, read_options=None) -> dict[str, Path]:

@@ -462,22 +462,14 @@ def evaluate_labels(
 
 # ----------------------------------------------------------------------------- files
 def _load_labels(path: str | Path, what: str):
-    import nibabel as nib  # runtime dependency, loaded only when files are evaluated
+    """(labels on the file's grid, affine) through the runtime's strict reader (same checks as ``run``)."""
+    from limbseg_rt.runtime.io.nifti import read_labels
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many kinds for corrupt/truncated files
-        raise InputError(f"cannot read the {what} {path.name} as NIfTI: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    # Label maps saved as 4D with one volume are common; anything else is not a label map.
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim not in (2, 3):
-        raise InputError(f"the {what} {path.name} has shape {data.shape}; a 2D or 3D label map is needed")
-    return data, np.asarray(img.affine, dtype=float)
+    data, props = read_labels(path, what=f"{what} label map")
+    return data, np.asarray(props.affine, dtype=float)
 
 
 def _grid_difference(shape_p, aff_p, shape_r, aff_r) -> str | None:

@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -203,17 +202,10 @@ def _json_default(obj):
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` as a one-file ``outputs.OutputSet`` (temporary beside it, then a rename)."""
+    from limbseg_rt.runtime.io.outputs import write_text_file
+
+    return write_text_file(path, text)
 
 
 def peak_rss_mib() -> float:

@@ -56,5 +56,5 @@ def test_unusable_calibration_data(tmp_path):
     with pytest.raises(InputError, match="constant"):
         parity_sets(tmp_path, hw=(16, 16))
     (tmp_path / "flat.nii").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="cannot be read"):
+    with pytest.raises(InputError, match="not a NIfTI image"):
         parity_sets(tmp_path, hw=(16, 16))

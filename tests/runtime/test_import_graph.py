@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "hashing": set(),
     "model": BASE,
     "io": BASE | {"model"},
-    "engine": BASE | {"model"},
+    "engine": BASE | {"model", "io"},
     "inference": BASE | {"model"},
     "report": BASE | {"model", "io"},
     "phantom": BASE | {"model", "io"},

@@ -110,13 +110,13 @@ def test_refuses_to_overwrite_the_input(tmp_path):
     before = _sha(src)
     _, props = read_image(src)
     labels = _canonical_labels(props.canonical_shape)
-    with pytest.raises(OutputError, match="is the input scan"):
+    with pytest.raises(OutputError, match="overwrite the input"):
         labelio.write_labels(labels, src, props, table=TABLE)
-    with pytest.raises(OutputError, match="is the input scan"):
+    with pytest.raises(OutputError, match="overwrite the input"):
         labelio.write_labels(labels, tmp_path / "." / src.name, props, table=TABLE)
     link = tmp_path / "link.nii.gz"
     link.symlink_to(src)
-    with pytest.raises(OutputError, match="is the input scan"):
+    with pytest.raises(OutputError, match="overwrite the input"):
         labelio.write_labels(labels, link, props, table=TABLE)
     assert _sha(src) == before
 
@@ -135,14 +135,14 @@ def test_failed_read_back_leaves_nothing_and_keeps_an_existing_file(tmp_path, mo
     _, props = read_image(src)
     out = tmp_path / "seg.nii.gz"
     out.write_bytes(b"previous result")
-    real = labelio._label_image
+    real = labelio.label_image
 
     def wrong_geometry(*args, **kwargs):
         img = real(*args, **kwargs)
         img.header["srow_x"][3] += 1.0  # a 1 mm shift: the kind of silent error the check exists for
         return img
 
-    monkeypatch.setattr(labelio, "_label_image", wrong_geometry)
+    monkeypatch.setattr(labelio, "label_image", wrong_geometry)
     with pytest.raises(OutputError, match="read-back check .*srow_x differs"):
         labelio.write_labels(_canonical_labels(props.canonical_shape), out, props, table=TABLE)
     assert out.read_bytes() == b"previous result"

@@ -494,7 +494,7 @@ def test_evaluate_files_missing_and_corrupt_inputs(tmp_path):
         evaluate_files(tmp_path / "nope.nii.gz", ref)
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a nifti at all")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="not a NIfTI"):
         evaluate_files(bad, ref)
 
 
