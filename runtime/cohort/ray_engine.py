@@ -23,7 +23,7 @@ from typing import Callable
 
 from limbseg_rt.runtime.cohort.jobs import ScanJob
 from limbseg_rt.runtime.cohort.worker import WorkerConfig, process_scan, remote_error
-from limbseg_rt.runtime.errors import EXIT_INTERNAL, EXIT_USAGE, LimbsegError
+from limbseg_rt.runtime.errors import EXIT_INTERNAL, EXIT_USAGE, LimbsegError, MissingDependencyError
 
 INSTALL_HINT = 'pip install "limbseg-rt[cluster]"'
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses the loopback address as the node IP
@@ -41,7 +41,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401  (Ray Data is the part we need; plain "ray" lacks it)
     except ImportError:
-        raise ClusterError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+        raise MissingDependencyError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
     return ray
 
 

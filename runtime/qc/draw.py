@@ -17,7 +17,7 @@ import io
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
+from limbseg_rt.runtime.errors import MissingDependencyError
 
 INSTALL_HINT = 'QC pictures need Pillow: pip install "limbseg-rt[qc]"'
 ALPHA = 0.4
@@ -28,10 +28,8 @@ LEGEND_COL_W = 64
 SCALE_STEPS_MM = (10, 20, 50, 100, 200, 500)
 
 
-class QCDependencyError(LimbsegError):
-    """Pillow is not installed."""
-
-    exit_code = EXIT_USAGE
+class QCDependencyError(MissingDependencyError):
+    """Pillow is not installed (exit 12, like every missing extra)."""
 
 
 def require_pillow():

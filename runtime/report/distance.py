@@ -19,15 +19,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
+from limbseg_rt.runtime.errors import MissingDependencyError
 
 INSTALL_HINT = 'pip install "limbseg-rt[eval]"'
 
 
-class EvalExtraMissing(LimbsegError):
-    """Surface distances need scipy, which the lean runtime does not install."""
-
-    exit_code = EXIT_USAGE
+class EvalExtraMissing(MissingDependencyError):
+    """Surface distances need scipy, which the lean runtime does not install (exit 12)."""
 
 
 def _kdtree():

@@ -16,7 +16,7 @@ import pytest
 
 from cohort_helpers import hidden_entries, write_cohort, write_corrupt
 from limbseg_rt.cli import main as cli_main
-from limbseg_rt.runtime.errors import EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SCANS_FAILED, EXIT_USAGE
+from limbseg_rt.runtime.errors import EXIT_DEPENDENCY, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SCANS_FAILED, EXIT_USAGE
 
 
 
@@ -87,7 +87,7 @@ def test_ray_engine_without_ray_says_how_to_install(scans, tiny_unet_path, tmp_p
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as on a machine without it
     code, out, err = _batch([str(scans[0]), "--out", str(tmp_path / "o"), "--model", str(tiny_unet_path),
                              "--engine", "ray"], capsys)
-    assert code == EXIT_USAGE
+    assert code == EXIT_DEPENDENCY
     assert err.strip() == 'limbseg-rt: error: --engine ray needs Ray Data, which is not installed: pip install "limbseg-rt[cluster]"'
 
 

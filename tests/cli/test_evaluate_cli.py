@@ -117,7 +117,7 @@ def test_evaluate_command_without_scipy_exits_2_with_one_line(tmp_path):
         f"from limbseg_rt.cli import main\nsys.exit(main(['evaluate', {str(p)!r}, {str(r)!r}]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
+    assert out.returncode == 12, out.stderr  # a missing extra: EXIT_DEPENDENCY
     assert out.stderr.strip() == (
         'limbseg-rt: error: surface distances (HD, HD95, ASSD) need scipy, which is not installed: '
         'pip install "limbseg-rt[eval]"'

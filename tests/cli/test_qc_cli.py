@@ -13,7 +13,7 @@ from cohort_helpers import write_cohort, write_phantom
 from qc_browser import dump_dom
 
 from limbseg_rt.cli import main as cli_main
-from limbseg_rt.runtime.errors import EXIT_OK, EXIT_USAGE
+from limbseg_rt.runtime.errors import EXIT_DEPENDENCY, EXIT_OK, EXIT_USAGE
 from limbseg_rt.runtime.qc.cohort_page import OUTLIER_RULE, tukey_fences, write_cohort_page
 
 pytest.importorskip("PIL", reason='QC pictures need Pillow (pip install "limbseg-rt[qc]")')
@@ -49,7 +49,7 @@ def test_qc_without_pillow_is_one_line_with_the_install_hint_and_writes_nothing(
             "from limbseg_rt.cli import main\n"
             f"sys.exit(main({args!r}))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert proc.returncode == EXIT_DEPENDENCY, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "limbseg-rt[qc]"' in lines[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.nii.gz"]
