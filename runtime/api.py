@@ -62,12 +62,17 @@ class SegmentationResult:
         csv: str | os.PathLike | None = None,
         *,
         input_path: str | os.PathLike | None = None,
+        measures_csv: str | os.PathLike | None = None,
+        split_sides: bool = False,
     ) -> dict[str, Path]:
         """Write the labels (atomic, verified, with ITK-SNAP/Slicer label files) and the reports.
 
         Refuses (``OutputError``) to write over the input file, or any output onto another. If
         any write fails, the files this call already wrote are removed. Returns the paths written
         (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
+        With an analysis (``segment(..., analysis=...)``): ``measures_csv`` writes the per muscle x
+        side table; ``split_sides`` writes the label map with a right and a left label per muscle
+        (``runtime/analysis/split.py``).
         """
         from limbseg_rt.runtime.io.labelio import write_labels
 
@@ -77,20 +82,31 @@ class SegmentationResult:
             targets["report"] = Path(report_json)
         if csv is not None:
             targets["csv"] = Path(csv)
+        if (measures_csv is not None or split_sides) and self.report.analysis is None:
+            raise ValueError("measures_csv and split_sides need segment(..., analysis=AnalysisOptions())")
+        if measures_csv is not None:
+            targets["measures_csv"] = Path(measures_csv)
         check_output_paths(list(targets.values()), src)
 
         t0 = time.perf_counter()
         written: dict[str, Path] = {}
         try:
-            files = write_labels(self.labels_canonical, targets["labels"], self.props, table=self.table)
+            labels, table = self.labels_canonical, self.table
+            if split_sides:  # issue 19: a right and a left label per muscle
+                from limbseg_rt.runtime.analysis.split import split_labels, split_table
+
+                labels = split_labels(labels, self.report.analysis.sides, len(table.muscles))
+                table = split_table(table)
+            files = write_labels(labels, targets["labels"], self.props, table=table)
             written["labels"] = files.labels
             for key, p in (("itksnap", files.itksnap), ("slicer", files.slicer)):
                 if p is not None:
                     written[key] = Path(p)
-            manifest = self.report.manifest
-            manifest["outputs"] = {k: str(v) for k, v in {**written, **targets}.items()}
-            manifest["timings_s"]["write"] = time.perf_counter() - t0
-            manifest["peak_rss_mib"] = peak_rss_mib()
+            outputs = {k: str(v) for k, v in {**written, **targets}.items()}
+            self.report = dataclasses.replace(
+                self.report, manifest=self.report.manifest.saved(outputs, time.perf_counter() - t0, peak_rss_mib()))
+            if "measures_csv" in targets:
+                written["measures_csv"] = write_text_atomic(targets["measures_csv"], self.report.to_measures_csv())
             if "csv" in targets:
                 written["csv"] = write_text_atomic(targets["csv"], self.report.to_csv())
             if "report" in targets:
@@ -200,11 +216,14 @@ class Segmenter:
         limb_range: tuple[float, float] | None = None,
         read_options=None,
         progress: Callable[[int, int], None] | None = None,
+        analysis=None,
     ) -> SegmentationResult:
         """Segment one scan (a NIfTI path or a nibabel image). Writes nothing.
 
         ``limb_range``: ``(a, b)``, the part of the limb the scan covers (0 = hip, 1 = ankle),
         used by SC-UNet. ``progress(done, total)``: called after each batch of slices.
+        ``analysis``: an ``AnalysisOptions`` (``runtime/analysis/measures.py``) to add sides, the 3D
+        clean-up and the per muscle x side measures (``report.analysis``); None (default) skips it.
         """
         from limbseg_rt.runtime.io.nifti import ReadOptions
 
@@ -228,15 +247,23 @@ class Segmenter:
         t_slices = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        labels_img = labels_image(run.labels, props, md.labels)
+        labels_c, analysis_result, analysis_settings = run.labels, None, None
+        if analysis is not None:  # issue 19: sides, clean-up and per muscle x side measures
+            from limbseg_rt.runtime.analysis.measures import analyse_scan, options_summary
+
+            analysis_result = analyse_scan(run.labels, canon, props, md.labels, analysis)
+            labels_c, analysis_settings = analysis_result.labels, options_summary(analysis)
+        labels_img = labels_image(labels_c, props, md.labels)
         axis = props.slice_axis
-        stats = muscle_stats(run.labels, canon, md.labels, props.voxel_volume_mm3, input_axis=axis,
+        stats = muscle_stats(labels_c, canon, md.labels, props.voxel_volume_mm3, input_axis=axis,
                              input_flipped=props.ornt[axis][1] == -1)
         t_post_extra = time.perf_counter() - t2
 
         engine_info = self._runner.describe()
         fallback = engine_info.get("fallback")
         flags, warnings = _flags_and_warnings(run, stats, props, md, limb_range, fallback)
+        if analysis_result is not None:
+            warnings.extend(analysis_result.side_info["notes"])
 
         manifest = {
             "model": {
@@ -280,9 +307,10 @@ class Segmenter:
             "versions": runtime_versions(),
             "input": {**input_info, "geometry": _geometry(props, canon.shape)},
             "report_units": {"volume": "mL", "mean_intensity": "input values after scl_slope/inter"},
+            "analysis": analysis_settings,
         }
-        report = Report(stats, manifest, flags, warnings)
-        return SegmentationResult(labels_img, run.labels, props, report, md.labels)
+        report = Report(stats, manifest, flags, warnings, analysis_result)
+        return SegmentationResult(labels_img, labels_c, props, report, md.labels)
 
 
 def labels_image(labels_canonical: np.ndarray, props, table):
@@ -411,6 +439,9 @@ def segment_file(
     read_options=None,
     progress: Callable[[int, int], None] | None = None,
     segmenter: Segmenter | None = None,
+    analysis=None,
+    measures_csv: str | os.PathLike | None = None,
+    split_sides: bool = False,
     **segmenter_kwargs,
 ) -> tuple[SegmentationResult, dict[str, Path]]:
     """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
@@ -418,7 +449,9 @@ def segment_file(
     Output paths are checked before any work (never the input, folders must exist); files are
     written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
     from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
-    Returns the result and the paths written.
+    Returns the result and the paths written. ``analysis`` (an ``AnalysisOptions``) adds the
+    per muscle x side measures and writes them to ``measures_csv`` (default ``<stem>_muscles.csv``);
+    ``split_sides`` writes the side-split label map.
     """
     scan = Path(scan)
     if not scan.is_file():
@@ -429,15 +462,19 @@ def segment_file(
         "report": Path(report_json) if report_json is not None else defaults["report"],
         "csv": Path(csv) if csv is not None else defaults["csv"],
     }
+    if analysis is not None:
+        targets["measures_csv"] = Path(measures_csv) if measures_csv is not None else defaults["csv"].with_name(
+            defaults["csv"].name.replace("_volumes.csv", "_muscles.csv"))
     check_output_paths(list(targets.values()), scan)
     if not targets["labels"].name.lower().endswith((".nii.gz", ".nii")):
         raise OutputError(f"{targets['labels']}: a label file name must end in .nii.gz or .nii; choose another output name")
     own = segmenter is None
     seg = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
-        result = seg.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress)
+        result = seg.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress, analysis=analysis)
     finally:
         if own:
             seg.close()
-    written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan)
+    written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan,
+                          measures_csv=targets.get("measures_csv"), split_sides=split_sides)
     return result, written

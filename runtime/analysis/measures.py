@@ -263,3 +263,37 @@ def analyse(
         "centroid": "world (scanner RAS+) mm",
     }
     return Analysis(lab, sides, tuple(records), tuple(asym), sa.to_dict(), cleanup, fat_info, geometry_info)
+
+
+def analyse_scan(labels: np.ndarray, canon: np.ndarray, props, table, options: AnalysisOptions) -> Analysis:
+    """``analyse`` for a scan read by ``runtime.io``: geometry from ``props`` (``ImageProps``);
+    Dixon ``fat``/``water``/``fat_fraction`` given as paths are read and checked against the scan's
+    grid (``inputs.read_on_grid``); arrays are taken as canonical already."""
+    import dataclasses
+    import os
+
+    from limbseg_rt.runtime.analysis.inputs import read_on_grid
+
+    resolved = {}
+    for name, what in (("fat", "Dixon fat"), ("water", "Dixon water"), ("fat_fraction", "fat-fraction")):
+        v = getattr(options, name)
+        if isinstance(v, (str, os.PathLike)):
+            resolved[name] = read_on_grid(v, props, what)
+    if resolved:
+        options = dataclasses.replace(options, **resolved)
+    return analyse(labels, canon, props.canonical_spacing, props.canonical_affine, props.voxel_volume_mm3, table,
+                   options, tilt_deg=float(props.tilt_deg))
+
+
+def options_summary(options: AnalysisOptions, dixon_paths: dict | None = None) -> dict:
+    """The analysis settings for the run manifest (Dixon inputs by path when given as paths)."""
+    import os
+
+    def src(v):
+        return str(v) if isinstance(v, (str, os.PathLike)) else ("array" if v is not None else None)
+
+    return {
+        "clean": options.clean, "min_fraction": options.min_fraction, "imat": options.imat,
+        "imat_erode": options.imat_erode, "ff_erode": options.ff_erode,
+        "dixon_fat": src(options.fat), "dixon_water": src(options.water), "fat_fraction": src(options.fat_fraction),
+    }
