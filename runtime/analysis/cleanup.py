@@ -17,10 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 
 MIN_FRACTION = 0.10
 INSTALL_HINT = 'the 3D clean-up needs connected-components-3d: pip install "limbseg-rt[analysis]" (or pass --no-clean)'
+
+
+class MissingExtraError(LimbsegError):
+    """An optional dependency is not installed (exit code 2, with the install line)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ def _cc3d():
     try:
         import cc3d
     except ImportError:
-        raise InputError(INSTALL_HINT) from None
+        raise MissingExtraError(INSTALL_HINT) from None
     return cc3d
 
 
