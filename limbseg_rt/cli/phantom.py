@@ -30,6 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="voxel size in mm (default 1.75 1.75 5.0: a 448 mm field of view)")
     p.add_argument("--orientation", default="RAS", type=_axis_code,
                    help="axis code of the stored arrays, e.g. RAS, LPS, LAS or a permutation like ASR (default RAS)")
+    p.add_argument("--dixon", default=None, metavar="PREFIX",
+                   help="also write PREFIX_water.nii.gz, PREFIX_fat.nii.gz, PREFIX_ff.nii.gz (true voxel fat fraction) "
+                   "and PREFIX_sides.nii.gz (true side of each muscle voxel: 1 R, 2 L)")
     return p
 
 
@@ -50,11 +53,24 @@ def main(args) -> int:
         if not path.parent.is_dir():
             raise OutputError(f"{path.parent}: folder does not exist; create it first")
     spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING
-    image, labels = make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
-                                 orientation=args.orientation)
+    extra = {}
+    if args.dixon:  # issue 19: Dixon water/fat, true FF and sides (opt-in: the default phantom is unchanged)
+        from limbseg_rt.runtime.phantom.dixon import make_dixon_phantom
+
+        imgs = make_dixon_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
+                                  orientation=args.orientation)
+        image, labels = imgs["image"], imgs["labels"]
+        extra = {Path(f"{args.dixon}_{k}.nii.gz"): imgs[k] for k in ("water", "fat", "ff", "sides")}
+        if not Path(f"{args.dixon}_water.nii.gz").parent.is_dir():
+            raise OutputError(f"{Path(args.dixon).parent}: folder does not exist; create it first")
+    else:
+        image, labels = make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
+                                     orientation=args.orientation)
     try:
         nib.save(image, str(out))
         nib.save(labels, str(lab))
+        for path, img in extra.items():
+            nib.save(img, str(path))
     except OSError as exc:
         raise OutputError(f"cannot write output: {exc.strerror or exc}") from exc
     sx, sy, sz = spacing

@@ -54,3 +54,36 @@ def dixon_images(ph, seed: int, *, noise: float = 0.004, bias: float = 0.15, gai
     total = clean[0] + clean[1]
     pv = np.where(total > 1e-6, clean[1] / np.maximum(total, 1e-6), 0).astype(np.float32).transpose(1, 2, 0)
     return out[0], out[1], ph.fat_fraction, pv
+
+
+def make_dixon_phantom(seed: int, *, slices: int = 150, shape=(256, 256), spacing=None, orientation: str = "RAS") -> dict:
+    """NIfTI images of phantom ``seed`` in ``orientation``: ``image`` (T1w int16, identical to
+    ``make_phantom``'s), ``labels`` (uint8), ``water`` and ``fat`` (float32 Dixon), ``ff`` (true voxel
+    FF of the content under the blur, float32 0..1) and ``sides`` (uint8 true side of every muscle
+    voxel: 1 R, 2 L, 0 elsewhere; the phantom draws the right leg at world x >= 0)."""
+    import nibabel as nib
+    from nibabel import orientations as ornt
+
+    from limbseg_rt.runtime.phantom.generate import DEFAULT_SPACING, canonical_affine, phantom_arrays
+
+    spacing = tuple(spacing) if spacing is not None else DEFAULT_SPACING
+    code = tuple(str(orientation).upper())
+    ph = phantom_arrays(seed, slices=slices, shape=tuple(shape), spacing=spacing, truth=True)
+    water, fat, _, pv = dixon_images(ph, seed)
+    nx = ph.labels.shape[0]
+    right = (np.arange(nx) >= (nx - 1) / 2)[:, None, None]
+    sides = np.where(ph.labels > 0, np.where(right, 1, 2), 0).astype(np.uint8)
+    xform = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), ornt.axcodes2ornt(code))
+    affine = canonical_affine(ph.labels.shape, ph.spacing) @ ornt.inv_ornt_aff(xform, ph.labels.shape)
+    out = {}
+    for name, data, dtype in (("image", ph.image, np.int16), ("labels", ph.labels, np.uint8), ("water", water, np.float32),
+                              ("fat", fat, np.float32), ("ff", pv, np.float32), ("sides", sides, np.uint8)):
+        arr = np.ascontiguousarray(ornt.apply_orientation(data, xform)).astype(dtype)
+        img = nib.Nifti1Image(arr, affine)
+        img.set_data_dtype(dtype)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["descrip"] = f"limbseg-rt phantom seed {int(seed)} {name}".encode()[:79]
+        out[name] = img
+    return out
