@@ -14,6 +14,8 @@ A voxel is Right when its signed distance from the line is positive. One-leg sca
 with muscle has muscle on both sides of a gap the whole scan is one leg; its side is read from
 lateral/medial muscle pairs (vastus lateralis lies lateral of vastus medialis, etc.): lateral
 toward +x means a right leg. The same pairs check every two-leg result (``anatomy_check``).
+Left/right itself comes from the file's geometry (its qform/sform): a mirrored image is a
+mirrored body, which no anatomy check can tell apart.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ def assign_sides(
             check[name] = _lateral_votes(lab, sides == code, table, 1 if code == SIDE_RIGHT else -1)
         bad = [k for k, v in check.items() if v["disagree"] > v["agree"]]
         if bad:
-            notes.append(f"anatomy check failed on side(s) {', '.join(bad)}: lateral muscles lie medial; "
-                         "the image's left/right may be flipped (check the header)")
+            notes.append(f"anatomy check failed on side(s) {', '.join(bad)}: lateral muscles lie medial of "
+                         "their partners there, so the split between the legs looks wrong; check the side labels")
     return SideAssignment(
         sides=sides, legs=legs, midline_x_mm=tuple(split_x),
         angle_deg=tuple(None if not np.isfinite(v) else float(v) for v in ang_s),
