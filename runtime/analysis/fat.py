@@ -15,7 +15,7 @@ volume`` (mL), over the voxels left after ``erode`` in-plane erosions (boundary 
 fat around the muscle). It is an *estimate from T1w contrast*, not a fat fraction: T1 weighting,
 bias field, coil profile and noise all enter it.
 
-Dixon: voxel FF = F / (F + W) (0 where F + W <= 0), or an FF map given directly (0..1, or percent
+Dixon: voxel FF = F / (F + W) with negative F, W counted as 0 (0 where F + W = 0), or an FF map given directly (0..1, or percent
 when its 99th percentile inside the muscles exceeds 1.5). Per muscle and side: mean and median of
 the voxel FF and the signal-weighted sum(F) / sum(F + W) (with an FF map: the mean).
 """
@@ -153,8 +153,10 @@ def dixon_ff_map(fat: np.ndarray | None, water: np.ndarray | None, ff: np.ndarra
         if inside.size and float(np.percentile(inside, 99)) > 1.5:
             ffa = ffa / np.float32(100.0)
         return np.clip(np.nan_to_num(ffa, nan=0.0), 0.0, 1.0), None
-    f = np.nan_to_num(np.asarray(fat, np.float32), nan=0.0)
-    w = np.nan_to_num(np.asarray(water, np.float32), nan=0.0)
+    # Negative values (noise around zero on complex-reconstructed images) count as 0, so the voxel FF
+    # and sum(F) / sum(F + W) stay within 0..1.
+    f = np.clip(np.nan_to_num(np.asarray(fat, np.float32), nan=0.0), 0, None)
+    w = np.clip(np.nan_to_num(np.asarray(water, np.float32), nan=0.0), 0, None)
     total = f + w
     with np.errstate(divide="ignore", invalid="ignore"):
         ffv = np.where(total > 0, f / np.where(total > 0, total, 1), 0).astype(np.float32)

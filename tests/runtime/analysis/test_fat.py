@@ -93,13 +93,14 @@ def test_imat_recovers_a_controlled_two_class_mixture():
 
 
 def test_imat_estimate_follows_the_phantom_true_fat(phantom7):
-    """Correlation across the 74 muscle-sides with the truth of the voxels' content. Measured:
-    r = 0.87 for this subject (0.67-0.87 over seeds 5, 7, 13, 19 at 2.8 mm); the T1w estimate also
-    carries each muscle's own signal offset and the bias field, so it is not a fat fraction."""
+    """Correlation across the 74 muscle-sides with the true FF of the voxels' content (what a
+    perfect Dixon scan measures on the same eroded masks). Measured on this grid: r = 0.85 for this
+    subject, 0.83-0.86 over seeds 5, 7, 13, 19, 34 (docs/analysis.md). The estimate also carries
+    each muscle's own signal offset and the bias field, so it is not a fat fraction."""
     d = phantom7
     an = _run(d["ph"], imat_erode=1)
     est = np.array([r.imat_percent for r in an.records])
     true = np.array([_truth(d["ph"], d["sides"], d["pv"], r.index, r.side, 1)[0] for r in an.records])
     r = float(np.corrcoef(est, true)[0, 1])
-    assert r >= 0.7, r
+    assert r >= 0.8, r
     assert "not a fat fraction" in an.fat_info["imat"]["note"]
