@@ -95,7 +95,7 @@ class SegmentationResult:
             if split_sides:  # issue 19: a right and a left label per muscle
                 from limbseg_rt.runtime.analysis.split import split_labels, split_table
 
-                labels = split_labels(labels, self.report.analysis.sides, len(table.muscles))
+                labels = split_labels(labels, self.report.analysis.sides, len(table.muscles))  # type: ignore[attr-defined]
                 table = split_table(table)
             files = write_labels(labels, targets["labels"], self.props, table=table)
             written["labels"] = files.labels

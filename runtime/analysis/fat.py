@@ -170,7 +170,7 @@ def region_stats(values: np.ndarray, weights: np.ndarray | None, sel: np.ndarray
     v = v[ok]
     if v.size == 0:
         return {"mean": None, "median": None, "weighted": None, "voxels": 0}
-    out = {"mean": float(v.mean()), "median": float(np.median(v)), "voxels": int(v.size)}
+    out: dict = {"mean": float(v.mean()), "median": float(np.median(v)), "voxels": int(v.size)}
     if weights is not None:
         w = weights[sel][ok].astype(np.float64)
         out["weighted"] = float((v * w).sum() / w.sum()) if w.sum() > 0 else None

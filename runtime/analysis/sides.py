@@ -199,18 +199,20 @@ def _gap_offset(d: np.ndarray, step_mm: float) -> float | None:
     empty = hist == 0
     if not empty.any():
         return None
-    best, start, run = None, None, 0
+    best: float = 0.0
+    start: int | None = None
+    run = 0
     for i, e in enumerate(np.append(empty, False)):
         if e:
             start = i if start is None else start
         elif start is not None:
             length = i - start
             if length > run:
-                run, best = length, (edges[start] + edges[i]) / 2
+                run, best = length, float((edges[start] + edges[i]) / 2)
             start = None
     if run < 2:  # a gap of one histogram bin is noise, not air between the legs
         return None
-    return float(best)
+    return best
 
 
 def _lateral_votes(lab: np.ndarray, mask: np.ndarray, table, lateral_sign: int) -> dict:
@@ -221,13 +223,14 @@ def _lateral_votes(lab: np.ndarray, mask: np.ndarray, table, lateral_sign: int) 
     for lat, med in LATERAL_MEDIAL_PAIRS:
         if lat not in index or med not in index:
             continue
-        cents = []
+        cents: list[float] = []
         for code in (lat, med):
             sel = (lab == index[code]) & mask.astype(bool)
             counts = sel.sum(axis=(1, 2))
             total = counts.sum()
-            cents.append(float((counts * xs_all).sum() / total) if total else None)
-        if None in cents or cents[0] == cents[1]:
+            if total:
+                cents.append(float((counts * xs_all).sum() / total))
+        if len(cents) < 2 or cents[0] == cents[1]:
             continue
         if np.sign(cents[0] - cents[1]) == lateral_sign:
             agree += 1

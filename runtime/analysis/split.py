@@ -21,7 +21,7 @@ def split_table(table: LabelTable) -> LabelTable:
         out.append(Label(lab.index, f"{lab.name} (R)", f"{lab.code}_R", lab.colour, "R"))
     for lab in table.muscles:
         dim = tuple(int(round(c * 0.7)) for c in lab.colour)
-        out.append(Label(lab.index + n, f"{lab.name} (L)", f"{lab.code}_L", dim, "L"))  # type: ignore[arg-type]
+        out.append(Label(lab.index + n, f"{lab.name} (L)", f"{lab.code}_L", dim, "L"))
     return LabelTable(tuple(out))
 
 

@@ -226,7 +226,7 @@ class Report:
             "manifest": self.manifest.to_dict(),
         }
         if self.analysis is not None:
-            d["analysis"] = self.analysis.to_dict()
+            d["analysis"] = self.analysis.to_dict()  # type: ignore[attr-defined]
         return d
 
     def __getitem__(self, key: str):
@@ -249,7 +249,7 @@ class Report:
 
     def to_measures_csv(self) -> str | None:
         """The per muscle x side table (long form), or None when the analysis did not run."""
-        return self.analysis.to_csv() if self.analysis is not None else None
+        return self.analysis.to_csv() if self.analysis is not None else None  # type: ignore[attr-defined]
 
 
 def schema_path() -> Path:
