@@ -156,17 +156,24 @@ class Manifest:
     report_units: dict = field(default_factory=dict)
     analysis: dict | None = None
     outputs: dict | None = None
+    extra: dict = field(default_factory=dict)  # keys added by later stages; each must be in the schema
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        """Known keys become fields, any other key goes to ``extra`` (and back to the top level in JSON)."""
+        return cls(**{k: v for k, v in d.items() if k in MANIFEST_KEYS},
+                   extra={k: v for k, v in d.items() if k not in MANIFEST_KEYS})
 
     def __getitem__(self, key: str):
-        if key not in MANIFEST_KEYS:
-            raise KeyError(key)
-        return getattr(self, key)
+        if key in MANIFEST_KEYS:
+            return getattr(self, key)
+        return self.extra[key]
 
     def get(self, key: str, default=None):
-        return getattr(self, key) if key in MANIFEST_KEYS else default
+        return getattr(self, key) if key in MANIFEST_KEYS else self.extra.get(key, default)
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in MANIFEST_KEYS}
+        d = {**{k: getattr(self, k) for k in MANIFEST_KEYS}, **self.extra}
         if d["analysis"] is None:
             del d["analysis"]
         if d["outputs"] is None:
@@ -198,7 +205,7 @@ class Report:
     def __post_init__(self) -> None:
         object.__setattr__(self, "muscles", tuple(self.muscles))
         if isinstance(self.manifest, dict):
-            object.__setattr__(self, "manifest", Manifest(**self.manifest))
+            object.__setattr__(self, "manifest", Manifest.from_dict(self.manifest))
         object.__setattr__(self, "flags", tuple(self.flags))
         object.__setattr__(self, "warnings", tuple(self.warnings))
 
