@@ -1,8 +1,10 @@
 """3D clean-up of a label map: per muscle and side, drop the islands that do not belong.
 
 Rule (docs/analysis.md): for each muscle x side, the 3D connected components (26-connectivity) of
-its voxels are found; every component with at least ``min_fraction`` (default 0.10) of the voxels
-of that muscle-side's largest component is kept, smaller ones become background. Components are
+its voxels are found; a component is kept when it has at least ``min_fraction`` (default 0.10) of
+the voxels of that muscle-side's largest component, or when its bounding box lies within
+``near_mm`` (default 10 mm) of the largest component's bounding box along every axis (a piece the
+slice spacing or a septum split off); the others become background. Components are
 found per side, so a two-leg scan keeps both legs' copies, a one-leg scan its one, and a muscle
 cut by the field of view keeps its remaining (largest) piece. A muscle split into two similar
 pieces (both >= 10 %) keeps both.
@@ -20,6 +22,7 @@ import numpy as np
 from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 
 MIN_FRACTION = 0.10
+NEAR_MM = 10.0
 INSTALL_HINT = 'the 3D clean-up needs connected-components-3d: pip install "limbseg-rt[analysis]" (or pass --no-clean)'
 
 
@@ -48,11 +51,20 @@ def _cc3d():
     return cc3d
 
 
-def clean_labels(labels: np.ndarray, sides: np.ndarray, *, min_fraction: float = MIN_FRACTION) -> CleanupResult:
+def clean_labels(
+    labels: np.ndarray,
+    sides: np.ndarray,
+    *,
+    min_fraction: float = MIN_FRACTION,
+    near_mm: float = NEAR_MM,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> CleanupResult:
     """Remove small 3D islands per muscle and side (see module docstring).
 
     ``labels``: integer ``[X, Y, Z]`` (0 = background, < 256 classes); ``sides``: uint8 same shape
-    (0 none, 1 R, 2 L; from ``sides.assign_sides``). Returns a new array; the input is not changed.
+    (0 none, 1 R, 2 L; from ``sides.assign_sides``); ``spacing``: voxel size (mm) for ``near_mm``
+    (a negative ``near_mm`` turns the proximity rule off). Returns a new array; the input is not
+    changed.
     """
     if not 0.0 <= min_fraction <= 1.0:
         raise ValueError(f"min_fraction must be within 0..1, got {min_fraction}")
@@ -71,6 +83,19 @@ def clean_labels(labels: np.ndarray, sides: np.ndarray, *, min_fraction: float =
     np.maximum.at(largest, owner[1:], size[1:])
     keep = size >= min_fraction * largest[owner]
     keep[0] = False
+    if near_mm >= 0 and not keep[1:].all():
+        boxes = cc3d.statistics(cc)["bounding_boxes"]  # per component: a slice per axis (stop exclusive)
+        big_of: dict = {}
+        for comp in range(1, n + 1):
+            if size[comp] == largest[owner[comp]]:
+                big_of.setdefault(int(owner[comp]), comp)
+        reach = [near_mm / float(v) for v in spacing]
+        for comp in np.flatnonzero(~keep[1:]) + 1:
+            big = boxes[big_of[int(owner[comp])]]
+            box = boxes[comp]
+            gaps = [max(0, max(box[a].start, big[a].start) - min(box[a].stop, big[a].stop) + 1) for a in range(3)]
+            if all(g <= r for g, r in zip(gaps, reach)):
+                keep[comp] = True
     out = np.where(keep[cc], lab, 0).astype(lab.dtype, copy=False)
     removed: dict = {}
     kept: dict = {}
@@ -80,4 +105,4 @@ def clean_labels(labels: np.ndarray, sides: np.ndarray, *, min_fraction: float =
             kept[key] = kept.get(key, 0) + 1
         else:
             removed[key] = removed.get(key, 0) + int(size[comp])
-    return CleanupResult(out, removed, kept, float(min_fraction))
+    return CleanupResult(out, removed, kept, float(min_fraction))  # near_mm: see the rule above

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from limbseg_rt.runtime.analysis import fat as fatmod
-from limbseg_rt.runtime.analysis.cleanup import MIN_FRACTION, clean_labels
+from limbseg_rt.runtime.analysis.cleanup import MIN_FRACTION, NEAR_MM, clean_labels
 from limbseg_rt.runtime.analysis.geometry import asymmetry_percent, muscle_geometry, per_slice_counts
 from limbseg_rt.runtime.analysis.sides import BODY_FRACTION, SIDE_CODES, SIDE_LEFT, SIDE_RIGHT, assign_sides
 
@@ -39,6 +39,7 @@ class AnalysisOptions:
 
     clean: bool = True
     min_fraction: float = MIN_FRACTION
+    near_mm: float = NEAR_MM
     imat: bool = True
     imat_erode: int = 1
     fat: np.ndarray | None = field(default=None, repr=False)
@@ -171,13 +172,14 @@ def analyse(
     cleanup: dict = {"enabled": bool(options.clean)}
     removed: dict = {}
     if options.clean:
-        res = clean_labels(lab, sides, min_fraction=options.min_fraction)
+        res = clean_labels(lab, sides, min_fraction=options.min_fraction, near_mm=options.near_mm, spacing=spacing)
         lab = res.labels
         sides = np.where(lab > 0, sides, 0).astype(np.uint8)
         removed = res.removed
         cleanup.update({
             "rule": f"per muscle and side, keep the 3D components (26-connected) with >= {options.min_fraction:g} "
-                    "of the voxels of that muscle-side's largest component; the others become background",
+                    "of the voxels of that muscle-side's largest component, or whose bounding box lies within "
+                    f"{options.near_mm:g} mm of the largest one's; the others become background",
             "library": "connected-components-3d",
             "voxels_removed": int(sum(removed.values())),
         })
@@ -293,7 +295,7 @@ def options_summary(options: AnalysisOptions, dixon_paths: dict | None = None) -
         return str(v) if isinstance(v, (str, os.PathLike)) else ("array" if v is not None else None)
 
     return {
-        "clean": options.clean, "min_fraction": options.min_fraction, "imat": options.imat,
+        "clean": options.clean, "min_fraction": options.min_fraction, "near_mm": options.near_mm, "imat": options.imat,
         "imat_erode": options.imat_erode, "ff_erode": options.ff_erode,
         "dixon_fat": src(options.fat), "dixon_water": src(options.water), "fat_fraction": src(options.fat_fraction),
     }

@@ -29,7 +29,7 @@ def _scene():
 
 def test_small_islands_go_both_legs_stay():
     lab, sides = _scene()
-    res = clean_labels(lab, sides)
+    res = clean_labels(lab, sides, near_mm=-1)  # the size rule alone
     assert int((res.labels == 4).sum()) == int((lab == 4).sum()) - 27
     assert res.removed == {(4, 1): 27}
     assert res.kept_components == {(4, 1): 1, (4, 2): 2, (9, 1): 1}
@@ -43,20 +43,30 @@ def test_components_match_scipy_labelling():
     lab = (rng.random((40, 40, 12)) < 0.08).astype(np.uint8) * 3
     lab[5:30, 5:30, 2:10] = 3
     sides = np.where(lab > 0, 1, 0).astype(np.uint8)
-    res = clean_labels(lab, sides, min_fraction=0.0)
+    res = clean_labels(lab, sides, min_fraction=0.0, near_mm=-1)
     comps, n = ndimage.label(lab == 3, structure=np.ones((3, 3, 3)))
     assert res.kept_components[(3, 1)] == n
     sizes = np.bincount(comps.ravel())[1:]
-    res2 = clean_labels(lab, sides, min_fraction=0.10)
+    res2 = clean_labels(lab, sides, min_fraction=0.10, near_mm=-1)
     assert int((res2.labels == 3).sum()) == int(sizes[sizes >= 0.10 * sizes.max()].sum())
+
+
+def test_a_small_piece_next_to_its_muscle_stays():
+    """The 27-voxel island lies 3 voxels (centre to centre) from the main piece along x."""
+    lab, sides = _scene()
+    near = clean_labels(lab, sides, near_mm=10.0, spacing=(1.0, 1.0, 1.0))  # 3 mm away: kept
+    far = clean_labels(lab, sides, near_mm=10.0, spacing=(4.0, 4.0, 4.0))  # 12 mm away: removed
+    assert near.removed == {} and int((near.labels == 4).sum()) == int((lab == 4).sum())
+    assert far.removed == {(4, 1): 27}
 
 
 def test_analysis_can_leave_the_labels_alone():
     lab, sides = _scene()
     img = np.where(lab > 0, 300.0, 0).astype(np.float32)
     img[:, :, :] += 1000.0 * (lab == 0)
-    on = analyse(lab, img, (1.0, 1.0, 1.0), np.eye(4), 1.0, TABLE, AnalysisOptions(imat=False))
-    off = analyse(lab, img, (1.0, 1.0, 1.0), np.eye(4), 1.0, TABLE, AnalysisOptions(imat=False, clean=False))
+    sp = (4.0, 4.0, 4.0)
+    on = analyse(lab, img, sp, np.eye(4), 64.0, TABLE, AnalysisOptions(imat=False))
+    off = analyse(lab, img, sp, np.eye(4), 64.0, TABLE, AnalysisOptions(imat=False, clean=False))
     assert off.cleanup == {"enabled": False} and np.array_equal(off.labels, lab)
     assert on.cleanup["enabled"] and on.cleanup["voxels_removed"] > 0 and int(on.labels.sum()) < int(lab.sum())
 
