@@ -7,6 +7,7 @@ gates are ratios (engine vs engine, engine vs ceiling) and never absolute times.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,25 +73,54 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, rounds: int, wa
                                                                  settle_s=settle_s).items()}
 
 
+# Time budget (s) for timing one engine (or one set of interleaved contenders) beyond its warm-up;
+# rounds stop early once it is spent (at least MIN_ROUNDS). LIMBSEG_BENCH_BUDGET_S overrides it.
+ENGINE_BUDGET_S = float(os.environ.get("LIMBSEG_BENCH_BUDGET_S", "30"))
+MIN_ROUNDS = 3
+# Rounds also stop early when every contender's spread is below this: (max - min) / min of the
+# rounds so far, i.e. more rounds would not change the comparison.
+SETTLED_SPREAD = 0.03
+
+
+def budget_rounds(call_s: float, rounds: int, budget_s: float = ENGINE_BUDGET_S, least: int = MIN_ROUNDS) -> int:
+    """Rounds to time a call of ``call_s`` seconds: ``rounds`` unless that exceeds ``budget_s``,
+    never fewer than ``least``."""
+    return max(least, min(rounds, int(budget_s // max(call_s, 1e-9))))
+
+
+def settled(times: list[float], spread: float = SETTLED_SPREAD) -> bool:
+    """True when at least ``MIN_ROUNDS`` times lie within ``spread`` of their minimum."""
+    return len(times) >= MIN_ROUNDS and (max(times) - min(times)) / min(times) < spread
+
+
 def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1,
-                      settle_s: float = 0.02) -> dict[str, list[float]]:
+                      settle_s: float = 0.02, budget_s: float | None = None,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Wall times (s) per function, calling them in turn (A B A B ...) so that load from other
     processes on a shared machine hits every contender alike. ``warmup`` untimed rounds first.
+
+    ``rounds`` is the most; after ``MIN_ROUNDS`` the rounds stop when every contender is
+    ``settled`` or the time since the first timed round exceeds ``budget_s`` (default
+    ``ENGINE_BUDGET_S``), so slow machines stay in their time and quiet ones do not over-sample.
 
     ``settle_s`` (untimed) after each call: ONNX Runtime's and OpenVINO's worker threads spin for a
     moment after a run; without a pause they would steal the cores from the next contender's threads
     (PyTorch's OpenMP team suffers most) and bias the comparison.
     """
+    budget_s = ENGINE_BUDGET_S if budget_s is None else budget_s
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
+    start = clock()
+    for i in range(rounds):
         for k, fn in fns.items():
             time.sleep(settle_s)
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
+        if i + 1 >= MIN_ROUNDS and (all(settled(v) for v in times.values()) or clock() - start > budget_s):
+            break
     return times
 
 
@@ -214,18 +244,20 @@ def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
 def muscle_dice(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: int = 100) -> dict[int, float]:
     """Dice per muscle (1..classes-1) for muscles covering >= ``min_pixels`` in the union (smaller ones
     are dominated by a handful of boundary pixels)."""
-    pred, ref = np.asarray(pred).ravel(), np.asarray(ref).ravel()
-    cp = np.bincount(pred, minlength=classes)
-    cr = np.bincount(ref, minlength=classes)
-    both = np.bincount(pred[pred == ref], minlength=classes)
-    return {c: 2.0 * both[c] / (cp[c] + cr[c]) for c in range(1, classes) if cp[c] + cr[c] >= min_pixels}
+    from limbseg_rt.runtime.report.metrics import label_counts
+
+    counts = label_counts(pred, ref, classes)
+    dice = counts.dice()
+    return {c: float(dice[c]) for c in range(1, classes) if counts.pred[c] + counts.ref[c] >= min_pixels}
 
 
 def muscle_rve(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: int = 100) -> dict[int, float]:
     """Relative volume error (%) per muscle vs ``ref`` for muscles with >= ``min_pixels`` in ``ref``."""
-    cp = np.bincount(np.asarray(pred).ravel(), minlength=classes)
-    cr = np.bincount(np.asarray(ref).ravel(), minlength=classes)
-    return {c: 100.0 * (cp[c] - cr[c]) / cr[c] for c in range(1, classes) if cr[c] >= min_pixels}
+    from limbseg_rt.runtime.report.metrics import label_counts
+
+    counts = label_counts(pred, ref, classes)
+    rve = counts.rve_percent()
+    return {c: float(rve[c]) for c in range(1, classes) if counts.ref[c] >= min_pixels}
 
 
 def phantom_model_slices(seed: int, *, slices: int, hw: tuple[int, int], shape=(256, 256)):

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from _ceilings import Ceilings
-from _cpu import CpuInfo
+from limbseg_rt.runtime.engine.cpu import CpuInfo
 
 MIN_CEILING_SHARE = 0.75
 MAX_CEILING_SHARE = 1.05

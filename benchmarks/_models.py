@@ -23,12 +23,14 @@ PAPER_HW = (272, 240)
 WEIGHT_SEED = 20240101
 CALIBRATION_SLICES = 8  # per phantom volume; 2 volumes -> 16 calibration slices at 272 x 240
 HELDOUT_SLICES = 4
+# The demo models' PyTorch checkpoints (checkpoints/README.md): the PyTorch reference for the bundled models.
+DEMO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 @dataclass(frozen=True)
 class BenchModel:
     """One network of the benchmark: ``paths[precision]`` are ONNX files; ``checkpoint`` the PyTorch
-    weights (None for bundled demo models, which ship ONNX only). ``hw``: slice size [H, W] in pixels."""
+    weights (for bundled demo models the repository's ``checkpoints/`` file, None if absent). ``hw``: slice size [H, W] in pixels."""
 
     name: str
     arch: str
@@ -124,7 +126,9 @@ def demo_models(models_dir: Path | None = None) -> list[BenchModel]:
     out = []
     for arch, paths in by_arch.items():
         md = read_metadata(next(iter(paths.values())))
-        out.append(BenchModel(f"demo {arch}", arch, tuple(md.features), tuple(md.input_hw), paths, None, True))
+        ckpt = DEMO_CHECKPOINTS / f"{arch}.pth.tar"
+        out.append(BenchModel(f"demo {arch}", arch, tuple(md.features), tuple(md.input_hw), paths,
+                              ckpt if ckpt.is_file() else None, True))
     return out
 
 

@@ -146,3 +146,38 @@ def test_fp32_gate_times_the_batch_size_run_uses():
         result = seg.segment(image)
         hw = tuple(seg.metadata.input_hw)
     assert result.report.manifest["pipeline"]["batch_size"] == run_batch(hw) == 4
+
+
+def test_rounds_stop_when_settled_or_over_budget_and_never_below_the_minimum():
+    from _harness import MIN_ROUNDS, budget_rounds, interleaved_times
+
+    class Clock:  # each call of a contender advances a fake clock by its "duration"
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+
+    def call(durations):
+        it = iter(durations)
+
+        def fn():
+            clock.now += next(it, durations[-1])
+        return fn
+
+    steady = call([1.0] * 50)
+    noisy = call([1.0, 2.0] * 25)
+    # all contenders settled (identical times): stops at the minimum number of rounds
+    t = interleaved_times({"a": steady}, rounds=20, warmup=0, settle_s=0, budget_s=1e9, clock=clock)
+    assert len(t["a"]) == MIN_ROUNDS
+    # one noisy contender keeps the rounds going until the budget is spent
+    t = interleaved_times({"a": call([1.0] * 50), "b": noisy}, rounds=20, warmup=0, settle_s=0, budget_s=9.5,
+                          clock=clock)
+    assert len(t["a"]) == 4  # rounds of 2-3 s each: over 9.5 s after the 4th round
+    # without a budget the noisy pair runs all its rounds
+    t = interleaved_times({"a": call([1.0] * 50), "b": call([1.0, 2.0] * 25)}, rounds=7, warmup=0, settle_s=0,
+                          budget_s=1e9, clock=clock)
+    assert len(t["a"]) == 7
+    assert budget_rounds(10.0, 5, budget_s=30) == 3 and budget_rounds(0.1, 5, budget_s=30) == 5
+    assert budget_rounds(100.0, 5, budget_s=30) == MIN_ROUNDS

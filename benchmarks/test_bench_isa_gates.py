@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from _ceilings import Ceilings
-from _cpu import FLAGS, parse_cpuinfo
+from limbseg_rt.runtime.engine.cpu import FLAGS, parse_cpuinfo
 from _isa_gates import AutoRun, judge_auto_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -4,9 +4,11 @@ and batch, so ``--benchmark-json`` holds comparable series)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from _harness import time_calls
+from _harness import budget_rounds, time_calls
 
 
 def _rounds(full: bool, batch: int) -> int:
@@ -21,7 +23,9 @@ def test_latency(benchmark, bench, results, ceilings, full_run, model_name, engi
     images, pos = bench.timing_input(model_name, batch)
     macs = bench.macs(model_name)
 
+    t0 = time.perf_counter()
     logits = eng.predict(images, pos)  # a wrong engine must not be timed: check what it returns
+    first_s = time.perf_counter() - t0
     assert logits.shape[:2] == (batch, 38) and logits.shape[2:] == m.hw, logits.shape
     assert np.isfinite(logits).all(), f"{eng.label} {eng.precision} returned non-finite logits"
 
@@ -29,7 +33,7 @@ def test_latency(benchmark, bench, results, ceilings, full_run, model_name, engi
     benchmark.name = f"{eng.label} {eng.precision} b{batch}"
     benchmark.extra_info.update({"model": model_name, "engine": eng.label, "precision": eng.precision,
                                  "batch": batch, "macs_per_slice": macs, "hw": list(m.hw)})
-    rounds = _rounds(full_run, batch)
+    rounds = budget_rounds(first_s, _rounds(full_run, batch))  # slow machines: fewer rounds, same budget
     benchmark.pedantic(eng.predict, args=(images, pos), rounds=rounds, warmup_rounds=1, iterations=1)
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None and stats.stats.rounds:

@@ -24,6 +24,7 @@ import torch
 from limbseg_rt.export.parity_data import SliceSet
 from limbseg_rt.export.spec import IMAGE, LABELS, LOGITS, POSITION, Tolerance
 from limbseg_rt.runtime.model.labels import LabelTable
+from limbseg_rt.runtime.report.metrics import LabelCounts, label_counts
 
 
 def ort_session(path, *, threads: int = 2):
@@ -55,9 +56,8 @@ class _Accumulator:
     inconsistent: int = 0
 
     def __post_init__(self) -> None:
-        self.tp = np.zeros(self.classes, dtype=np.int64)
-        self.ref_count = np.zeros(self.classes, dtype=np.int64)
-        self.cand_count = np.zeros(self.classes, dtype=np.int64)
+        zeros = np.zeros(self.classes, dtype=np.int64)
+        self.counts = LabelCounts(zeros, zeros, zeros)  # candidate = prediction, reference = ref
 
     def add(self, ref: np.ndarray, cand: np.ndarray, cand_labels: np.ndarray | None) -> None:
         ref_lab = ref.argmax(1)
@@ -68,9 +68,7 @@ class _Accumulator:
         self.agree += int(same.sum())
         self.max_diff = max(self.max_diff, float(np.nanmax(np.abs(cand - ref))) if cand.size else 0.0)
         self.scale = max(self.scale, float(np.abs(ref).max()))
-        self.tp += np.bincount(ref_lab[same].ravel(), minlength=self.classes)[: self.classes]
-        self.ref_count += np.bincount(ref_lab.ravel(), minlength=self.classes)[: self.classes]
-        self.cand_count += np.bincount(cand_lab.ravel(), minlength=self.classes)[: self.classes]
+        self.counts = self.counts + label_counts(cand_lab, ref_lab, self.classes)
         if cand_labels is not None:
             self.inconsistent += int(np.count_nonzero(cand_labels.astype(np.int64) != cand_lab))
 
@@ -111,14 +109,14 @@ def evaluate_parity(
 
     agreement = acc.agree / max(acc.pixels, 1)
     rel_error = acc.max_diff / acc.scale if acc.scale > 0 else float("inf") if acc.max_diff > 0 else 0.0
-    union = acc.ref_count + acc.cand_count
+    union = acc.counts.ref + acc.counts.pred
+    per_class = acc.counts.dice()
     dice = {}
     small = {}
     for c in range(1, len(labels)):
         if union[c] == 0:
             continue
-        d = float(2 * acc.tp[c] / union[c])
-        (dice if union[c] >= tolerance.min_dice_pixels else small)[labels[c].code] = round(d, 5)
+        (dice if union[c] >= tolerance.min_dice_pixels else small)[labels[c].code] = round(float(per_class[c]), 5)
     metrics = {
         "precision": precision,
         "slices": len(slices),

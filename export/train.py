@@ -29,6 +29,7 @@ from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 from limbseg_rt.runtime.model.labels import default_label_table
 from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
 from limbseg_rt.runtime.inference.preprocess import resize_bilinear
+from limbseg_rt.runtime.report.metrics import LabelCounts, confusion_matrix, label_counts
 
 
 class TrainSettingError(LimbsegError, ValueError):
@@ -138,25 +139,14 @@ def forward(model: torch.nn.Module, arch: str, images: torch.Tensor, positions: 
 
 
 def confusion(pred: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:
-    """``[classes, classes]`` int64 counts, rows = truth, columns = prediction."""
-    idx = truth.reshape(-1).long() * classes + pred.reshape(-1).long()
-    return torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
-
-
-def dice_from_confusion(conf: np.ndarray) -> np.ndarray:
-    """Dice per class from a confusion matrix, float64 ``[classes]``; NaN where the class is absent
-    from both truth and prediction (it has no Dice)."""
-    conf = np.asarray(conf, dtype=np.float64)
-    tp = np.diag(conf)
-    denom = conf.sum(axis=0) + conf.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2.0 * tp / denom, np.nan)
+    """``[classes, classes]`` int64 counts, rows = truth, columns = prediction (the runtime's
+    ``confusion_matrix`` on the tensors' numpy views)."""
+    return torch.from_numpy(confusion_matrix(pred.cpu().numpy(), truth.cpu().numpy(), classes))
 
 
 def mean_muscle_dice(conf: np.ndarray) -> float:
     """Mean Dice over the muscles (classes 1..C-1) that occur in truth or prediction."""
-    d = dice_from_confusion(conf)[1:]
-    return float(np.nanmean(d)) if np.any(np.isfinite(d)) else float("nan")
+    return LabelCounts.from_confusion(conf).mean_dice()[0]
 
 
 @torch.no_grad()
@@ -518,5 +508,4 @@ def predict_volume(
 
 def volume_dice(pred: np.ndarray, truth: np.ndarray, classes: int = 38) -> np.ndarray:
     """3D Dice per class (float64 ``[classes]``, NaN where absent from both)."""
-    conf = confusion(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)), classes)
-    return dice_from_confusion(conf.numpy())
+    return label_counts(pred, truth, classes).dice()

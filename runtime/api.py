@@ -439,6 +439,7 @@ def segment_file(
     read_options=None,
     progress: Callable[[int, int], None] | None = None,
     segmenter: Segmenter | None = None,
+    qc: bool = False,
     analysis=None,
     measures_csv: str | os.PathLike | None = None,
     split_sides: bool = False,
@@ -449,10 +450,16 @@ def segment_file(
     Output paths are checked before any work (never the input, folders must exist); files are
     written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
     from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
-    Returns the result and the paths written. ``analysis`` (an ``AnalysisOptions``) adds the
+    Returns the result and the paths written. ``qc``: also write the QC PNGs and
+    ``<stem>_report.html`` beside the labels (``runtime/qc``; needs the ``qc`` extra, checked first).
+    ``analysis`` (an ``AnalysisOptions``) adds the
     per muscle x side measures and writes them to ``measures_csv`` (default ``<stem>_muscles.csv``);
     ``split_sides`` writes the side-split label map.
     """
+    if qc:
+        from limbseg_rt.runtime.qc.write import check_available
+
+        check_available()
     scan = Path(scan)
     if not scan.is_file():
         raise InputError(f"input scan not found: {scan}")
@@ -477,4 +484,8 @@ def segment_file(
             seg.close()
     written = result.save(targets["labels"], targets["report"], targets["csv"], input_path=scan,
                           measures_csv=targets.get("measures_csv"), split_sides=split_sides)
+    if qc:
+        from limbseg_rt.runtime.qc.write import write_qc_for_result
+
+        written.update(write_qc_for_result(result, scan, written["labels"], read_options=read_options))
     return result, written

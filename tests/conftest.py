@@ -19,6 +19,22 @@ from limbseg_rt.runtime.model.labels import default_label_table
 from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
 from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_precision_profile(tmp_path_factory):
+    """Tests never see the developer's own `limbseg-rt tune` profile (it would change what
+    --precision auto runs): every test, and every CLI it starts, gets an empty cache folder."""
+    import os
+
+    old = os.environ.get("LIMBSEG_RT_CACHE")
+    os.environ["LIMBSEG_RT_CACHE"] = str(tmp_path_factory.mktemp("limbseg-rt-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LIMBSEG_RT_CACHE", None)
+    else:
+        os.environ["LIMBSEG_RT_CACHE"] = old
+
+
 TINY_INPUT_HW = (64, 48)
 TINY_PIXEL_SPACING_MM = (2.0, 2.0)
 # Lopsided kernel (sums to 1): weights the upper-left neighbours more than the lower-right ones.

@@ -19,6 +19,7 @@ COMMANDS = {
     "batch": "batch",
     "demo": "demo",
     "info": "info",
+    "tune": "tune",
     "phantom": "phantom",
     "evaluate": "evaluate",
     "train": "train",

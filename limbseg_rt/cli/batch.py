@@ -49,6 +49,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo every scan, even those complete from an earlier run")
     p.add_argument("--limb-range", type=_limb_range, default=None, metavar="A:B",
                    help="part of the limb every scan covers (SC-UNet); a manifest's limb_range column wins")
+    p.add_argument("--qc", action="store_true",
+                   help="also write each scan's QC page (DIR/<id>/<id>_report.html + PNGs) and DIR/cohort.html (needs the qc extra)")
     add_engine_arguments(p)
     add_read_arguments(p)
     return p
@@ -122,6 +124,10 @@ def main(args) -> int:
     jobs = load_manifest(args.manifest) if args.manifest else jobs_from_paths(args.inputs)
     if args.limb_range is not None:
         jobs = [j if j.limb_range else ScanJob(j.id, j.source, args.limb_range) for j in jobs]
+    if getattr(args, "qc", False):
+        from limbseg_rt.runtime.qc.write import check_available
+
+        check_available()
     progress = BatchProgress()
     state = _interrupt_on_sigterm()
     try:
@@ -143,6 +149,11 @@ def main(args) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     progress.close()
     render(result)
+    if getattr(args, "qc", False):
+        from limbseg_rt.runtime.qc.cohort_page import write_cohort_page
+
+        qc_files = write_cohort_page(args.out)
+        print(f"wrote {qc_files['cohort_html']} ({len(qc_files) - 1} scan pages)")
     return result.exit_code
 
 

@@ -22,23 +22,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="limbseg-demo", help="folder for the phantom and the results (default: ./limbseg-demo)")
     p.add_argument("--seed", type=int, default=0, help="phantom random seed (default: 0)")
     p.add_argument("--slices", type=int, default=60, help="axial slices of the phantom, hip to ankle (default: 60)")
+    p.add_argument("--no-qc", dest="qc", action="store_false",
+                   help="skip the QC overlays and HTML report (written by default when Pillow is installed)")
     add_engine_arguments(p)
     return p
 
 
 def mean_dice(pred, truth, table) -> tuple[float, int]:
     """Mean DSC over the muscles present in the truth or the prediction, and how many there were."""
-    import numpy as np
+    from limbseg_rt.runtime.report.metrics import label_counts
 
-    from limbseg_rt.runtime.report.metrics import dice
-
-    pred = np.asarray(pred)
-    truth = np.asarray(truth)
-    ids = sorted(set(np.unique(truth).tolist()) | set(np.unique(pred).tolist()))
-    scores = [dice(pred == i, truth == i) for i in ids if i != 0 and i < len(table)]
-    if not scores:
-        return float("nan"), 0
-    return float(np.mean(scores)), len(scores)
+    counts = label_counts(pred, truth)
+    return counts.mean_dice(range(1, min(len(table), len(counts))))
 
 
 def main(args) -> int:
@@ -56,6 +51,15 @@ def main(args) -> int:
     if args.slices < 2:
         raise InputError("the demo phantom needs at least 2 slices")
     out_dir = Path(args.out_dir)
+    qc = bool(getattr(args, "qc", True))
+    if qc:
+        from limbseg_rt.runtime.qc.write import QCDependencyError, check_available
+
+        try:
+            check_available()
+        except QCDependencyError as exc:
+            print(f"limbseg-rt: note: no QC pictures: {exc}")
+            qc = False
     # Load the model first: a missing model fails before anything is written.
     with Segmenter(**segmenter_kwargs_from_args(args)) as seg:
         try:
@@ -69,7 +73,7 @@ def main(args) -> int:
         nib.save(truth, str(truth_path))
         print(f"phantom scan {scan} (ground truth {truth_path.name}), shape {tuple(image.shape)}")
         with ProgressBar("segmenting") as bar:
-            result, written = segment_file(scan, progress=bar.update, segmenter=seg)
+            result, written = segment_file(scan, progress=bar.update, segmenter=seg, qc=qc)
     render_summary(result, written)
     pred = np.asarray(result.labels.dataobj)
     score, n = mean_dice(pred, np.asarray(truth.dataobj), result.table)

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "With MODEL (a .onnx file or a bundled name such as unet): its metadata and inputs/outputs.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or bundled model name (unet, attention-unet, sc-unet)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8", "bf16"),
                    help="which bundled file a name refers to (default: the CPU choice, int8 when bundled)")
     return p
 

@@ -8,7 +8,7 @@ import sys
 from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 
 PROVIDERS = ("auto", "tensorrt", "cuda", "openvino", "cpu")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")
 
 
 def _batch_size(text: str):
@@ -57,7 +57,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Model and engine options shared by ``run`` and ``demo``."""
     p.add_argument("--model", default="unet", help="unet | attention-unet | sc-unet (bundled) or PATH.onnx (default: unet)")
     p.add_argument("--provider", default="auto", choices=PROVIDERS, help="execution provider (default: auto = best available)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="model precision for bundled models (default: auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="model precision (default: auto: the measured choice of `limbseg-rt tune`, else int8 on CPU; bf16: the fp32 file in bf16 on OpenVINO)")
     p.add_argument("--allow-fallback", action="store_true", help="accept a slower provider if the requested one is unavailable (reported)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference (default: engine's choice)")
     p.add_argument("--device-id", type=_positive_int, default=0, help="GPU index for cuda/tensorrt (default: 0)")
@@ -80,6 +80,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="per-muscle volume CSV (default: <stem>_volumes.csv)")
     p.add_argument("--limb-range", type=_limb_range, default=None, metavar="A:B",
                    help="part of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions), e.g. 0:0.5 for a thigh")
+    p.add_argument("--qc", action="store_true",
+                   help="also write QC overlays (<stem>_qc_*.png) and <stem>_report.html beside the labels (needs the qc extra)")
     add_read_arguments(p)
     add_analysis_arguments(p)
     return p
@@ -179,6 +181,9 @@ def render_summary(result, written: dict | None = None, *, out=None) -> None:
         f"provider {engine['provider']}; precision {engine['precision']}",
         file=out,
     )
+    choice = (engine.get("details") or {}).get("precision_choice") or {}
+    if choice.get("how") in ("measured", "rule"):
+        print(f"precision auto -> {choice['chose']}: {choice['why']}", file=out)
     if written:
         print("wrote " + ", ".join(str(p) for p in written.values()), file=out)
     for w in report.warnings:
@@ -221,7 +226,8 @@ def main(args) -> int:
     with ProgressBar("segmenting") as bar:
         result, written = segment_file(
             args.scan, out=args.out, report_json=args.report, csv=args.csv, limb_range=args.limb_range,
-            read_options=read_options_from_args(args), progress=bar.update, **segmenter_kwargs_from_args(args),
+            read_options=read_options_from_args(args), progress=bar.update, qc=bool(getattr(args, "qc", False)),
+            **segmenter_kwargs_from_args(args),
             analysis=analysis, measures_csv=args.measures_csv, split_sides=args.split_sides,
         )
     render_summary(result, written)

@@ -51,7 +51,8 @@ class ScanJob:
     @classmethod
     def from_dict(cls, d: dict) -> "ScanJob":
         lr = d.get("limb_range")
-        return cls(str(d["id"]), str(d["source"]), tuple(float(v) for v in lr) if lr is not None and len(lr) else None)
+        limb_range = (float(lr[0]), float(lr[1])) if lr is not None and len(lr) == 2 else None
+        return cls(str(d["id"]), str(d["source"]), limb_range)
 
 
 def scan_id_for(path: str | os.PathLike) -> str:
@@ -80,7 +81,8 @@ def jobs_from_paths(paths: list[str | os.PathLike]) -> list[ScanJob]:
 
     Two inputs with the same id (``a/s01.nii.gz`` and ``b/s01.nii.gz``) are refused: give a manifest.
     """
-    jobs, seen = [], {}
+    jobs: list[ScanJob] = []
+    seen: dict[str, object] = {}
     for raw in paths:
         sid = scan_id_for(raw)
         if sid in seen:
@@ -124,7 +126,8 @@ def load_manifest(path: str | os.PathLike) -> list[ScanJob]:
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
         raise ManifestError(f"manifest {path}: unknown column(s) {', '.join(unknown)}; known: {', '.join(MANIFEST_COLUMNS)}")
-    jobs, seen = [], {}
+    jobs: list[ScanJob] = []
+    seen: dict[str, int] = {}
     for lineno, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
         if not any(row.values()):

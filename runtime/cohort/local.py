@@ -25,8 +25,8 @@ import signal
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import wait
-from typing import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable
 
 from limbseg_rt.runtime.cohort.jobs import ScanJob
 from limbseg_rt.runtime.cohort.worker import STATUS_FAILED, ScanPipeline, WorkerConfig, make_outcome, remote_error
@@ -96,7 +96,7 @@ class LocalPool:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.config, self.workers = config, workers
-        self.ctx = mp.get_context(START_METHOD)
+        self.ctx: Any = mp.get_context(START_METHOD)  # a SpawnContext/ForkContext (mypy sees a BaseContext)
         self.info: dict = {"engine": "local", "workers": workers, "start_method": START_METHOD,
                            "threads_per_worker": config.segmenter_kwargs.get("threads"), "worker_restarts": 0,
                            "ready": []}
@@ -106,7 +106,7 @@ class LocalPool:
         by_id = {j.id: j for j in jobs}
         pending = set(by_id)
         procs: dict[int, mp.Process] = {}
-        conns: dict[int, object] = {}
+        conns: dict[int, Connection] = {}
         handed: dict[int, set[str]] = {}
         gone: set[int] = set()
         counter = [0]

@@ -71,6 +71,7 @@ class ScanActor:
             if self.init_error is not None:
                 out.append({"id": job.id, "status": INIT_FAILED, "error": list(self.init_error)})
                 continue
+            assert self.seg is not None  # built when init_error is None
             outcome = process_scan(self.seg, job, self.config)
             outcome["engine"] = {"provider": self.seg.provider, "precision": self.seg.precision,
                                  "model_sha256": self.seg.model_sha256, "model_file": self.seg.model_path.name}

@@ -117,7 +117,8 @@ def recover(root: Path) -> dict[str, list[str]]:
     Call only while holding the lock and with no worker writing. Returns the ids restored and the
     staging folders removed.
     """
-    restored, removed = [], []
+    restored: list[str] = []
+    removed: list[str] = []
     root = Path(root)
     if not root.is_dir():
         return {"restored": restored, "removed": removed}

@@ -101,7 +101,7 @@ def remote_error(type_name: str, code: int, message: str) -> LimbsegError:
     from limbseg_rt.runtime import errors
 
     cls = getattr(errors, type_name, None)
-    if isinstance(cls, type) and issubclass(cls, LimbsegError) and cls.exit_code == code:
+    if isinstance(cls, type) and issubclass(cls, LimbsegError) and getattr(cls, "exit_code", None) == code:
         try:
             return cls(message)
         except TypeError:

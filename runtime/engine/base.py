@@ -108,6 +108,8 @@ class Runner:
         self.threads = threads
         self.max_batch = max_batch
         self.fallback = fallback
+        # How the precision was decided (``runners.choose_precision``), set by ``create_runner``.
+        self.precision_choice: dict | None = None
 
     def infer(self, image: np.ndarray, position: np.ndarray | None = None) -> np.ndarray:
         """Logits float32 [N,C,H,W] for ``image`` float32 [N,1,H,W] (and ``position`` float32 [N]
@@ -140,6 +142,7 @@ class Runner:
             "fallback": self.fallback,
             "model_path": str(self.model_path),
             "model_sha256": self.model_sha256,
+            "precision_choice": self.precision_choice,
             **self.describe_impl(),
         }
 

@@ -10,6 +10,7 @@ engine otherwise (``runners.create_runner`` decides). Compile settings come from
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,8 @@ class OpenVinoRunner(Runner):
         self._request = compiled.create_infer_request()
         shape = compiled.input("image").get_partial_shape()
         self.static_hw = (shape[2].get_length(), shape[3].get_length()) if shape[2].is_static else None
-        self._dynamic = None  # (request, outputs) compiled on first use for another H x W
+        # (request, outputs) compiled on first use for another H x W
+        self._dynamic: tuple[Any, dict[str, Any]] | None = None
 
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         request, outputs = self._request, self._outputs

@@ -237,17 +237,17 @@ def openvino_ep_options(*, threads: int) -> dict:
     return {"device_type": "CPU", "load_config": json.dumps({"CPU": props}, sort_keys=True)}
 
 
-def openvino_runtime_config(*, threads: int) -> dict:
+def openvino_runtime_config(*, threads: int, bf16: bool = False) -> dict:
     """OpenVINO runtime ``compile_model`` config for the CPU.
 
-    ``INFERENCE_PRECISION_HINT`` is set to f32 explicitly: OpenVINO's default on a bf16-capable CPU
-    is bf16, which would silently change results. Quantised (QDQ) layers of an int8 model still run
-    in int8 under this hint.
+    ``INFERENCE_PRECISION_HINT`` is set explicitly: f32 unless ``bf16`` (``--precision bf16``).
+    OpenVINO's own default on a bf16-capable CPU is bf16, which would silently change results.
+    Quantised (QDQ) layers of an int8 model still run in int8 under the f32 hint.
     """
     return {
         "device": "CPU",
         "config": {
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
         },
@@ -293,7 +293,7 @@ def resolve_providers(
             f"--fp16 sets TensorRT's fp16 mode and needs --provider tensorrt (running on {name}); "
             "on cpu/openvino use an int8 model instead"
         )
-    cpu = (CPU, {})
+    cpu: tuple[str, dict] = (CPU, {})
     if name == "cpu":
         return [cpu]
     if name == "openvino":

@@ -21,7 +21,10 @@ from pathlib import Path
 from limbseg_rt.runtime.engine import providers as prov
 from limbseg_rt.runtime.engine.base import Runner, check_model_graph
 from limbseg_rt.runtime.engine.onnxruntime_runner import build_ort_session, runner_from_session, session_graph
-from limbseg_rt.runtime.errors import ModelError
+from limbseg_rt.runtime.engine.cpu import detect
+from limbseg_rt.runtime.engine.precision_profile import AutoChoice, auto_precision, has_bf16
+from limbseg_rt.runtime.errors import ModelError, ProviderError
+from limbseg_rt.runtime.model.bundled import bundled_files
 from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.model.metadata import metadata_from_props, read_metadata
 
@@ -57,8 +60,8 @@ def create_runner(
     """Build a runner for ``model`` (a ``.onnx`` path, or a bundled name such as ``unet``).
 
     ``provider``: ``auto`` | ``tensorrt`` | ``cuda`` | ``openvino`` | ``cpu`` or a preference list.
-    ``precision``: ``auto`` | ``fp32`` | ``fp16`` | ``int8``, resolved for the provider chosen
-    (``resolve_precision``), then it picks the bundled file for a name (``bundled.resolve_model``)
+    ``precision``: ``auto`` | ``fp32`` | ``fp16`` | ``int8`` | ``bf16``, resolved for the provider
+    chosen (``choose_precision`` for ``auto``, then ``resolve_precision``), then it picks the bundled file for a name (``bundled.resolve_model``)
     or must match a path's metadata. ``max_batch``: the largest N a call may pass (TensorRT builds
     its profile for 1..max_batch). ``available`` (as ``providers.available_engines()``) and ``gpu``:
     injectable for tests. Raises ``ModelError`` (model unusable) or ``ProviderError``.
@@ -68,6 +71,10 @@ def create_runner(
     if available is None:
         available = prov.available_engines()
     short, flexible = prov.choose_provider(provider, available)
+    choice = choose_precision(str(model), precision, short)
+    precision = choice.precision if choice.how == "measured" else precision
+    if precision == "bf16":
+        _check_bf16(short, available)
     file_precision, trt_fp16 = resolve_precision(precision, short, fp16=fp16)
     path = resolve_model(str(model), precision=file_precision, provider=short)
     if trt_fp16 and precision == "fp16":
@@ -82,10 +89,16 @@ def create_runner(
     if prov.engine_for(short, available) == prov.ENGINE_OPENVINO:
         from limbseg_rt.runtime.engine.openvino_runner import OpenVinoRunner, build_openvino_model
 
-        config = prov.openvino_runtime_config(threads=threads)
+        config = prov.openvino_runtime_config(threads=threads, bf16=precision == "bf16")
         compiled, _, md = build_openvino_model(path, config)
-        return OpenVinoRunner(compiled, metadata=md, model_path=path, model_sha256=sha,
-                              requested=requested_label, config=config, threads=threads, max_batch=max_batch)
+        runner: Runner = OpenVinoRunner(compiled, metadata=md, model_path=path, model_sha256=sha,
+                                        requested=requested_label, config=config, threads=threads, max_batch=max_batch)
+        if precision == "bf16" and runner.precision != "bf16":
+            runner.close()
+            raise ProviderError(f"OpenVINO was asked for bf16 but compiled {path.name} for {runner.precision}; "
+                                "use --precision fp32 or int8")
+        runner.precision_choice = choice.to_dict()
+        return runner
 
     md, shapes = None, {}
     if short == "tensorrt":  # the batch profile needs the input size before the session exists
@@ -99,6 +112,35 @@ def create_runner(
     # Metadata from the engine's own load of the file: one load instead of two.
     md = md or metadata_from_props(dict(session.get_modelmeta().custom_metadata_map), path)
     check_model_graph(md, *session_graph(session), path)
-    return runner_from_session(session, metadata=md, model_path=path, model_sha256=sha, short=short,
-                               flexible=flexible, allow_fallback=allow_fallback, providers=resolved,
-                               threads=threads, max_batch=max_batch, requested_label=requested_label)
+    runner = runner_from_session(session, metadata=md, model_path=path, model_sha256=sha, short=short,
+                                 flexible=flexible, allow_fallback=allow_fallback, providers=resolved,
+                                 threads=threads, max_batch=max_batch, requested_label=requested_label)
+    runner.precision_choice = choice.to_dict()
+    return runner
+
+
+def choose_precision(model: str, precision: str, provider: str) -> AutoChoice:
+    """How the precision to run is decided for ``model`` on ``provider`` (a short name).
+
+    ``auto`` with a bundled name: the measured choice of ``limbseg-rt tune`` when its profile entry
+    still matches this machine, else the rule (``precision_profile``). ``auto`` with a file: the
+    file's own precision. Anything else: what the user asked.
+    """
+    if precision != "auto":
+        return AutoChoice(precision, "asked", f"--precision {precision} was asked for")
+    arch, files = bundled_files(model)
+    if not files:
+        how = "a model file was given" if not arch else "no such bundled model"
+        return AutoChoice("auto", "file", f"the model file's own precision ({how})")
+    return auto_precision(provider, arch, files)
+
+
+def _check_bf16(provider: str, available: Sequence[str]) -> None:
+    """bf16 runs only on the OpenVINO engine, and only on a CPU with a bf16 instruction."""
+    if provider != "openvino" or prov.engine_for(provider, available) != prov.ENGINE_OPENVINO:
+        raise ProviderError("bf16 runs only on the OpenVINO runtime engine: use --provider openvino "
+                            f"(with pip install openvino), not {provider}")
+    cpu = detect()
+    if not has_bf16(cpu):
+        raise ProviderError(f"this CPU has no bf16 instructions (ISA class {cpu.isa}: needs AVX512-BF16 or "
+                            "AMX-BF16); use --precision int8 or fp32")

@@ -80,16 +80,19 @@ def resolve_model(name_or_path: str, *, precision: str = "auto", provider: str, 
     """
     if provider not in AUTO_PRECISION:
         raise ValueError(f"provider must be one of {sorted(AUTO_PRECISION)} here, got {provider!r}")
-    if precision not in ("auto", "fp32", "fp16", "int8"):
-        raise ModelError(f"unknown precision {precision!r}; use auto, fp32, fp16 or int8")
+    if precision not in ("auto", "fp32", "fp16", "int8", "bf16"):
+        raise ModelError(f"unknown precision {precision!r}; use auto, fp32, fp16, int8 or bf16")
+    # bf16 is not a file: the OpenVINO engine runs the fp32 file in bf16 (runners.create_runner).
+    file_precision = "fp32" if precision == "bf16" else precision
     if looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         if precision != "auto":
             actual = read_metadata(path).precision
-            if actual != precision:
-                raise ModelError(f"{path.name} is a {actual} model, but --precision {precision} was asked for")
+            if actual != file_precision:
+                need = "an fp32 model (bf16 runs the fp32 file)" if precision == "bf16" else f"--precision {precision}"
+                raise ModelError(f"{path.name} is a {actual} model, but {need} was asked for")
         return path
     arch = _normalise_name(name_or_path)
     models = list_bundled(models_dir)
@@ -103,7 +106,7 @@ def resolve_model(name_or_path: str, *, precision: str = "auto", provider: str, 
         raise ModelError(
             "no fp16 models are bundled: TensorRT runs the fp32 model in fp16 with --provider tensorrt --precision fp16"
         )
-    wanted = AUTO_PRECISION[provider] if precision == "auto" else (precision,)
+    wanted = AUTO_PRECISION[provider] if precision == "auto" else (file_precision,)
     for p in wanted:
         if p in have:
             return have[p]
@@ -112,3 +115,12 @@ def resolve_model(name_or_path: str, *, precision: str = "auto", provider: str, 
     raise ModelError(
         f"no bundled {arch} model in {'/'.join(wanted)} for {provider} (bundled: {_bundled_summary(models)}); {hint}"
     )
+
+
+def bundled_files(name: str, models_dir: Path | None = None) -> tuple[str, dict[str, Path]]:
+    """(architecture, precision -> file) of the bundled files a model name refers to; the dict is
+    empty for a path or an unknown name (``resolve_model`` then says what is wrong)."""
+    if looks_like_path(name):
+        return "", {}
+    arch = _normalise_name(name)
+    return arch, {m.precision: m.path for m in list_bundled(models_dir) if m.arch == arch}

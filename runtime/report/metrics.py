@@ -1,9 +1,14 @@
 """Segmentation metrics per label in physical units: DSC, RVE %, HD, HD95, ASSD (mm), volumes (mL).
 
-Numpy only (the runtime never needs scipy). Surface distances reproduce medpy.metric.binary
-(0.5.x) with ``connectivity=1`` and ``voxelspacing``: surfaces are ``mask XOR erode(mask)``
-with the face-connected element; distances are exact Euclidean distances from each surface voxel
-of one mask to the nearest surface voxel of the other (see ``distance.py``).
+The one owner of overlap metrics: ``confusion_matrix`` / ``label_counts`` count every label of a
+pair of label maps in one bincount pass, and ``LabelCounts`` turns the counts into per-label Dice,
+volumes and RVE. Training (confusion matrices of torch tensors, as numpy), export parity, the demo
+and the benchmarks all call these; numpy only.
+
+Surface distances reproduce medpy.metric.binary (0.5.x) with ``connectivity=1`` and
+``voxelspacing``: surfaces are ``mask XOR erode(mask)`` with the face-connected element; distances
+are exact Euclidean distances from each surface voxel of one mask to the nearest surface voxel of
+the other (see ``distance.py``; they need scipy, the ``eval`` extra).
 
 - HD   = max of both directed surface-distance sets.
 - HD95 = ``numpy.percentile`` (linear) of both sets pooled, 95th percentile.
@@ -13,9 +18,10 @@ of one mask to the nearest surface voxel of the other (see ``distance.py``).
 A label absent from one or both masks never raises: the undefined values are NaN and the row's
 ``flag`` says why (see ``FLAGS``). A label missing from the prediction keeps DSC 0 and RVE -100 %
 (both defined, and a missed muscle must count against the mean); one missing from the reference
-keeps DSC 0 and has RVE NaN (division by zero); one absent from both has DSC and RVE NaN. The mean
-row averages the labels present in at least one map (``n_labels``), ignoring NaN, and reports the
-number of finite values per metric (``counts``).
+keeps DSC 0 and has RVE NaN (division by zero); one absent from both has DSC and RVE NaN (medpy's
+``dc`` returns 1.0 there). The mean row averages the labels present in at least one map
+(``n_labels``), ignoring NaN, and reports the number of finite values per metric (``counts``).
+docs/metrics.md lists these values and the measured speed.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from limbseg_rt.runtime.report.distance import label_surfaces, nearest_distances, surface
 from limbseg_rt.runtime.errors import InputError
 from limbseg_rt.runtime.model.labels import LabelTable
+from limbseg_rt.runtime.report.distance import label_surfaces, nearest_distances, surface
 
 FLAG_OK = "ok"
 FLAG_MISSING_IN_PREDICTION = "missing_in_prediction"
@@ -48,6 +54,104 @@ MAX_LABEL = 65535
 # Grids whose affines differ by less than this (mm, per entry) are treated as the same grid:
 # float32 storage of the header and qform/sform round-trips differ at about 1e-5 mm.
 AFFINE_TOLERANCE_MM = 1e-3
+
+
+# ----------------------------------------------------------------------------- overlap (one pass)
+# Voxels per bincount call: bounds the int64 index temporary to 16 MiB whatever the volume size.
+_CHUNK = 1 << 21
+
+
+def _same_order(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Both maps as C-contiguous arrays without copying when possible; True if transposed.
+
+    Fortran-ordered pairs (what nibabel returns) become their transposes, which are C-contiguous
+    views: voxel i of one flattened map is voxel i of the other, and no volume-sized copy is made.
+    """
+    if pred.ndim > 1 and pred.flags.f_contiguous and ref.flags.f_contiguous and not pred.flags.c_contiguous:
+        return pred.T, ref.T, True
+    return np.ascontiguousarray(pred), np.ascontiguousarray(ref), False
+
+
+def confusion_matrix(pred, ref, n_labels: int | None = None) -> np.ndarray:
+    """Voxel counts of every (reference, prediction) label pair, in one bincount pass.
+
+    ``pred``, ``ref``: integer (or bool) label arrays of one shape, any ndim, values in
+    ``[0, n_labels)``; numpy arrays or anything ``np.asarray`` takes (a CPU torch tensor).
+    ``n_labels``: default ``max + 1`` of both. Returns int64 ``[n_labels, n_labels]``, rows =
+    reference label, columns = predicted label. Memory beyond the inputs: 16 MiB.
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction and reference differ in shape: {pred.shape} vs {ref.shape}")
+    hi = int(max(pred.max(initial=0), ref.max(initial=0)))
+    lo = int(min(pred.min(initial=0), ref.min(initial=0)))
+    n = hi + 1 if n_labels is None else int(n_labels)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"label values must lie in [0, {n}), found {lo}..{hi}")
+    p, r, _ = _same_order(pred, ref)
+    p, r = p.reshape(-1), r.reshape(-1)
+    counts = np.zeros(n * n, dtype=np.int64)
+    for start in range(0, p.size, _CHUNK):
+        idx = r[start:start + _CHUNK].astype(np.intp)
+        idx *= n
+        idx += p[start:start + _CHUNK]
+        counts += np.bincount(idx, minlength=n * n)
+    return counts.reshape(n, n)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelCounts:
+    """Voxel counts per label id ``0..n-1`` of one prediction/reference pair (int64 ``[n]`` each).
+
+    ``pred``: voxels with that label in the prediction; ``ref``: in the reference; ``both``: in
+    both (true positives). Counts of several pairs (slices, batches, subjects) add with ``+``.
+    """
+
+    pred: np.ndarray
+    ref: np.ndarray
+    both: np.ndarray
+
+    @classmethod
+    def from_confusion(cls, conf: np.ndarray) -> LabelCounts:
+        """From ``confusion_matrix`` output (rows = reference, columns = prediction)."""
+        conf = np.asarray(conf, dtype=np.int64)
+        return cls(pred=conf.sum(axis=0), ref=conf.sum(axis=1), both=np.diagonal(conf).copy())
+
+    def __add__(self, other: LabelCounts) -> LabelCounts:
+        return LabelCounts(self.pred + other.pred, self.ref + other.ref, self.both + other.both)
+
+    def __len__(self) -> int:
+        return int(self.pred.size)
+
+    def dice(self) -> np.ndarray:
+        """Dice per label, float64 ``[n]``; NaN where the label is absent from both maps."""
+        total = (self.pred + self.ref).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, 2.0 * self.both / total, np.nan)
+
+    def rve_percent(self) -> np.ndarray:
+        """``100 (pred - ref) / ref`` per label, float64 ``[n]``; NaN where ``ref`` is 0."""
+        ref = self.ref.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(ref > 0, 100.0 * (self.pred - self.ref) / ref, np.nan)
+
+    def mean_dice(self, ids: Iterable[int] | None = None) -> tuple[float, int]:
+        """``(mean Dice, number of labels averaged)`` over ``ids`` (default ``1..n-1``, i.e. no
+        background) present in either map; ``(nan, 0)`` when none is."""
+        d = self.dice()
+        sel = d[list(ids)] if ids is not None else d[1:]
+        ok = np.isfinite(sel)
+        return (float(sel[ok].mean()) if ok.any() else math.nan), int(ok.sum())
+
+
+def label_counts(pred, ref, n_labels: int | None = None) -> LabelCounts:
+    """``LabelCounts`` of a label-map pair from one ``confusion_matrix`` pass (same arguments)."""
+    return LabelCounts.from_confusion(confusion_matrix(pred, ref, n_labels))
+
+
+def dice_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Dice per label from a confusion matrix, float64 ``[n]``; NaN where absent from both."""
+    return LabelCounts.from_confusion(conf).dice()
 
 
 # ----------------------------------------------------------------------------- binary metrics
@@ -120,10 +224,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     NaN when both masks are empty (undefined; medpy returns 1.0 there).
     """
     a, b = _pair(a, b)
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    if total == 0:
-        return math.nan
-    return 2.0 * int(np.count_nonzero(a & b)) / total
+    return float(label_counts(a, b, 2).dice()[1])
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> float:
@@ -208,7 +309,7 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         """JSON-ready dict; NaN becomes None (JSON has no NaN)."""
         rows = [{k: _json_number(v) for k, v in asdict(r).items()} for r in self.rows]
-        mean = {k: _json_number(getattr(self.mean, k)) for k in METRIC_FIELDS}
+        mean: dict[str, object] = {k: _json_number(getattr(self.mean, k)) for k in METRIC_FIELDS}
         mean["n_labels"] = self.mean.n_labels
         mean["counts"] = dict(self.mean.counts)
         return {
@@ -289,10 +390,9 @@ def evaluate_labels(
     vox_ml = vox_mm3 / 1000.0
 
     n_ids = int(max(pred.max(initial=0), ref.max(initial=0))) + 1
-    count_pred = np.bincount(pred.ravel(), minlength=n_ids)
-    count_ref = np.bincount(ref.ravel(), minlength=n_ids)
-    same = pred == ref
-    count_both = np.bincount(pred[same].ravel(), minlength=n_ids)
+    counts = label_counts(pred, ref, n_ids)
+    count_pred, count_ref = counts.pred, counts.ref
+    dice_all, rve_all = counts.dice(), counts.rve_percent()
 
     if label_ids is not None:
         ids = [int(i) for i in label_ids]
@@ -303,10 +403,18 @@ def evaluate_labels(
     if any(i < 0 for i in ids):
         raise InputError(f"label ids must be non-negative, got {ids}")
 
-    # Surface voxels of every label in one pass per map; distances then cost per surface voxel,
-    # not per voxel of the (possibly volume-wide) bounding box of a label.
-    surf_pred = label_surfaces(pred)
-    surf_ref = label_surfaces(ref)
+    # Surface voxels of every label in one pass per map (on C-ordered views: a Fortran-ordered
+    # map, as nibabel gives, is walked transposed, with the spacing reversed to match); the
+    # distances then cost per surface voxel, never per voxel of a label's bounding box.
+    need = [i for i in ids if i < n_ids and count_pred[i] and count_ref[i]]
+    surf_pred: dict[int, np.ndarray] = {}
+    surf_ref: dict[int, np.ndarray] = {}
+    sp_view = sp
+    if need:
+        p_view, r_view, flipped = _same_order(pred, ref)
+        sp_view = sp[::-1] if flipped else sp
+        surf_pred = label_surfaces(p_view, keep=need)
+        surf_ref = label_surfaces(r_view, keep=need)
     rows = []
     for i in ids:
         npred = int(count_pred[i]) if i < n_ids else 0
@@ -319,16 +427,17 @@ def evaluate_labels(
         if npred and nref:
             flag = FLAG_OK
             sp_i, sr_i = surf_pred[i], surf_ref[i]
-            hd, h95, asd_ = _distance_summary(nearest_distances(sr_i, sp_i, sp), nearest_distances(sp_i, sr_i, sp))
+            hd, h95, asd_ = _distance_summary(
+                nearest_distances(sr_i, sp_i, sp_view), nearest_distances(sp_i, sr_i, sp_view)
+            )
         elif nref:
             flag = FLAG_MISSING_IN_PREDICTION
         elif npred:
             flag = FLAG_MISSING_IN_REFERENCE
         else:
             flag = FLAG_ABSENT_IN_BOTH
-        both = int(count_both[i]) if i < n_ids else 0
-        dsc = 2.0 * both / (npred + nref) if (npred + nref) else math.nan
-        rve = 100.0 * (npred - nref) / nref if nref else math.nan
+        dsc = float(dice_all[i]) if i < n_ids else math.nan
+        rve = float(rve_all[i]) if i < n_ids else math.nan
         rows.append(
             LabelMetrics(i, name, code, dsc, rve, hd, h95, asd_, npred * vox_ml, nref * vox_ml, flag)
         )

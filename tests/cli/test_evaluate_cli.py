@@ -99,3 +99,26 @@ def test_missing_input_and_unwritable_output(pair, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert main(["evaluate", str(p), str(r), "--labels", str(bad)]) == EXIT_INPUT
+
+
+def test_evaluate_command_without_scipy_exits_2_with_one_line(tmp_path):
+    ref = np.zeros((9, 8, 5), np.uint8)
+    ref[2:6, 2:6, 1:4] = 1
+    p, r = tmp_path / "p.nii.gz", tmp_path / "r.nii.gz"
+    nib.save(nib.Nifti1Image(np.roll(ref, 1, axis=0), np.eye(4)), str(p))
+    nib.save(nib.Nifti1Image(ref, np.eye(4)), str(r))
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'scipy':\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"from limbseg_rt.cli import main\nsys.exit(main(['evaluate', {str(p)!r}, {str(r)!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        'limbseg-rt: error: surface distances (HD, HD95, ASSD) need scipy, which is not installed: '
+        'pip install "limbseg-rt[eval]"'
+    )

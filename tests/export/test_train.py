@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from limbseg_rt.runtime.report.metrics import dice_from_confusion  # noqa: E402
 from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec, augment_batch  # noqa: E402
 from limbseg_rt.export.train import (  # noqa: E402
     TrainConfig,
-    dice_from_confusion,
     confusion,
     predict_volume,
     train,

@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": BASE | {"model", "io", "engine", "inference", "report", "phantom", "analysis", "qc"},
     "cohort": BASE | {"model", "io", "report", "api", "qc", "analysis"},
     "service": BASE | {"model", "io", "report", "api"},
+    "tuning": BASE | {"model", "engine", "report", "api", "phantom"},
 }
 FORBIDDEN_TOP = ("torch", "limbseg_rt.models", "limbseg_rt.export")
 

@@ -1,4 +1,4 @@
-"""What CPU the benchmarks judge: the instruction sets that decide fp32/bf16/int8 speed, and the cores.
+"""What CPU this is: the instruction sets that decide fp32/bf16/int8 speed, and the usable cores.
 
 The speed gates depend on these. An int8 speed-up that is normal on an AVX-512 VNNI core is out of
 reach on an AVX2-only one, so every gate message names the ISA it judged (``CpuInfo.isa``).
@@ -68,7 +68,7 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str, cores: int) -> CpuInfo:
     """``CpuInfo`` from the text of ``/proc/cpuinfo`` (first processor's model name and flags)."""
-    model, flags = "unknown CPU", frozenset()
+    model, flags = "unknown CPU", frozenset[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
