@@ -460,6 +460,10 @@ def segment_file(
         from limbseg_rt.runtime.qc.write import check_available
 
         check_available()
+    if analysis is not None and analysis.clean:  # issue 19: fail before segmenting, not after
+        from limbseg_rt.runtime.analysis.cleanup import check_available as check_cleanup_available
+
+        check_cleanup_available()
     scan = Path(scan)
     if not scan.is_file():
         raise InputError(f"input scan not found: {scan}")

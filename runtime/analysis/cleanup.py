@@ -51,6 +51,12 @@ def _cc3d():
     return cc3d
 
 
+def check_available() -> None:
+    """``MissingExtraError`` (exit 2, with the install line) when connected-components-3d is missing;
+    called before any work so a run does not segment first and fail after."""
+    _cc3d()
+
+
 def clean_labels(
     labels: np.ndarray,
     sides: np.ndarray,

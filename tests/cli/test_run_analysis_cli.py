@@ -130,3 +130,22 @@ def test_dixon_on_another_grid_exits_3_and_writes_nothing(dixon_scan, tiny_unet_
                      "--dixon-water", str(dixon_scan / "water.nii.gz")])
     assert code == 3 and "not on the scan's grid" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz", "short_fat.nii.gz"]
+
+
+def test_without_the_analysis_extra_run_stops_before_segmenting(dixon_scan, tiny_unet_path, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_cc3d(name, *a, **k):
+        if name == "cc3d":
+            raise ImportError("no cc3d")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_cc3d)
+    monkeypatch.setattr("limbseg_rt.runtime.api.Segmenter", None)  # any segmentation attempt would crash
+    scan = _copy_scan(dixon_scan, tmp_path)
+    assert cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--analysis"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert 'pip install "limbseg-rt[analysis]"' in err and "--no-clean" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
