@@ -134,12 +134,12 @@ def assign_sides(
         nxv, nyv = np.cos(a), np.sin(a)  # normal of the midline = the long axis (toward +x)
         d = (xg - cx_s[z]) * nxv + (yg - cy_s[z]) * nyv  # signed distance (mm), + toward Right
         body = finite[:, :, z] > thr
-        offset = _gap_offset(d[body], sx)
-        if offset is not None:
+        gap = _gap_offset(d[body], sx)
+        apart = gap is not None
+        offset = gap if gap is not None else 0.0
+        if apart:
             separate += 1
             d = d - offset
-        else:
-            offset = 0.0
         split_x.append(float(cx_s[z] + offset * nxv))
         m = lab[:, :, z] > 0
         if m.any():
@@ -148,7 +148,7 @@ def assign_sides(
             left = m & ~(d > 0)
             sides[:, :, z][right] = SIDE_RIGHT
             sides[:, :, z][left] = SIDE_LEFT
-            if offset != 0.0 and right.any() and left.any():
+            if apart and right.any() and left.any():
                 two_sided += 1
     notes: list[str] = []
     legs = "both"
