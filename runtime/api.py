@@ -61,6 +61,8 @@ class SegmentationResult:
         csv: str | os.PathLike | None = None,
         *,
         input_path: str | os.PathLike | None = None,
+        measures_csv: str | os.PathLike | None = None,
+        split_sides: bool = False,
     ) -> dict[str, Path]:
         """Write the labels (atomic, verified, with ITK-SNAP/Slicer label files) and the reports.
 
@@ -68,30 +70,43 @@ class SegmentationResult:
         output onto another; all files are written to temporaries and published together (report
         last), so a failure leaves any earlier files at these paths untouched. Returns the paths written
         (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
+        With an analysis (``segment(..., analysis=...)``): ``measures_csv`` writes the per muscle x
+        side table; ``split_sides`` writes the label map with a right and a left label per muscle
+        (``runtime/analysis/split.py``).
         """
         from limbseg_rt.runtime.io.outputs import OutputSet
 
         src = input_path or self.report.manifest.get("input", {}).get("path")
+        if (measures_csv is not None or split_sides) and self.report.analysis is None:
+            raise ValueError("measures_csv and split_sides need segment(..., analysis=AnalysisOptions())")
         with OutputSet(inputs=[src] if src else ()) as out:
-            declare_outputs(out, out_path, report_json, csv)
+            declare_outputs(out, out_path, report_json, csv, measures_csv=measures_csv)
             out.check()
-            return self.write_outputs(out)
+            return self.write_outputs(out, split_sides=split_sides)
 
-    def write_outputs(self, out, *, before_commit: Callable | None = None) -> dict[str, Path]:
+    def write_outputs(self, out, *, before_commit: Callable | None = None, split_sides: bool = False) -> dict[str, Path]:
         """Write this result into a declared, checked ``OutputSet`` and publish it (report last).
 
-        ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``report`` as wanted),
-        e.g. from ``declare_outputs``. ``before_commit(out)`` may add more staged files (QC).
-        Returns the paths published.
+        ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``measures_csv``, ``report``
+        as wanted), e.g. from ``declare_outputs``. ``before_commit(out)`` may add more staged files
+        (QC). ``split_sides``: the label map gets a right and a left label per muscle (needs the
+        analysis). Returns the paths published.
         """
         from limbseg_rt.runtime.io.labelio import stage_labels
 
         t0 = time.perf_counter()
-        stage_labels(out, self.labels_canonical, self.props, table=self.table)
-        manifest = self.report.manifest
-        manifest["outputs"] = {k: str(v) for k, v in out.paths.items()}
-        manifest["timings_s"]["write"] = time.perf_counter() - t0
-        manifest["peak_rss_mib"] = peak_rss_mib()
+        labels, table = self.labels_canonical, self.table
+        if split_sides:  # issue 19: a right and a left label per muscle
+            from limbseg_rt.runtime.analysis.split import split_labels, split_table
+
+            labels = split_labels(labels, self.report.analysis.sides, len(table.muscles))  # type: ignore[attr-defined]
+            table = split_table(table)
+        stage_labels(out, labels, self.props, table=table)
+        outputs = {k: str(v) for k, v in out.paths.items()}
+        self.report = dataclasses.replace(
+            self.report, manifest=self.report.manifest.saved(outputs, time.perf_counter() - t0, peak_rss_mib()))
+        if "measures_csv" in out:
+            out.write_text("measures_csv", self.report.to_measures_csv() or "")
         if "csv" in out:
             out.write_text("csv", self.report.to_csv())
         if "report" in out:
@@ -100,12 +115,13 @@ class SegmentationResult:
             before_commit(out)
         return out.commit()
 
-    def save_seg(self, path: str | os.PathLike, *, seg_type: str = "binary") -> Path | None:
+    def save_seg(self, path: str | os.PathLike, *, seg_type: str = "binary", record_as=None) -> Path | None:
         """Write a DICOM SEG over the source series (DICOM inputs only; see docs/dicom.md).
 
         Returns the path, or None when no muscle was found (a SEG needs a segment). The model's
         name, SHA-256 and whether it is a bundled demo model go into the SEG's algorithm
-        identification and SeriesDescription.
+        identification and SeriesDescription. The report's ``manifest.dicom_seg`` records it
+        (``record_as``: the path to record there when ``path`` is a temporary).
         """
         from limbseg_rt.runtime.io.dicom.seg import AlgorithmInfo, write_seg
         from limbseg_rt.runtime.model.bundled import MODELS_DIR
@@ -116,17 +132,22 @@ class SegmentationResult:
         version = self.report.manifest.get("versions", {}).get("limbseg_rt", "unknown")
         algo = AlgorithmInfo(f"limbseg-rt {model['metadata']['architecture']}", str(version), model["sha256"], demo)
         out = write_seg(self.labels_canonical, self.props, path, table=self.table, algorithm=algo, seg_type=seg_type)
-        self.report.manifest["dicom_seg"] = {"path": str(out) if out else None, "type": seg_type, "demo_model": demo}
+        recorded = (record_as or out) if out else None
+        self.report = dataclasses.replace(self.report, manifest=self.report.manifest.with_extra(
+            "dicom_seg", {"path": str(recorded) if recorded else None, "type": seg_type, "demo_model": demo}))
         return out
 
 
-def declare_outputs(out, labels, report_json=None, csv=None) -> None:
-    """Declare one run's outputs in an ``OutputSet``: labels + side files, CSV, then the report (published last)."""
+def declare_outputs(out, labels, report_json=None, csv=None, *, measures_csv=None) -> None:
+    """Declare one run's outputs in an ``OutputSet``: labels + side files, CSV, the per muscle x side
+    CSV, then the report (published last)."""
     from limbseg_rt.runtime.io.labelio import declare_label_outputs
 
     declare_label_outputs(out, labels)
     if csv is not None:
         out.add("csv", csv, what="volume CSV")
+    if measures_csv is not None:
+        out.add("measures_csv", measures_csv, what="per muscle x side CSV")
     if report_json is not None:
         out.add("report", report_json, what="report", last=True)
 
@@ -215,12 +236,15 @@ class Segmenter:
         read_options=None,
         progress: Callable[[int, int], None] | None = None,
         series: str | int | None = None,
+        analysis=None,
     ) -> SegmentationResult:
         """Segment one scan (a NIfTI path, a nibabel image, or a DICOM folder / .zip / file). Writes nothing.
 
         ``limb_range``: ``(a, b)``, the part of the limb the scan covers (0 = hip, 1 = ankle),
         used by SC-UNet. ``progress(done, total)``: called after each batch of slices.
         ``series``: SeriesNumber or SeriesInstanceUID when a DICOM input holds several series.
+        ``analysis``: an ``AnalysisOptions`` (``runtime/analysis/measures.py``) to add sides, the 3D
+        clean-up and the per muscle x side measures (``report.analysis``); None (default) skips it.
         """
         from limbseg_rt.runtime.io.nifti import ReadOptions
 
@@ -244,15 +268,23 @@ class Segmenter:
         t_slices = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        labels_img = labels_image(run.labels, props, md.labels)
+        labels_c, analysis_result, analysis_settings = run.labels, None, None
+        if analysis is not None:  # issue 19: sides, clean-up and per muscle x side measures
+            from limbseg_rt.runtime.analysis.measures import analyse_scan, options_summary
+
+            analysis_result = analyse_scan(run.labels, canon, props, md.labels, analysis)
+            labels_c, analysis_settings = analysis_result.labels, options_summary(analysis)
+        labels_img = labels_image(labels_c, props, md.labels)
         axis = props.slice_axis
-        stats = muscle_stats(run.labels, canon, md.labels, props.voxel_volume_mm3, input_axis=axis,
+        stats = muscle_stats(labels_c, canon, md.labels, props.voxel_volume_mm3, input_axis=axis,
                              input_flipped=props.ornt[axis][1] == -1)
         t_post_extra = time.perf_counter() - t2
 
         engine_info = self._runner.describe()
         fallback = engine_info.get("fallback")
         flags, warnings = _flags_and_warnings(run, stats, props, md, limb_range, fallback)
+        if analysis_result is not None:
+            warnings.extend(analysis_result.side_info["notes"])
 
         manifest = {
             "model": {
@@ -296,9 +328,10 @@ class Segmenter:
             "versions": runtime_versions(),
             "input": {**input_info, "geometry": _geometry(props, canon.shape)},
             "report_units": {"volume": "mL", "mean_intensity": "input values after scl_slope/inter"},
+            "analysis": analysis_settings,
         }
-        report = Report(stats, manifest, flags, warnings)
-        return SegmentationResult(labels_img, run.labels, props, report, md.labels)
+        report = Report(stats, manifest, flags, warnings, analysis_result)
+        return SegmentationResult(labels_img, labels_c, props, report, md.labels)
 
 
 def labels_image(labels_canonical: np.ndarray, props, table):
@@ -433,6 +466,9 @@ def segment_file(
     series: str | int | None = None,
     seg: str | os.PathLike | None = None,
     seg_type: str = "binary",
+    analysis=None,
+    measures_csv: str | os.PathLike | None = None,
+    split_sides: bool = False,
     **segmenter_kwargs,
 ) -> tuple[SegmentationResult, dict[str, Path]]:
     """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
@@ -444,6 +480,9 @@ def segment_file(
     ``<name>_seg.dcm`` beside the input; ``seg_type`` ``"binary"`` or ``"labelmap"``); ``series``
     picks its series. Returns the result and the paths written. ``qc``: also write the QC PNGs and
     ``<stem>_report.html`` beside the labels (``runtime/qc``; needs the ``qc`` extra, checked first).
+    ``analysis`` (an ``AnalysisOptions``) adds the
+    per muscle x side measures and writes them to ``measures_csv`` (default ``<stem>_muscles.csv``);
+    ``split_sides`` writes the side-split label map.
     """
     from limbseg_rt.runtime.io.dicom import looks_like_dicom
 
@@ -451,6 +490,10 @@ def segment_file(
         from limbseg_rt.runtime.qc.write import check_available
 
         check_available()
+    if analysis is not None and analysis.clean:  # issue 19: fail before segmenting, not after
+        from limbseg_rt.runtime.analysis.cleanup import check_available as check_cleanup_available
+
+        check_cleanup_available()
     scan = Path(scan)
     is_dicom = looks_like_dicom(scan)
     if not (scan.is_file() or (scan.is_dir() and is_dicom)):
@@ -460,12 +503,15 @@ def segment_file(
     defaults = default_output_paths(scan)
     if seg is not None and not is_dicom:
         raise OutputError(f"{seg}: a DICOM SEG needs a DICOM input; {scan} is not DICOM")
+    if analysis is not None and measures_csv is None:
+        measures_csv = defaults["csv"].with_name(defaults["csv"].name.replace("_volumes.csv", "_muscles.csv"))
     out_set = OutputSet(inputs=[scan])
     declare_outputs(
         out_set,
         Path(out) if out is not None else defaults["labels"],
         Path(report_json) if report_json is not None else defaults["report"],
         Path(csv) if csv is not None else defaults["csv"],
+        measures_csv=measures_csv if analysis is not None else None,
     )
     if is_dicom:
         out_set.add("seg", Path(seg) if seg is not None else defaults["seg"], what="DICOM SEG")
@@ -476,7 +522,8 @@ def segment_file(
     own = segmenter is None
     engine = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
-        result = engine.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress, series=series)
+        result = engine.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress,
+                                series=series, analysis=analysis)
     finally:
         if own:
             engine.close()
@@ -500,10 +547,10 @@ def segment_file(
     with out_set:
         if "seg" in out_set:  # staged before the report is written, so the report names it
             if result.labels_canonical.any():
-                result.save_seg(out_set.temp("seg"), seg_type=seg_type)
-                result.report.manifest["dicom_seg"]["path"] = str(out_set.paths["seg"])
+                result.save_seg(out_set.temp("seg"), seg_type=seg_type, record_as=out_set.paths["seg"])
             else:
                 out_set.drop("seg")
-                result.report.warnings.append("no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
-        written = result.write_outputs(out_set, before_commit=stage_qc)
+                result.report = result.report.with_warning(
+                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
+        written = result.write_outputs(out_set, before_commit=stage_qc, split_sides=split_sides)
     return result, written

@@ -113,3 +113,28 @@ def tiny_scunet_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_unet_no_spacing_path(tmp_path_factory) -> Path:
     return tiny_model(tmp_path_factory, "unet", pixel_spacing_mm=None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_written_report_follows_the_schema(tmp_path_factory):
+    """After the session: every ``*_report.json`` a test wrote under pytest's temporary folder
+    validates against ``runtime/report/report.schema.json`` (jsonschema, a dev dependency)."""
+    yield
+    try:
+        import jsonschema
+    except ImportError:
+        return
+    import json
+
+    from limbseg_rt.runtime.report.run_report import REPORT_SCHEMA, schema_path
+
+    validator = jsonschema.Draft202012Validator(json.loads(schema_path().read_text()))
+    bad = []
+    for path in Path(tmp_path_factory.getbasetemp()).rglob("*_report.json"):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # tests that damage files on purpose
+        if isinstance(report, dict) and report.get("schema") == REPORT_SCHEMA:
+            bad.extend(f"{path}: {e.json_path}: {e.message}" for e in validator.iter_errors(report))
+    assert not bad, "reports that do not follow report.schema.json:\n" + "\n".join(bad[:20])

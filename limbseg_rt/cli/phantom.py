@@ -34,6 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="axis code of the stored arrays, e.g. RAS, LPS, LAS or a permutation like ASR (default RAS)")
     p.add_argument("--dicom", default=None, metavar="DIR",
                    help="also write the image as a DICOM MR series into DIR (an empty or new folder; needs the dicom extra)")
+    p.add_argument("--dixon", default=None, metavar="PREFIX",
+                   help="also write PREFIX_water.nii.gz, PREFIX_fat.nii.gz, PREFIX_ff.nii.gz (true voxel fat fraction) "
+                   "and PREFIX_sides.nii.gz (true side of each muscle voxel: 1 R, 2 L)")
     return p
 
 
@@ -53,16 +56,26 @@ def main(args) -> int:
     dicom_dir = Path(args.dicom) if args.dicom else None
     if dicom_dir is not None and dicom_dir.exists() and (not dicom_dir.is_dir() or any(dicom_dir.iterdir())):
         raise OutputError(f"{dicom_dir}: --dicom needs an empty or new folder")
+    spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING
     with OutputSet() as outs:
         outs.add("image", out_path, what="phantom image")
         outs.add("labels", lab_path, what="phantom label file")
+        if args.dixon:  # issue 19: Dixon water/fat, true FF and sides (opt-in: the default phantom is unchanged)
+            for k in ("water", "fat", "ff", "sides"):
+                outs.add(k, Path(f"{args.dixon}_{k}.nii.gz"), what=f"phantom {k} image")
         outs.check()
-        spacing = tuple(args.spacing) if args.spacing else DEFAULT_SPACING
-        image, labels = make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
-                                     orientation=args.orientation)
-        for key, img in (("image", image), ("labels", labels)):
+        if args.dixon:
+            from limbseg_rt.runtime.phantom.dixon import make_dixon_phantom
+
+            imgs = make_dixon_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
+                                      orientation=args.orientation)
+        else:
+            imgs = dict(zip(("image", "labels"), make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape),
+                                                              spacing=spacing, orientation=args.orientation)))
+        image = imgs["image"]
+        for key in outs.paths:
             with outs.writing(key):
-                nib.save(img, str(outs.temp(key)))
+                nib.save(imgs[key], str(outs.temp(key)))
         outs.commit()
     out, lab = out_path, lab_path
     if dicom_dir is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
+
 PROVIDERS = ("auto", "tensorrt", "cuda", "openvino", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")
 
@@ -94,6 +96,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also write QC overlays (<stem>_qc_*.png) and <stem>_report.html beside the labels (needs the qc extra)")
     add_read_arguments(p)
     add_dicom_arguments(p)
+    add_analysis_arguments(p)
     return p
 
 
@@ -104,6 +107,43 @@ def add_dicom_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seg", default=None, metavar="PATH", help="DICOM SEG to write for a DICOM input (default: <name>_seg.dcm beside the input)")
     g.add_argument("--seg-type", default="binary", choices=("binary", "labelmap"),
                    help="SEG kind: binary (default, what most viewers show) or labelmap (the newer Label Map SOP class)")
+
+
+def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
+    """Issue 19: sides, 3D clean-up, per muscle x side geometry and fat (docs/analysis.md)."""
+    g = p.add_argument_group("analysis (per muscle and side; needs pip install \"limbseg-rt[analysis]\")")
+    g.add_argument("--analysis", action="store_true",
+                   help="add left/right, ACSA, length, IMAT estimate, asymmetry; writes <stem>_muscles.csv")
+    g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
+    g.add_argument("--measures-csv", default=None, metavar="PATH", help="per muscle x side CSV (default: <stem>_muscles.csv)")
+    g.add_argument("--split-sides", action="store_true", help="label map with a right and a left label per muscle (implies --analysis)")
+    g.add_argument("--dixon-fat", default=None, metavar="FAT.nii.gz", help="Dixon fat image on the scan's grid (with --dixon-water)")
+    g.add_argument("--dixon-water", default=None, metavar="WATER.nii.gz", help="Dixon water image on the scan's grid")
+    g.add_argument("--fat-fraction", default=None, metavar="FF.nii.gz", help="fat-fraction map (0..1 or %%) on the scan's grid")
+    g.add_argument("--ff-erode", type=_positive_int, default=0, metavar="N", help="erode each muscle N voxels in-plane before Dixon FF (default 0)")
+
+
+class AnalysisUsageError(LimbsegError):
+    """Analysis options that cannot work together (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def analysis_options_from_args(args):
+    """``AnalysisOptions`` or None (no analysis asked for); exit 2 on options that do not fit."""
+    wants = args.analysis or args.split_sides or args.dixon_fat or args.dixon_water or args.fat_fraction
+    if not wants:
+        if args.no_clean or args.measures_csv or args.ff_erode:
+            raise AnalysisUsageError("--no-clean, --measures-csv and --ff-erode need --analysis")
+        return None
+    if bool(args.dixon_fat) != bool(args.dixon_water):
+        raise AnalysisUsageError("give both --dixon-fat and --dixon-water (or --fat-fraction)")
+    if args.fat_fraction and args.dixon_fat:
+        raise AnalysisUsageError("give --fat-fraction or --dixon-fat/--dixon-water, not both")
+    from limbseg_rt.runtime.analysis.measures import AnalysisOptions
+
+    return AnalysisOptions(clean=not args.no_clean, fat=args.dixon_fat, water=args.dixon_water,
+                           fat_fraction=args.fat_fraction, ff_erode=args.ff_erode)
 
 
 def add_read_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,16 +212,47 @@ def render_summary(result, written: dict | None = None, *, out=None) -> None:
         print(f"limbseg-rt: warning: {w}", file=sys.stderr)
 
 
+def render_sides(analysis, *, out=None) -> None:
+    """The per muscle table with R and L side by side (mL, max ACSA cm^2, IMAT %, FF %)."""
+    out = out if out is not None else sys.stdout
+    by = {(r.code, r.side): r for r in analysis.records}
+    codes = list(dict.fromkeys(r.code for r in analysis.records))
+    dixon = any(r.ff_mean is not None for r in analysis.records)
+
+    def cell(r, attr, scale=1.0, fmt="{:8.2f}"):
+        v = getattr(r, attr) if r is not None else None
+        return fmt.format(v * scale) if v is not None else f"{'-':>8}"
+
+    head = f"{'code':<5} {'R mL':>8} {'L mL':>8} {'asym %':>8} {'R ACSA':>8} {'L ACSA':>8} {'R IMAT':>8} {'L IMAT':>8}"
+    print(head + (f" {'R FF %':>8} {'L FF %':>8}" if dixon else ""), file=out)
+    asym = {a.code: a for a in analysis.asymmetry}
+    for c in codes:
+        r, left = by.get((c, "R")), by.get((c, "L"))
+        a = asym[c].volume_percent
+        line = (f"{c:<5} {cell(r, 'volume_ml')} {cell(left, 'volume_ml')} {a:8.1f} " if a is not None else
+                f"{c:<5} {cell(r, 'volume_ml')} {cell(left, 'volume_ml')} {'-':>8} ")
+        line += f"{cell(r, 'max_acsa_mm2', 0.01)} {cell(left, 'max_acsa_mm2', 0.01)} {cell(r, 'imat_percent')} {cell(left, 'imat_percent')}"
+        if dixon:
+            line += f" {cell(r, 'ff_mean', 100)} {cell(left, 'ff_mean', 100)}"
+        print(line, file=out)
+    print(f"legs: {analysis.side_info['legs']}; ACSA in cm^2 (max, slice plane); IMAT = T1w estimate (%), not a fat "
+          f"fraction; asymmetry {analysis.to_dict()['asymmetry_formula']}", file=out)
+
+
 def main(args) -> int:
     from limbseg_rt.cli._progress import ProgressBar
     from limbseg_rt.runtime.api import segment_file
     from limbseg_rt.runtime.errors import EXIT_EMPTY, EXIT_OK
 
+    analysis = analysis_options_from_args(args)
     with ProgressBar("segmenting") as bar:
         result, written = segment_file(
             args.scan, out=args.out, report_json=args.report, csv=args.csv, limb_range=args.limb_range,
             read_options=read_options_from_args(args), progress=bar.update, qc=bool(getattr(args, "qc", False)),
             **segmenter_kwargs_from_args(args), series=args.series, seg=args.seg, seg_type=args.seg_type,
+            analysis=analysis, measures_csv=args.measures_csv, split_sides=args.split_sides,
         )
     render_summary(result, written)
+    if result.report.analysis is not None:
+        render_sides(result.report.analysis)
     return EXIT_EMPTY if result.empty else EXIT_OK

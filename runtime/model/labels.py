@@ -55,12 +55,14 @@ _DEFAULT_MUSCLES: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Label:
-    """One class. ``colour`` is 8-bit RGB."""
+    """One class. ``colour`` is 8-bit RGB; ``side``: ``"R"``/``"L"`` in a side-split table
+    (``limbseg-rt run --split-sides``), else None."""
 
     index: int
     name: str
     code: str
     colour: tuple[int, int, int]
+    side: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class LabelTable:
 
     def to_list(self) -> list[dict]:
         return [
-            {"index": lab.index, "name": lab.name, "code": lab.code, "colour": list(lab.colour)}
+            {"index": lab.index, "name": lab.name, "code": lab.code, "colour": list(lab.colour),
+             **({"side": lab.side} if lab.side is not None else {})}
             for lab in self.labels
         ]
 
@@ -104,7 +107,8 @@ class LabelTable:
     def from_list(cls, items: list[dict]) -> "LabelTable":
         return cls(
             tuple(
-                Label(int(d["index"]), str(d["name"]), str(d["code"]), tuple(int(c) for c in d["colour"]))
+                Label(int(d["index"]), str(d["name"]), str(d["code"]), tuple(int(c) for c in d["colour"]),
+                      d.get("side"))
                 for d in items
             )
         )

@@ -68,7 +68,9 @@ class PhantomArrays:
     ``image``: float32 ``[X, Y, Z]`` scanner-like integer values (fat ~ 1000); ``labels``: uint8
     ``[X, Y, Z]`` with 0 = background and 1..37 the muscles of ``default_label_table()``;
     ``spacing``: voxel size (mm) along x, y, z; ``subject``: the parameters drawn for this seed;
-    ``tissue``: uint8 ``[X, Y, Z]`` tissue class of each voxel (index into ``TISSUE_NAMES``).
+    ``tissue``: uint8 ``[X, Y, Z]`` tissue class of each voxel (index into ``TISSUE_NAMES``);
+    ``fat_fraction``: with ``phantom_arrays(..., truth=True)`` only, float32 ``[X, Y, Z]`` true
+    voxel fat fraction 0..1 (muscle marbling before partial-volume blur; see ``mr_signal``).
     The arrays are views of slice-major buffers: ``a[:, :, z]`` is contiguous, the whole array is not
     (use ``np.ascontiguousarray`` if a C-ordered volume is needed).
     """
@@ -78,6 +80,7 @@ class PhantomArrays:
     spacing: tuple[float, float, float]
     subject: dict = field(default_factory=dict)
     tissue: np.ndarray | None = None
+    fat_fraction: np.ndarray | None = None
 
 
 def _check_args(slices: int, shape, spacing) -> tuple[int, tuple[int, int], tuple[float, float, float]]:
@@ -157,12 +160,15 @@ def phantom_arrays(
     slices: int = 150,
     shape: tuple[int, int] = (256, 256),
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    truth: bool = False,
 ) -> PhantomArrays:
     """Generate phantom subject ``seed`` (deterministic) in canonical RAS+ array order.
 
     ``slices``: Z (>= 2), always spanning hip to ankle; ``shape``: (X, Y) in-plane size (>= 32 each);
     ``spacing``: (sx, sy, sz) in mm; the anatomy is in mm, so a smaller FOV crops it.
     Returns float32 image and uint8 labels, both ``[X, Y, Z]``; ``z = 0`` is the ankle end.
+    ``truth``: also keep the true fat-fraction map (opt-in: it costs a float32 volume; the image
+    and labels are byte-identical either way).
     """
     n_z, (n_x, n_y), spacing = _check_args(slices, shape, spacing)
     table = default_label_table()
@@ -183,13 +189,15 @@ def phantom_arrays(
         t2 = tissue[z]
         l2 = labels[z]
         render_slice(t2, l2, s, subj, xs, ys, y_table, codes_to_index, min_px)
-    image = form_image(rng, tissue, labels, subj, table, (spacing[2], spacing[0], spacing[1]))
+    formed = form_image(rng, tissue, labels, subj, table, (spacing[2], spacing[0], spacing[1]), return_ff=truth)
+    image, ff = formed if truth else (formed, None)
     return PhantomArrays(
         image=image.transpose(1, 2, 0),  # views: each z-slice stays contiguous in memory
         labels=labels.transpose(1, 2, 0),
         spacing=spacing,
         subject=subj,
         tissue=tissue.transpose(1, 2, 0),
+        fat_fraction=ff.transpose(1, 2, 0) if ff is not None else None,
     )
 
 

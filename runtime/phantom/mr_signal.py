@@ -24,7 +24,7 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def _smooth_field(rng: np.random.Generator, shape, cells) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape, cells) -> np.ndarray:
     """Zero-mean, roughly unit-variance smooth random field: coarse Gaussian grid, trilinear upsampling."""
     cells = tuple(max(2, min(int(c), n)) for c, n in zip(cells, shape))
     coarse = rng.standard_normal(cells).astype(np.float32)
@@ -35,7 +35,7 @@ def _smooth_field(rng: np.random.Generator, shape, cells) -> np.ndarray:
     return out / max(float(out.std()), 1e-6)
 
 
-def _blur3(vol: np.ndarray, axis: int, w: float) -> np.ndarray:
+def blur3(vol: np.ndarray, axis: int, w: float) -> np.ndarray:
     """Separable 3-tap blur ``[w, 1 - 2w, w]`` along ``axis`` (edges replicated), float32."""
     v = np.moveaxis(vol, axis, 0)
     w32 = np.float32(w)
@@ -47,10 +47,12 @@ def _blur3(vol: np.ndarray, axis: int, w: float) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
-def form_image(rng, tissue, labels, subj, table, spacing) -> np.ndarray:
+def form_image(rng, tissue, labels, subj, table, spacing, *, return_ff: bool = False):
     """Tissue map ``[Z, X, Y]`` -> T1w-like signal (fat = 1), blur, bias, Rician noise, gain, rounding.
 
-    ``spacing`` is in the same (z, x, y) order as the arrays.
+    ``spacing`` is in the same (z, x, y) order as the arrays. With ``return_ff`` also returns the
+    true voxel fat fraction (float32 ``[Z, X, Y]``, before blur: see ``true_fat_fraction``); the
+    random draws and the image are the same either way.
     """
     shape = tissue.shape
     fat = float(rng.uniform(0.95, 1.05))
@@ -70,10 +72,10 @@ def form_image(rng, tissue, labels, subj, table, spacing) -> np.ndarray:
     # Marbling: streaks ~2-4 mm across in-plane, elongated along the fibres (z); texture: finer noise.
     marbling = rng.standard_normal(shape, dtype=np.float32)
     for axis in (1, 2, 1, 2, 0, 0):
-        marbling = _blur3(marbling, axis, 0.25)
+        marbling = blur3(marbling, axis, 0.25)
     marbling *= np.float32(1.0 / max(float(marbling[::4, ::4, ::4].std()), 1e-6))
     texture = rng.standard_normal(shape, dtype=np.float32)
-    texture = _blur3(_blur3(texture, 1, 0.25), 2, 0.25) * np.float32(1 / 0.61)
+    texture = blur3(blur3(texture, 1, 0.25), 2, 0.25) * np.float32(1 / 0.61)
     is_m = tissue == MUSCLE
     infil_lut = np.clip(subj["infiltration"] * w_lut, 0, 0.6).astype(np.float32)
     infil = infil_lut[labels]
@@ -83,12 +85,29 @@ def form_image(rng, tissue, labels, subj, table, spacing) -> np.ndarray:
     sig = m_lut[labels] * (1 + np.float32(0.05) * texture)
     img = np.where(is_m, sig * (1 - ff) + np.float32(fat) * ff, img * (1 + np.float32(0.02) * texture * (tissue == FAT)))
     # Partial volume: in-plane ~0.7-voxel blur, slice profile through-plane.
-    img = _blur3(_blur3(img, 1, 0.22), 2, 0.22)
-    img = _blur3(img, 0, 0.12)
-    bias = _smooth_field(rng, shape, (3, 3, 3))
+    img = blur3(blur3(img, 1, 0.22), 2, 0.22)
+    img = blur3(img, 0, 0.12)
+    bias = smooth_field(rng, shape, (3, 3, 3))
     img *= np.exp(subj["bias"] * bias).astype(np.float32)
     sigma = subj["noise"] * fat
     n1 = rng.standard_normal(shape, dtype=np.float32) * sigma
     n2 = rng.standard_normal(shape, dtype=np.float32) * sigma
     img = np.sqrt((img + n1) ** 2 + n2 * n2)
-    return np.round(np.clip(img * subj["gain"], 0, 32767)).astype(np.float32)
+    out = np.round(np.clip(img * subj["gain"], 0, 32767)).astype(np.float32)
+    if return_ff:
+        return out, true_fat_fraction(tissue, is_m, ff)
+    return out
+
+
+# Fat fraction of the tissues other than labelled muscle, for the Dixon truth: subcutaneous fat is
+# not pure triglyceride (~ 0.9), yellow marrow ~ 0.85, red marrow ~ 0.45; the rest is water.
+TISSUE_FF = {FAT: 0.9, YELLOW: 0.85, RED: 0.45}
+
+
+def true_fat_fraction(tissue: np.ndarray, is_muscle: np.ndarray, muscle_ff: np.ndarray) -> np.ndarray:
+    """Voxel fat fraction 0..1 (float32, same shape): muscle voxels their marbling FF, other
+    tissues ``TISSUE_FF`` (0 when not listed)."""
+    lut = np.zeros(len(TISSUE_NAMES), np.float32)
+    for t, v in TISSUE_FF.items():
+        lut[t] = v
+    return np.where(is_muscle, muscle_ff, lut[tissue]).astype(np.float32)

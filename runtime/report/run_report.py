@@ -20,14 +20,14 @@ import os
 import platform
 import resource
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from limbseg_rt.runtime.model.labels import LabelTable
 
-REPORT_SCHEMA = "limbseg-rt.report/1"
+REPORT_SCHEMA = "limbseg-rt.report/2"
 CSV_COLUMNS = (
     "index", "code", "name", "volume_ml", "voxels", "z_first", "z_last", "input_axis",
     "input_first", "input_last", "mean_intensity", "touches_first_slice", "touches_last_slice",
@@ -132,19 +132,89 @@ def muscle_stats(
     return out
 
 
-@dataclass
-class Report:
-    """The report of one segmentation: per-muscle numbers, flags, warnings and the run manifest.
+MANIFEST_KEYS = ("model", "engine", "pipeline", "timings_s", "peak_rss_mib", "versions", "input", "report_units",
+                 "analysis", "outputs")
 
-    ``flags``: machine-readable conditions (``"empty_image"``, ``"fov_cut"``, ``"provider_fallback"``).
-    ``warnings``: human-readable sentences. ``manifest``: model, engine, timings, versions, input.
-    Dict-like for reading: ``report["manifest"]`` is ``report.to_dict()["manifest"]``.
+
+@dataclass(frozen=True)
+class Manifest:
+    """How a report was made: model (file, SHA-256, metadata), engine (provider and precision that
+    ran, fallback), pipeline settings, per-stage timings (s), peak RSS (MiB), versions, input
+    (path, SHA-256, geometry), units, the analysis settings (None when the analysis did not run) and
+    the files written (None until saved). Read like a dict: ``manifest["engine"]["provider"]``.
+    The schema of every field: ``report.schema.json`` beside this module.
     """
 
-    muscles: list[MuscleStats]
-    manifest: dict
-    flags: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)
+    pipeline: dict = field(default_factory=dict)
+    timings_s: dict = field(default_factory=dict)
+    peak_rss_mib: float | None = None
+    versions: dict = field(default_factory=dict)
+    input: dict = field(default_factory=dict)
+    report_units: dict = field(default_factory=dict)
+    analysis: dict | None = None
+    outputs: dict | None = None
+    extra: dict = field(default_factory=dict)  # keys added by later stages; each must be in the schema
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        """Known keys become fields, any other key goes to ``extra`` (and back to the top level in JSON)."""
+        return cls(**{k: v for k, v in d.items() if k in MANIFEST_KEYS},
+                   extra={k: v for k, v in d.items() if k not in MANIFEST_KEYS})
+
+    def __getitem__(self, key: str):
+        if key in MANIFEST_KEYS:
+            return getattr(self, key)
+        return self.extra[key]
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in MANIFEST_KEYS else self.extra.get(key, default)
+
+    def to_dict(self) -> dict:
+        d = {**{k: getattr(self, k) for k in MANIFEST_KEYS}, **self.extra}
+        if d["analysis"] is None:
+            del d["analysis"]
+        if d["outputs"] is None:
+            del d["outputs"]
+        return d
+
+    def with_extra(self, key: str, value) -> Manifest:
+        """A copy with ``key`` (not a field; it must be in the schema) set to ``value``."""
+        return replace(self, extra={**self.extra, key: value})
+
+    def saved(self, outputs: dict, write_s: float, peak_rss: float) -> Manifest:
+        """A copy with the files written, the write time (s) and the peak RSS (MiB) after saving."""
+        return replace(self, outputs=dict(outputs), timings_s={**self.timings_s, "write": write_s}, peak_rss_mib=peak_rss)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report of one segmentation: per-muscle numbers, flags, warnings, the run manifest and,
+    when the analysis ran, the per muscle x side measures (``analysis``: an object with
+    ``to_dict()`` and ``to_csv()``, see ``runtime/analysis/measures.py``).
+
+    ``flags``: machine-readable conditions (``"empty_image"``, ``"fov_cut"``, ``"provider_fallback"``).
+    ``warnings``: human-readable sentences. Dict-like for reading: ``report["manifest"]``.
+    A dict given as ``manifest`` becomes a ``Manifest``; lists become tuples.
+    """
+
+    muscles: tuple[MuscleStats, ...]
+    manifest: Manifest
+    flags: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    analysis: object | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "muscles", tuple(self.muscles))
+        if isinstance(self.manifest, dict):
+            object.__setattr__(self, "manifest", Manifest.from_dict(self.manifest))
+        object.__setattr__(self, "flags", tuple(self.flags))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+
+    def with_warning(self, text: str) -> Report:
+        """A copy with one more warning."""
+        return replace(self, warnings=(*self.warnings, text))
 
     @property
     def found(self) -> list[MuscleStats]:
@@ -156,7 +226,7 @@ class Report:
         return float(sum(m.volume_ml for m in self.muscles))
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "schema": REPORT_SCHEMA,
             "fields": FIELD_NOTES,
             "muscles": [asdict(m) for m in self.muscles],
@@ -167,8 +237,11 @@ class Report:
             },
             "flags": list(self.flags),
             "warnings": list(self.warnings),
-            "manifest": self.manifest,
+            "manifest": self.manifest.to_dict(),
         }
+        if self.analysis is not None:
+            d["analysis"] = self.analysis.to_dict()  # type: ignore[attr-defined]
+        return d
 
     def __getitem__(self, key: str):
         return self.to_dict()[key]
@@ -187,6 +260,15 @@ class Report:
                 row["mean_intensity"] = f"{m.mean_intensity:.4f}"
             writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
         return buf.getvalue()
+
+    def to_measures_csv(self) -> str | None:
+        """The per muscle x side table (long form), or None when the analysis did not run."""
+        return self.analysis.to_csv() if self.analysis is not None else None  # type: ignore[attr-defined]
+
+
+def schema_path() -> Path:
+    """The JSON schema (draft 2020-12) every written report follows."""
+    return Path(__file__).with_name("report.schema.json")
 
 
 def _json_default(obj):
