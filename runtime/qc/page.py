@@ -157,9 +157,16 @@ def _colours(report: dict) -> dict[str, str]:
     return out
 
 
+def muscle_records(report: dict) -> list[dict]:
+    """The rows to show: one per muscle x side when the analysis ran (``report["analysis"]["muscles"]``),
+    else one per muscle (``report["muscles"]``)."""
+    analysis = report.get("analysis") or {}
+    return list(analysis.get("muscles") or report.get("muscles") or [])
+
+
 def muscle_table(report: dict, colours: dict[str, str] | None = None) -> str:
     """The per-muscle ``<table>`` (one ``<tr data-code=...>`` per record)."""
-    records = list(report.get("muscles") or [])
+    records = muscle_records(report)
     colours = colours or {}
     numeric, _ = table_columns(records)
     has_side = any("side" in r for r in records)
@@ -209,7 +216,7 @@ def side_pairs(records: list[dict], key: str = "volume_ml") -> list[tuple[str, f
 
 def plots(report: dict, colours: dict[str, str]) -> list[str]:
     """The SVG plots the report's data support (see module doc)."""
-    records = list(report.get("muscles") or [])
+    records = muscle_records(report)
     out = []
     pairs = side_pairs(records)
     if pairs:
