@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.errors import InputError, OutputError
 from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
 from limbseg_rt.runtime.report.run_report import (
