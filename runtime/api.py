@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from limbseg_rt.runtime.report.run_report import (
     peak_rss_mib,
     runtime_versions,
 )
+
+if TYPE_CHECKING:
+    from limbseg_rt.runtime.io.nifti import ImageProps
 
 FLAG_EMPTY = "empty_image"
 FLAG_FOV_CUT = "fov_cut"
@@ -388,7 +391,7 @@ def _metadata_summary(md) -> dict:
     return d
 
 
-def _read_source(source, options, series=None) -> tuple[np.ndarray, object, dict]:
+def _read_source(source, options, series=None) -> tuple[np.ndarray, ImageProps, dict]:
     """(canonical float32 volume, ImageProps, input description) for a path or a nibabel image."""
     from limbseg_rt.runtime.io.dicom import looks_like_dicom
     from limbseg_rt.runtime.io.nifti import from_nibabel, read_image

@@ -123,7 +123,8 @@ class ModelMetadata:
             inputs=tuple(str(s) for s in d["inputs"]),
             outputs=tuple(str(s) for s in d["outputs"]),
             position=PositionSpec.from_dict(d["position"]) if d.get("position") else None,
-            pixel_spacing_mm=tuple(float(s) for s in d["pixel_spacing_mm"]) if d.get("pixel_spacing_mm") else None,
+            pixel_spacing_mm=(float(d["pixel_spacing_mm"][0]), float(d["pixel_spacing_mm"][1]))
+            if d.get("pixel_spacing_mm") else None,
             slice_layout=str(d.get("slice_layout", SLICE_LAYOUT)),
             checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
             exporter=str(d.get("exporter", "")),
