@@ -60,6 +60,7 @@ class TrainConfig:
     bf16: bool = False  # forward pass under bfloat16 autocast; master weights, loss and validation in float32
     val_every: int = 1  # validate every N epochs (and after the last one)
     position_lr_scale: float = 1.0  # SC-UNet: the position layer's learning rate, as a multiple of lr
+    resampling: str = "exact"  # how the training slices were resized (recorded in the checkpoint, then the model)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -350,6 +351,7 @@ def checkpoint_extra(config: TrainConfig, *, epoch: int, val_loss, val_dice, tra
         "label_table": default_label_table().to_json(),
         "input_hw": list(MODEL_INPUT_HW),
         "normalisation": NormalisationSpec().to_dict(),
+        "resampling": config.resampling,
         "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
                          if k != "augment"} | {"augment": {k: (list(v) if isinstance(v, tuple) else v)
                                              for k, v in asdict(config.augment).items()}},
@@ -490,7 +492,7 @@ def train(
 def predict_volume(
     model, arch: str, image: np.ndarray, *, positions: np.ndarray | None = None,
     input_hw: tuple[int, int] = MODEL_INPUT_HW, spec: NormalisationSpec = NormalisationSpec(),
-    batch_size: int = 8,
+    batch_size: int = 8, resampling: str = "exact",
 ) -> np.ndarray:
     """Labels uint8 ``[X, Y, Z]`` for a RAS+ canonical volume ``[X, Y, Z]`` (z = 0 most inferior).
 
@@ -509,7 +511,7 @@ def predict_volume(
     out = np.zeros((x, y, z), dtype=np.uint8)
     for b in range(0, z, batch_size):
         ks = np.arange(b, min(b + batch_size, z))
-        inp = preprocess_slices(np.moveaxis(image[:, :, ks], 2, 0), lo, hi, input_hw)
+        inp = preprocess_slices(np.moveaxis(image[:, :, ks], 2, 0), lo, hi, input_hw, resampling)
         logits = forward(model, arch, torch.from_numpy(inp), torch.from_numpy(np.asarray(positions[ks], np.float32)))
         native = resize_bilinear(logits.numpy(), (x, y))
         out[:, :, ks] = np.moveaxis(native.argmax(axis=1).astype(np.uint8), 0, 2)

@@ -321,9 +321,10 @@ def segment_canonical(
             # Tile mode normalises the same way, then resamples to the trained pixel spacing instead.
             hw = metadata.input_hw if options.fit == "resize" else resampled_hw
             if per_slice:
-                x = np.concatenate([preprocess_slices(s[None], *intensity_window(s, spec), hw) for s in slab])
+                x = np.concatenate([preprocess_slices(s[None], *intensity_window(s, spec), hw, metadata.resampling)
+                                    for s in slab])
             else:
-                x = preprocess_slices(slab, lo, hi, hw)
+                x = preprocess_slices(slab, lo, hi, hw, metadata.resampling)
             timings["preprocess"] += time.perf_counter() - t
             yield start, stop, x
 
