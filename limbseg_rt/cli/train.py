@@ -61,6 +61,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="how slices are resized to the model's input: antialias (default; no aliasing on fine "
                         "grids) or exact (the paper's linear resize, as the authors' checkpoints expect); "
                         "recorded in the checkpoint and the exported model")
+    p.add_argument("--shift-augment", action="store_true",
+                   help="augment for acquisition shift: resolution (down/up-sampling with noise), contrast "
+                        "(gamma, window, bias field) and field of view (zoom 0.78-1.25); not in the paper")
+    p.add_argument("--freeze-batchnorm", action="store_true",
+                   help="keep BatchNorm running statistics fixed (fine-tuning from a checkpoint, e.g. checkpoints/*.pth.tar)")
     p.add_argument("--val-every", type=int, default=1, metavar="N",
                    help="validate (and keep the best checkpoint) every N epochs and at the end (default 1)")
     return p
@@ -111,7 +116,7 @@ def main(args) -> int:
         print('limbseg-rt train needs PyTorch: pip install "limbseg-rt[export]"', file=sys.stderr)
         return 1
     from limbseg_rt.export import datasets
-    from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec
+    from limbseg_rt.export.augment import NO_APPEARANCE, NO_AUGMENT, SHIFT_ZOOM, AppearanceSpec, AugmentSpec
     from limbseg_rt.export.train import TrainConfig, TrainSettingError, train
 
     try:
@@ -128,8 +133,10 @@ def main(args) -> int:
         channels_last=args.channels_last, loss=args.loss, class_balanced=args.class_balanced,
         crop_foreground=args.crop_foreground, bf16=args.bf16, val_every=args.val_every,
         position_lr_scale=args.position_lr_scale, resampling=args.resampling,
+        appearance=AppearanceSpec() if args.shift_augment else NO_APPEARANCE, freeze_batchnorm=args.freeze_batchnorm,
         augment=NO_AUGMENT if args.no_augment else AugmentSpec(
-            max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None),
+            max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None,
+            zoom=SHIFT_ZOOM if args.shift_augment else (1.0, 1.0)),
     )
     print(f"loading subjects ({args.data}) ...", file=sys.stderr, flush=True)
     train_subjects, val_subjects = _load_subjects(args, datasets)
