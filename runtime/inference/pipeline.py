@@ -34,7 +34,10 @@ from limbseg_rt.runtime.inference.preprocess import (
 )
 from limbseg_rt.runtime.inference.tiling import TileCoord, sliding_window_logits
 
-FIT_MODES = ("resize", "tile")
+FIT_MODES = ("auto", "resize", "tile")
+# --fit auto resizes while the resized slice's pixel spacing is within this factor of the model's
+# trained spacing on both axes (the scale range the demo models' zoom augmentation covers), else tiles.
+AUTO_FIT_MAX_SCALE = 1.15
 DEFAULT_MEMORY_BUDGET_MB = 512.0
 DEFAULT_MAX_BATCH = 4  # CPU: batch 4 is as fast per slice as 8 (docs/engines.md) and bounds engine working memory; GPUs: pass --batch-size
 
@@ -46,14 +49,14 @@ Progress = Callable[[int, int], None]
 class PipelineOptions:
     """How slices are fed to the model.
 
-    ``fit``: ``"resize"`` (each slice resized to the model's ``input_hw``, the paper's way) or
+    ``fit``: ``"resize"`` (each slice resized to the model's ``input_hw``, the paper's way),
     ``"tile"`` (resample to the model's trained pixel spacing, overlapping windows of ``input_hw``,
-    Gaussian-blended). ``batch_size``: slices per model call (tiles per call for ``"tile"``), or
+    Gaussian-blended) or ``"auto"`` (the default: one of the two per scan, see ``choose_fit``). ``batch_size``: slices per model call (tiles per call for ``"tile"``), or
     ``"auto"`` to pick from ``memory_budget_mb`` capped at ``max_batch``. ``limb_range``: the part
     ``(a, b)`` of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions only).
     """
 
-    fit: str = "resize"
+    fit: str = "auto"
     batch_size: int | str = "auto"
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
     max_batch: int = DEFAULT_MAX_BATCH
@@ -94,6 +97,32 @@ class SliceRun:
     timings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     resampled_hw: tuple[int, int] | None = None
+    fit: str = "resize"
+    fit_reason: str = ""
+
+
+def choose_fit(slice_hw: tuple[int, int], spacing_xy_mm: tuple[float, float], metadata: ModelMetadata) -> tuple[str, str]:
+    """``(fit, reason)`` for ``--fit auto``: ``"resize"`` or ``"tile"`` and one line saying why.
+
+    ``slice_hw``: the canonical slice ``[X, Y]`` in pixels; ``spacing_xy_mm``: its pixel spacing (mm).
+    Resizing the slice to ``input_hw`` gives pixels of ``X * sx / H`` by ``Y * sy / W`` mm. When that
+    is within ``AUTO_FIT_MAX_SCALE`` of the model's trained spacing on both axes, the anatomy has the
+    scale the model learned and resize is right (one model call per slice). Otherwise (a field of
+    view much wider or narrower than the trained one) the slice is resampled to the trained spacing
+    and tiled. A model that records no trained spacing can only be resized.
+    """
+    if not metadata.pixel_spacing_mm:
+        return "resize", "the model records no trained pixel spacing"
+    h, w = metadata.input_hw
+    fov = (slice_hw[0] * float(spacing_xy_mm[0]), slice_hw[1] * float(spacing_xy_mm[1]))
+    resized = (fov[0] / h, fov[1] / w)
+    scale = max(max(r / t, t / r) for r, t in zip(resized, metadata.pixel_spacing_mm))
+    desc = (f"field of view {fov[0]:.0f} x {fov[1]:.0f} mm resized to {h} x {w} gives "
+            f"{resized[0]:.2f} x {resized[1]:.2f} mm pixels; trained at "
+            f"{metadata.pixel_spacing_mm[0]:.2f} x {metadata.pixel_spacing_mm[1]:.2f} mm")
+    if scale <= AUTO_FIT_MAX_SCALE:
+        return "resize", f"{desc} (within {AUTO_FIT_MAX_SCALE:g}x)"
+    return "tile", f"{desc} ({scale:.2f}x off): resampled to the trained spacing and tiled"
 
 
 def auto_batch_size(
@@ -287,8 +316,11 @@ def segment_canonical(
     lo, hi = intensity_window(vol, spec)
     timings["preprocess"] += time.perf_counter() - t0
 
+    fit, fit_reason = options.fit, "asked for"
+    if fit == "auto":
+        fit, fit_reason = choose_fit((nx, ny), spacing_xy_mm, metadata)
     resampled_hw = None
-    if options.fit == "tile":
+    if fit == "tile":
         if not metadata.pixel_spacing_mm:
             raise ModelError(
                 "--fit tile needs the model's trained pixel spacing, which this model does not record; use --fit resize"
@@ -299,13 +331,13 @@ def segment_canonical(
         )
     if options.batch_size == "auto":
         batch = auto_batch_size(
-            metadata.classes, metadata.input_hw, (nx, ny), fit=options.fit, resampled_hw=resampled_hw,
+            metadata.classes, metadata.input_hw, (nx, ny), fit=fit, resampled_hw=resampled_hw,
             memory_budget_mb=options.memory_budget_mb, max_batch=options.max_batch,
         )
     else:
         batch = int(options.batch_size)
 
-    run = SliceRun(labels, batch, (float(lo), float(hi)), False, positions, timings, [], resampled_hw)
+    run = SliceRun(labels, batch, (float(lo), float(hi)), False, positions, timings, [], resampled_hw, fit, fit_reason)
     if is_constant(lo, hi):
         run.empty = True
         run.notes.append("the image has no contrast (empty or constant): no muscle can be found; all labels are background")
@@ -319,7 +351,7 @@ def segment_canonical(
             t = time.perf_counter()
             slab = np.moveaxis(vol[:, :, start:stop], 2, 0)  # [n, X, Y]
             # Tile mode normalises the same way, then resamples to the trained pixel spacing instead.
-            hw = metadata.input_hw if options.fit == "resize" else resampled_hw
+            hw = metadata.input_hw if fit == "resize" else resampled_hw
             if per_slice:
                 x = np.concatenate([preprocess_slices(s[None], *intensity_window(s, spec), hw, metadata.resampling)
                                     for s in slab])
@@ -332,7 +364,7 @@ def segment_canonical(
     for start, stop, x in _prefetched(batches(), options.prefetch):
         n = stop - start
         t = time.perf_counter()
-        if options.fit == "resize":
+        if fit == "resize":
             pos = positions[start:stop] if positions is not None else None
             logits = _check_logits(predict(x, pos), n, classes, metadata.input_hw)
         else:

@@ -86,8 +86,57 @@ def test_pipeline_feeds_the_model_with_its_recorded_resampling(tiny_unet_path):
             seen[_mode] = image.copy()
             return np.zeros((image.shape[0], _c, _h, _w), np.float32)
 
-        segment_canonical(vol, md, predict, options=PipelineOptions(batch_size=3, prefetch=False))
+        segment_canonical(vol, md, predict, options=PipelineOptions(fit="resize", batch_size=3, prefetch=False))
         want = preprocess_slices(np.moveaxis(vol, 2, 0), lo, hi, md.input_hw, mode)
         np.testing.assert_array_equal(seen[mode], want)
     assert base.input_hw[0] < 160 and base.input_hw[1] < 150  # shrinking: the two modes really differ
     assert not np.array_equal(seen["exact"], seen["antialias"])
+
+
+# --- --fit auto ---------------------------------------------------------------------------------
+
+def _demo_like(md: ModelMetadata, spacing=(448 / 272, 448 / 240)) -> ModelMetadata:
+    """The bundled models' geometry: 272 x 240 inputs trained on 448 mm phantoms."""
+    return ModelMetadata(**{**md.__dict__, "input_hw": (272, 240), "pixel_spacing_mm": spacing})
+
+
+@pytest.mark.parametrize("shape,spacing,want", [
+    ((256, 256), (1.75, 1.75), "resize"),    # the trained acquisition
+    ((512, 512), (0.875, 0.875), "resize"),  # finer grid, same field of view: resize is right
+    ((320, 320), (1.75, 1.75), "tile"),      # 560 mm field of view: the limb would shrink by 0.8
+    ((256, 256), (1.2, 1.2), "tile"),        # 307 mm field of view (one leg)
+    ((280, 280), (1.75, 1.75), "resize"),    # 490 mm: within the tolerance
+])
+def test_auto_fit_chooses_from_field_of_view_against_the_trained_spacing(tiny_unet_path, shape, spacing, want):
+    from limbseg_rt.runtime.inference.pipeline import choose_fit
+
+    fit, reason = choose_fit(shape, spacing, _demo_like(read_metadata(tiny_unet_path)))
+    assert fit == want
+    assert f"{shape[0] * spacing[0]:.0f} x {shape[1] * spacing[1]:.0f} mm" in reason
+
+
+def test_auto_fit_without_a_trained_spacing_resizes_and_says_why(tiny_unet_path):
+    from limbseg_rt.runtime.inference.pipeline import choose_fit
+
+    md = ModelMetadata(**{**read_metadata(tiny_unet_path).__dict__, "pixel_spacing_mm": None})
+    assert choose_fit((512, 512), (0.5, 0.5), md) == ("resize", "the model records no trained pixel spacing")
+
+
+def test_auto_fit_runs_exactly_what_it_chose(tiny_unet_path):
+    import onnxruntime as ort
+
+    md = read_metadata(tiny_unet_path)
+    sess = ort.InferenceSession(str(tiny_unet_path), providers=["CPUExecutionProvider"])
+
+    def predict(image, position):
+        return sess.run(["logits"], {"image": image})[0]
+
+    vol = np.random.default_rng(5).random((90, 70, 3), dtype=np.float32) * 500
+    fov_h = md.input_hw[0] * md.pixel_spacing_mm[0]
+    for scale, want in ((1.0, "resize"), (1.6, "tile")):
+        spacing = (fov_h * scale / 90, md.input_hw[1] * md.pixel_spacing_mm[1] * scale / 70)
+        auto = segment_canonical(vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(prefetch=False))
+        explicit = segment_canonical(vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(fit=want, prefetch=False))
+        assert auto.fit == want and explicit.fit == want and explicit.fit_reason == "asked for"
+        assert np.array_equal(auto.labels, explicit.labels)
+        assert want in auto.fit_reason or (want == "resize" and "within" in auto.fit_reason)
