@@ -260,6 +260,7 @@ class Segmenter:
                 "fit": run.fit,
                 "fit_requested": pipe_options.fit,
                 "fit_reason": run.fit_reason,
+                "stray_voxels_relabelled": run.strays.voxels if run.strays else None,
                 "batch_size": run.batch_size,
                 "batch_size_requested": pipe_options.batch_size,
                 "memory_budget_mb": pipe_options.memory_budget_mb,

@@ -32,6 +32,7 @@ from limbseg_rt.runtime.inference.preprocess import (
     is_constant,
     preprocess_slices,
 )
+from limbseg_rt.runtime.inference.postprocess import StrayResult, suppress_stray_runs
 from limbseg_rt.runtime.inference.tiling import TileCoord, sliding_window_logits
 
 FIT_MODES = ("auto", "resize", "tile")
@@ -63,6 +64,7 @@ class PipelineOptions:
     tile_overlap: float = 0.5
     limb_range: tuple[float, float] | None = None
     prefetch: bool = True
+    suppress_strays: bool = True  # relabel stray runs of slices after the loop (postprocess.py)
 
     def __post_init__(self) -> None:
         if self.fit not in FIT_MODES:
@@ -85,6 +87,7 @@ def check_limb_range(limb_range: tuple[float, float]) -> tuple[float, float]:
 class SliceRun:
     """What the slice loop produced. ``labels`` uint8 ``[X, Y, Z]`` on the canonical grid.
 
+    ``strays``: what the stray-run suppression relabelled (None when it was off).
     ``timings`` (seconds): ``preprocess`` (in the background thread, overlapping ``infer``),
     ``infer`` and ``postprocess``. ``positions``: SC-UNet positions per canonical slice, or None.
     """
@@ -99,6 +102,7 @@ class SliceRun:
     resampled_hw: tuple[int, int] | None = None
     fit: str = "resize"
     fit_reason: str = ""
+    strays: StrayResult | None = None
 
 
 def choose_fit(slice_hw: tuple[int, int], spacing_xy_mm: tuple[float, float], metadata: ModelMetadata) -> tuple[str, str]:
@@ -384,4 +388,8 @@ def segment_canonical(
         timings["postprocess"] += time.perf_counter() - t1
         if progress:
             progress(stop, nz)
+    if options.suppress_strays:
+        t = time.perf_counter()
+        run.strays = suppress_stray_runs(labels)
+        timings["postprocess"] += time.perf_counter() - t
     return run
