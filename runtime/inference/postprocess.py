@@ -7,10 +7,10 @@ of view. Along z, a real muscle is one run of consecutive slices; strays are sho
 
 Rule, per muscle class ``c`` (background 0 is never touched), on canonical labels ``[X, Y, Z]``:
 
-1. ``area[z]``: pixels of ``c`` in slice ``z``; the class is *present* in slices with
-   ``area[z] >= PRESENCE_FRACTION * max(area)`` (and at least one pixel).
-2. Present slices form runs; runs separated by at most ``MAX_GAP`` absent slices are joined (a
-   slice the network missed does not split a muscle).
+1. ``area[z]``: pixels of ``c`` in slice ``z``; the class is *present* in slices with any pixel.
+2. Present slices form runs; runs separated by at most ``MAX_GAP`` absent slices are joined (a few
+   slices the network missed do not split a muscle: on held-out phantom 200 the demo UNet misses
+   three consecutive slices in the middle of one muscle).
 3. The run holding the most pixels of ``c`` is kept, and so is any run holding at least
    ``KEEP_FRACTION`` of its pixels; every pixel of ``c`` in a slice outside the kept runs is stray.
    So the class's own body, however long or short, is always kept.
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRESENCE_FRACTION = 0.01
-MAX_GAP = 1
+MAX_GAP = 3
 KEEP_FRACTION = 0.25
 FILL_STEPS = 32
 
@@ -44,7 +43,7 @@ class StrayResult:
 def _kept_slices(area: np.ndarray) -> np.ndarray:
     """bool ``[Z]``: slices inside the kept runs for one class's per-slice areas ``[Z]``."""
     z = area.size
-    present = (area >= max(1.0, PRESENCE_FRACTION * float(area.max()))) & (area > 0)
+    present = area > 0
     idx = np.flatnonzero(present)
     keep = np.zeros(z, dtype=bool)
     if idx.size == 0:

@@ -27,7 +27,7 @@ def test_fragment_far_from_the_muscle_goes_back_to_its_surroundings():
 
 def test_fragment_in_background_becomes_background():
     lab = _two_muscles()
-    lab[36:39, 1:4, 28] = 2
+    lab[36:39, 1:4, 25] = 2
     res = suppress_stray_runs(lab)
     assert res.voxels == 9 and np.array_equal(lab, _two_muscles())
 
@@ -41,9 +41,10 @@ def test_real_muscles_at_the_ends_and_short_muscles_are_kept():
     assert {1, 3} <= set(np.unique(lab[:, :, -1]))
 
 
-def test_a_missed_slice_does_not_split_a_muscle_and_tapering_ends_stay():
+def test_missed_slices_do_not_split_a_muscle_and_tapering_ends_stay():
     lab = _two_muscles()
-    lab[:, :, 8][lab[:, :, 8] == 2] = 0  # the network missed muscle 2 in one slice
+    for z in (7, 8, 9):
+        lab[:, :, z][lab[:, :, z] == 2] = 0  # the network missed muscle 2 in three slices
     lab[27:29, 27:29, 15] = 2  # its tapering end: 4 pixels next to the run
     want = lab.copy()
     assert suppress_stray_runs(lab).voxels == 0 and np.array_equal(lab, want)
