@@ -292,13 +292,14 @@ def segment_canonical(
     metadata: ModelMetadata,
     predict: Predict,
     *,
-    spacing_xy_mm: tuple[float, float] = (1.0, 1.0),
+    spacing_xy_mm: tuple[float, float] | None = None,
     options: PipelineOptions = PipelineOptions(),
     progress: Progress | None = None,
 ) -> SliceRun:
     """Labels uint8 ``[X, Y, Z]`` for a canonical float32 volume ``[X, Y, Z]``.
 
-    ``spacing_xy_mm``: the in-plane voxel spacing (needed by ``fit="tile"``). ``progress(done,
+    ``spacing_xy_mm``: the in-plane voxel spacing in mm (needed by ``fit="tile"``, which assumes
+    1 mm without it, and by ``fit="auto"``, which resizes without it). ``progress(done,
     total)`` is called after each batch with slice counts. An empty or constant image (no finite
     contrast) is not sent to the model: the result is all background and ``empty`` is True.
     """
@@ -322,7 +323,12 @@ def segment_canonical(
 
     fit, fit_reason = options.fit, "asked for"
     if fit == "auto":
-        fit, fit_reason = choose_fit((nx, ny), spacing_xy_mm, metadata)
+        if spacing_xy_mm is None:
+            fit, fit_reason = "resize", "no pixel spacing given"
+        else:
+            fit, fit_reason = choose_fit((nx, ny), spacing_xy_mm, metadata)
+    if spacing_xy_mm is None:
+        spacing_xy_mm = (1.0, 1.0)  # what tile mode always assumed without a spacing
     resampled_hw = None
     if fit == "tile":
         if not metadata.pixel_spacing_mm:
