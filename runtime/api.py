@@ -163,7 +163,8 @@ class Segmenter:
     ``"openvino"``, ``"cpu"``. ``precision``: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"int8"``
     (bundled models). ``allow_fallback``: accept a slower provider if the requested one is not
     available (reported). ``batch_size``: slices per model call or ``"auto"`` (from a memory
-    budget of ``memory_budget_mb``). ``fit``: ``"resize"`` or ``"tile"`` (see pipeline.py).
+    budget of ``memory_budget_mb``). ``fit``: ``"auto"`` (default), ``"resize"`` or ``"tile"``
+    (see pipeline.py; the report's ``pipeline.fit`` says which ran and ``fit_reason`` why).
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class Segmenter:
         threads: int | None = None,
         device_id: int = 0,
         batch_size: int | str = "auto",
-        fit: str = "resize",
+        fit: str = "auto",
         memory_budget_mb: float = 512.0,
         max_batch: int = DEFAULT_MAX_BATCH,
         tile_overlap: float = 0.5,
@@ -307,11 +308,14 @@ class Segmenter:
                 "details": engine_info,
             },
             "pipeline": {
-                "fit": pipe_options.fit,
+                "fit": run.fit,
+                "fit_requested": pipe_options.fit,
+                "fit_reason": run.fit_reason,
+                "stray_voxels_relabelled": run.strays.voxels if run.strays else None,
                 "batch_size": run.batch_size,
                 "batch_size_requested": pipe_options.batch_size,
                 "memory_budget_mb": pipe_options.memory_budget_mb,
-                "tile_overlap": pipe_options.tile_overlap if pipe_options.fit == "tile" else None,
+                "tile_overlap": pipe_options.tile_overlap if run.fit == "tile" else None,
                 "resampled_hw": list(run.resampled_hw) if run.resampled_hw else None,
                 "limb_range": list(limb_range) if limb_range else None,
                 "intensity_window": list(run.window),

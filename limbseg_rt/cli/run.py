@@ -73,8 +73,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-fallback", action="store_true", help="accept a slower provider if the requested one is unavailable (reported)")
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads for inference (default: engine's choice)")
     p.add_argument("--device-id", type=_positive_int, default=0, help="GPU index for cuda/tensorrt (default: 0)")
-    p.add_argument("--fit", default="resize", choices=("resize", "tile"),
-                   help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the model's pixel spacing")
+    p.add_argument("--fit", default="auto", choices=("auto", "resize", "tile"),
+                   help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the "
+                        "model's pixel spacing; auto (default): resize when the scan's field of view matches the "
+                        "model's trained scale, else tile (the report says which and why)")
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="slices per model call, or auto (default)")
 
 
@@ -206,6 +208,10 @@ def render_summary(result, written: dict | None = None, *, out=None) -> None:
         f"provider {engine['provider']}; precision {engine['precision']}",
         file=out,
     )
+    pipe = report.manifest.get("pipeline", {})
+    if pipe.get("fit"):
+        why = f" ({pipe['fit_reason']})" if pipe.get("fit_requested") == "auto" and pipe.get("fit_reason") else ""
+        print(f"fit {pipe['fit']}{why}", file=out)
     choice = (engine.get("details") or {}).get("precision_choice") or {}
     if choice.get("how") in ("measured", "rule"):
         print(f"precision auto -> {choice['chose']}: {choice['why']}", file=out)
