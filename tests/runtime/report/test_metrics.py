@@ -531,5 +531,5 @@ def test_overlap_metrics_run_without_scipy_and_distances_name_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == '2 surface distances (HD, HD95, ASSD) need scipy, which is not installed: pip install "limbseg-rt[eval]"'
+    assert out.stdout.strip() == '12 surface distances (HD, HD95, ASSD) need scipy, which is not installed: pip install "limbseg-rt[eval]"'
 
