@@ -159,6 +159,15 @@ def _call(args) -> int:
         error_line(f"interrupted ({signal.Signals(signum).name}); outputs are complete from this run or as they "
                    "were before it; rerun the command")
         return 128 + int(signum)
+    except BrokenPipeError:
+        # The reader of our output went away (`limbseg-rt info | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush cannot fail again; exit as a shell does.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + int(signal.SIGPIPE)
     except MemoryError:
         if args.debug:
             raise
