@@ -153,7 +153,6 @@ def onnx_macs(path: Path, hw: tuple[int, int], *, in_channels: int = 1) -> int:
     total = 0
     for node in model.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        group = int(attrs.get("group", 1))
         if node.op_type == "Conv":
             w = weights.get(node.input[1]) or tuple(shapes[node.input[1]])
             out = shapes[node.output[0]]

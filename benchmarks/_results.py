@@ -111,11 +111,11 @@ class Results:
                     f"{f(a.get('max_abs_rve'), '.2f')} | {f(a.get('mean_dsc'), '.4f')} | {f(a.get('mean_rve'), '.2f')} | "
                     f"{f(a.get('mean_hd_mm'), '.1f')} |")
         if self.shift:
-            lines += ["", "| acquisition shift (phantom 200) | model | mean DSC | mean abs RVE % | mean HD95 mm |",
-                      "|---|---|---|---|---|"]
+            lines += ["", "| acquisition shift (phantom 200) | model | fit | mean DSC | mean abs RVE % | mean HD95 mm "
+                      "| false end-slice muscles |", "|---|---|---|---|---|---|---|"]
             for a in self.shift:
-                lines.append(f"| {a['case']} | {a['model']} | {f(a['dsc'], '.3f')} | {f(a['abs_rve'], '.1f')} | "
-                             f"{f(a['hd95_mm'], '.1f')} |")
+                lines.append(f"| {a['case']} | {a['model']} | {a.get('fit', '-')} | {f(a['dsc'], '.3f')} | "
+                             f"{f(a['abs_rve'], '.1f')} | {f(a['hd95_mm'], '.1f')} | {a.get('false_end_muscles', '-')} |")
         if self.runs:
             lines += ["", "| end-to-end run | engine | slices | wall s | model-only s | read | preprocess | infer | postprocess | write | peak RSS MiB |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -15,6 +15,23 @@ grid covers a window at a random place in the slice, or centred on a given pixel
 trainer uses it to put a muscle in the window, as nnU-Net oversamples foreground). The networks are
 fully convolutional, so training on crops costs a fraction of the compute per sample while inference
 still sees whole slices; use it when CPU time is the limit.
+
+Acquisition-shift augmentation (``AppearanceSpec`` and ``AugmentSpec.zoom``, not in the paper): what
+users' scans differ in, applied to the normalised ``[0, 1]`` slices after the geometric transform.
+Each sample draws its own parameters, each kind of change with its own probability:
+
+- resolution: shrink by ``f`` (uniform in ``resolution``) with an antialiasing filter, add Gaussian
+  noise at the coarse grid (``noise_std`` uniform), resize back linearly: a coarser acquisition
+  interpolated onto the grid, with the correlated noise such a scan has;
+- contrast: gamma ``x ** g`` (``log g`` uniform in ``log gamma``), a window change
+  ``(x - a) / (b - a)`` (``a`` in ``window_low``, ``b`` in ``window_high``: another intensity scale,
+  or the percentile window of a scan that covers only the thigh or only the calf, which is how
+  partial coverage reaches a 2D network), and a smooth multiplicative bias field
+  ``exp(sum c_ij x^i y^j)``, ``i + j <= 2``, coefficients uniform in ``+-bias``;
+- field of view (``AugmentSpec.zoom``): the anatomy scaled by ``z`` (``log z`` uniform), i.e. the same
+  limb seen with a wider (``z < 1``) or narrower (``z > 1``) field of view on the same grid.
+
+Results are clipped to ``[0, 1]``, as the runtime's normalisation clips.
 """
 
 from __future__ import annotations
@@ -35,8 +52,11 @@ class AugmentSpec:
     lr_flip_p: float = 0.5
     ap_flip_p: float = 0.1
     crop_hw: tuple[int, int] | None = None
+    zoom: tuple[float, float] = (1.0, 1.0)  # anatomy scale range (field of view), log-uniform
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.zoom[0] <= self.zoom[1]:
+            raise ValueError("zoom must be a range 0 < low <= high")
         if self.crop_hw is not None and min(self.crop_hw) < 1:
             raise ValueError("crop sizes must be >= 1 pixel")
         if not (0.0 <= self.lr_flip_p <= 1.0 and 0.0 <= self.ap_flip_p <= 1.0):
@@ -46,6 +66,76 @@ class AugmentSpec:
 
 
 NO_AUGMENT = AugmentSpec(0.0, 0.0, 0.0, None)
+SHIFT_ZOOM = (0.78, 1.25)  # a 280-560 mm field of view on a 448 mm trained one
+
+
+@dataclass(frozen=True)
+class AppearanceSpec:
+    """Acquisition-shift changes of intensity and resolution (see the module docstring).
+
+    Probabilities ``p_*`` per sample; ranges are ``(low, high)``. The defaults are the recipe the
+    bundled demo models were fine-tuned with (``limbseg-rt train --shift-augment``).
+    """
+
+    p_resolution: float = 0.3
+    resolution: tuple[float, float] = (1.0, 2.5)
+    noise_std: tuple[float, float] = (0.0, 0.04)
+    p_gamma: float = 0.4
+    gamma: tuple[float, float] = (0.5, 2.0)
+    p_window: float = 0.4
+    window_low: tuple[float, float] = (-0.05, 0.08)
+    window_high: tuple[float, float] = (0.7, 1.3)
+    p_bias: float = 0.3
+    bias: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("p_resolution", "p_gamma", "p_window", "p_bias"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+        if not (1.0 <= self.resolution[0] <= self.resolution[1] and 0.0 < self.gamma[0] <= self.gamma[1]):
+            raise ValueError("resolution factors must be >= 1 and gamma > 0, as (low, high) ranges")
+        if not self.window_low[1] < self.window_high[0]:
+            raise ValueError("window_low must stay below window_high")
+
+
+NO_APPEARANCE = AppearanceSpec(0.0, p_gamma=0.0, p_window=0.0, p_bias=0.0)
+
+
+def _uniform(n: int, lo: float, hi: float, generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+def augment_appearance(
+    images: torch.Tensor, spec: AppearanceSpec = AppearanceSpec(), generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Apply ``spec`` to ``images`` float32 ``[N, C, H, W]`` in ``[0, 1]``; returns a new tensor of
+    the same shape and dtype, in ``[0, 1]``. Labels are unaffected (no geometry changes here)."""
+    if images.ndim != 4:
+        raise ValueError(f"images [N, C, H, W] expected, got {tuple(images.shape)}")
+    x = images.clone()
+    n, _, h, w = x.shape
+    draw = torch.rand(n, 4, generator=generator)
+    res = _uniform(n, *spec.resolution, generator)
+    noise = _uniform(n, *spec.noise_std, generator)
+    for i in torch.nonzero(draw[:, 0] < spec.p_resolution).flatten().tolist():
+        lh, lw = max(1, round(h / float(res[i]))), max(1, round(w / float(res[i])))
+        low = F.interpolate(x[i:i + 1], size=(lh, lw), mode="bilinear", antialias=True, align_corners=False)
+        low = low + float(noise[i]) * torch.randn(low.shape, generator=generator)
+        x[i:i + 1] = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    x = x.clamp(0.0, 1.0)
+    g = torch.exp(_uniform(n, math.log(spec.gamma[0]), math.log(spec.gamma[1]), generator))
+    g = torch.where(draw[:, 1] < spec.p_gamma, g, torch.ones(n))
+    x = x.pow(g.view(n, 1, 1, 1))
+    a = torch.where(draw[:, 2] < spec.p_window, _uniform(n, *spec.window_low, generator), torch.zeros(n))
+    b = torch.where(draw[:, 2] < spec.p_window, _uniform(n, *spec.window_high, generator), torch.ones(n))
+    x = (x - a.view(n, 1, 1, 1)) / (b - a).view(n, 1, 1, 1)
+    coef = _uniform(n * 6, -spec.bias, spec.bias, generator).view(n, 6)
+    coef = coef * (draw[:, 3] < spec.p_bias).to(coef.dtype)[:, None]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy])  # [6, H, W]
+    field = torch.exp(torch.einsum("nk,khw->nhw", coef, basis))
+    x = x * field[:, None]
+    return x.clamp(0.0, 1.0).to(images.dtype)
 
 
 def random_affines(
@@ -65,10 +155,13 @@ def random_affines(
     h, w = hw
     oh, ow = out_hw or hw
     u = torch.rand(n, 5, generator=generator)
+    lz0, lz1 = math.log(spec.zoom[0]), math.log(spec.zoom[1])
+    # Drawn only when zoom is on, so runs without it keep their random stream.
+    inv_zoom = torch.exp(-(lz0 + (lz1 - lz0) * torch.rand(n, generator=generator))) if lz1 > lz0 or lz0 else torch.ones(n)
     angle = (u[:, 0] * 2.0 - 1.0) * math.radians(spec.max_rotation_deg)
     flip_w = torch.where(u[:, 2] < spec.ap_flip_p, -1.0, 1.0)  # mirrors axis W (anterior-posterior)
     flip_h = torch.where(u[:, 1] < spec.lr_flip_p, -1.0, 1.0)  # mirrors axis H (left-right)
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    cos, sin = torch.cos(angle) * inv_zoom, torch.sin(angle) * inv_zoom
     theta = torch.zeros(n, 2, 3)
     # Columns are scaled by the flips (applied to output coordinates before the rotation).
     theta[:, 0, 0] = cos * flip_w * (ow / w)

@@ -9,7 +9,7 @@ Three sources, one result (``SubjectSlices``):
 - ``phantom_subject``: a synthetic subject generated from a seed by ``runtime.phantom``.
 
 Every slice goes through ``runtime.preprocess`` exactly as at inference: the intensity window is
-taken over the whole subject volume, images are normalised then bilinearly resized to ``input_hw``,
+taken over the whole subject volume, images are normalised then resized to ``input_hw`` (``resampling``),
 labels are resized nearest-neighbour. Positions (SC-UNet) follow ``runtime.position``.
 
 ``SliceDataset`` concatenates subjects; item ``i`` is ``(image float32 [1, h, w] in [0, 1],
@@ -77,11 +77,14 @@ def subject_from_volume(
     spec: NormalisationSpec = NormalisationSpec(),
     max_slices: int | None = None,
     classes: int = DEFAULT_CLASSES,
+    resampling: str = "exact",
 ) -> SubjectSlices:
     """Slice a RAS+ canonical volume pair ``[X, Y, Z]`` (z = 0 most inferior) into a subject.
 
     The window is computed over the whole volume before any subsampling (``max_slices`` keeps that
-    many evenly spaced slices); positions are those of the full volume.
+    many evenly spaced slices); positions are those of the full volume. ``resampling``: how slices
+    are resized to ``input_hw`` (``"exact"`` | ``"antialias"``, see runtime preprocess.py); the
+    exported model records it and the runtime resizes the same way.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape != np.shape(labels):
@@ -95,7 +98,7 @@ def subject_from_volume(
     keep = _even_indices(image.shape[2], max_slices)
     positions = slice_positions(image.shape[2], proximal_first=False)[keep]
     slices = np.moveaxis(image[:, :, keep], 2, 0)
-    images = preprocess_slices(slices, lo, hi, input_hw)
+    images = preprocess_slices(slices, lo, hi, input_hw, resampling)
     lab_slices = resize_nearest(np.moveaxis(lab[:, :, keep], 2, 0), input_hw)
     return SubjectSlices(name, images, np.ascontiguousarray(lab_slices), positions.astype(np.float32))
 
@@ -153,6 +156,7 @@ def nifti_subject(
     spec: NormalisationSpec = NormalisationSpec(),
     max_slices: int | None = None,
     classes: int = DEFAULT_CLASSES,
+    resampling: str = "exact",
 ) -> SubjectSlices:
     """Read an image/label NIfTI pair, reorient both to RAS+ canonical and slice along z."""
     image, affine = _load_canonical(Path(image_path))
@@ -163,7 +167,7 @@ def nifti_subject(
         )
     return subject_from_volume(
         name or Path(image_path).name, image.astype(np.float32), labels,
-        input_hw=input_hw, spec=spec, max_slices=max_slices, classes=classes,
+        input_hw=input_hw, spec=spec, max_slices=max_slices, classes=classes, resampling=resampling,
     )
 
 
@@ -216,6 +220,7 @@ def png_subject(
     spec: NormalisationSpec = NormalisationSpec(),
     max_slices: int | None = None,
     classes: int = DEFAULT_CLASSES,
+    resampling: str = "exact",
 ) -> SubjectSlices:
     """One subject of the PNG layout; position ``p = n / max(n)`` (the authors' rule)."""
     files = sorted(files)
@@ -233,7 +238,7 @@ def png_subject(
         mask = _read_png(mask_path, mask=True)
         if mask.shape != raw[k].shape:
             raise InputError(f"{mask_path}: mask size {mask.shape} differs from its image {raw[k].shape}")
-        images.append(preprocess_slices(raw[k][None], lo, hi, input_hw)[0])
+        images.append(preprocess_slices(raw[k][None], lo, hi, input_hw, resampling)[0])
         labels.append(resize_nearest(_check_labels(mask, classes, str(mask_path)), input_hw))
     positions = np.array([files[k][0] / n_max for k in keep], dtype=np.float32)
     return SubjectSlices(name, np.stack(images), np.stack(labels), positions)
@@ -249,6 +254,7 @@ def phantom_subject(
     spacing: tuple[float, float, float] | None = None,
     input_hw: tuple[int, int] = MODEL_INPUT_HW,
     spec: NormalisationSpec = NormalisationSpec(),
+    resampling: str = "exact",
 ) -> SubjectSlices:
     """Generate phantom subject ``seed`` once and keep its preprocessed slices in memory.
 
@@ -258,7 +264,8 @@ def phantom_subject(
 
     kw = {} if spacing is None else {"spacing": tuple(float(v) for v in spacing)}
     ph = phantom_arrays(int(seed), slices=int(slices), shape=tuple(shape), **kw)
-    return subject_from_volume(f"phantom-{seed}", ph.image, ph.labels, input_hw=input_hw, spec=spec)
+    return subject_from_volume(f"phantom-{seed}", ph.image, ph.labels, input_hw=input_hw, spec=spec,
+                               resampling=resampling)
 
 
 # --- the dataset ------------------------------------------------------------------------------

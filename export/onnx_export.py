@@ -41,7 +41,7 @@ from limbseg_rt.runtime.errors import ModelError, ParityError
 from limbseg_rt.runtime.io.outputs import OutputSet
 from limbseg_rt.runtime.model.labels import LabelTable, default_label_table
 from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, RESAMPLING_MODES, NormalisationSpec
 
 # 17 is the oldest opset torch's exporter reaches by down-conversion for these graphs (measured).
 MIN_OPSET, MAX_OPSET = 17, 23
@@ -244,6 +244,7 @@ def export_model(
     measure_speed: bool = True,
     threads: int = 2,
     int8_float_levels: int = 0,
+    resampling: str | None = None,
 ) -> ExportResult:
     """Export checkpoint ``checkpoint`` of architecture ``arch`` to the ONNX file ``out``.
 
@@ -257,6 +258,9 @@ def export_model(
     known. ``tolerance``: override the spec's gates for this precision (e.g. a documented looser
     gate for an untrained model). ``threads``: ONNX Runtime threads for parity and speed runs.
     ``int8_float_levels``: int8 only; the finest resolution levels kept in float (see ``to_int8``).
+    ``resampling``: how the model's training slices were resized (``"exact"`` | ``"antialias"``,
+    recorded in the metadata); None takes the checkpoint's ``"resampling"`` entry, and a checkpoint
+    without one (the authors') gets ``"exact"``, the paper's preprocessing.
 
     Raises ``ModelError`` (bad checkpoint, labels, widths), ``OutputError`` (bad ``out``),
     ``InputError`` (bad calibration data) and ``ParityError`` (all failed checks at once). On any
@@ -269,7 +273,10 @@ def export_model(
     tol = tolerance if tolerance is not None else spec.tolerance(precision)
     table = _label_table(labels)
     outs = _check_out(out, checkpoint, calibration)
-    model, _, feats = load_network(arch, checkpoint, features=features, classes=len(table))
+    model, ckpt, feats = load_network(arch, checkpoint, features=features, classes=len(table))
+    resampling = str(resampling or ckpt.get("resampling") or "exact")
+    if resampling not in RESAMPLING_MODES:
+        raise ModelError(f"resampling {resampling!r} is not one of {', '.join(RESAMPLING_MODES)}")
     multiple = 2 ** len(feats)
     hw = tuple(int(v) for v in input_hw)
     phw = tuple(int(v) for v in (parity_hw or hw))
@@ -323,6 +330,7 @@ def export_model(
                 outputs=(LOGITS, LABELS) if with_labels_output else (LOGITS,),
                 position=PositionSpec() if spec.needs_position else None,
                 pixel_spacing_mm=tuple(float(s) for s in pixel_spacing_mm) if pixel_spacing_mm else None,
+                resampling=resampling,
                 checkpoint_sha256=sha256_file(checkpoint),
                 exporter=EXPORTER,
                 versions=_versions(spec.opset),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from limbseg_rt.export.augment import AugmentSpec, augment_batch
+from limbseg_rt.export.augment import NO_APPEARANCE, AppearanceSpec, AugmentSpec, augment_appearance, augment_batch
 from limbseg_rt.export.datasets import SliceDataset
 from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 from limbseg_rt.runtime.model.labels import default_label_table
@@ -61,6 +61,9 @@ class TrainConfig:
     bf16: bool = False  # forward pass under bfloat16 autocast; master weights, loss and validation in float32
     val_every: int = 1  # validate every N epochs (and after the last one)
     position_lr_scale: float = 1.0  # SC-UNet: the position layer's learning rate, as a multiple of lr
+    resampling: str = "exact"  # how the training slices were resized (recorded in the checkpoint, then the model)
+    appearance: AppearanceSpec = NO_APPEARANCE  # acquisition-shift intensity/resolution changes (augment.py)
+    freeze_batchnorm: bool = False  # BatchNorm layers keep their running statistics (fine-tuning)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -340,9 +343,11 @@ def checkpoint_extra(config: TrainConfig, *, epoch: int, val_loss, val_dice, tra
         "label_table": default_label_table().to_json(),
         "input_hw": list(MODEL_INPUT_HW),
         "normalisation": NormalisationSpec().to_dict(),
+        "resampling": config.resampling,
         "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                         if k != "augment"} | {"augment": {k: (list(v) if isinstance(v, tuple) else v)
-                                             for k, v in asdict(config.augment).items()}},
+                         if k not in ("augment", "appearance")}
+        | {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(getattr(config, name)).items()}
+           for name in ("augment", "appearance")},
     }
 
 
@@ -408,6 +413,12 @@ def train(
     for epoch in range(1, config.epochs + 1):
         t_epoch = clock()
         model.train()
+        if config.freeze_batchnorm:
+            # Fine-tuning a model whose BatchNorm layers carry its exported behaviour (recovered
+            # checkpoints: identity + bias): batch statistics would replace them at the first step.
+            for mod in model.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
         order = rng.permutation(n) if config.class_balanced == 0.0 else rng.choice(n, size=n, p=draw)
         losses = []
         for k in range(steps_per_epoch):
@@ -431,6 +442,8 @@ def train(
             if config.augment.crop_hw is not None and config.crop_foreground > 0:
                 centres = torch.from_numpy(foreground_centres(train_data.labels[index], config.crop_foreground, rng))
             img, lab = augment_batch(img, lab, config.augment, gen, centres)
+            if config.appearance != NO_APPEARANCE:
+                img = augment_appearance(img, config.appearance, gen)
             if config.channels_last:
                 img = img.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
@@ -480,7 +493,7 @@ def train(
 def predict_volume(
     model, arch: str, image: np.ndarray, *, positions: np.ndarray | None = None,
     input_hw: tuple[int, int] = MODEL_INPUT_HW, spec: NormalisationSpec = NormalisationSpec(),
-    batch_size: int = 8,
+    batch_size: int = 8, resampling: str = "exact",
 ) -> np.ndarray:
     """Labels uint8 ``[X, Y, Z]`` for a RAS+ canonical volume ``[X, Y, Z]`` (z = 0 most inferior).
 
@@ -499,7 +512,7 @@ def predict_volume(
     out = np.zeros((x, y, z), dtype=np.uint8)
     for b in range(0, z, batch_size):
         ks = np.arange(b, min(b + batch_size, z))
-        inp = preprocess_slices(np.moveaxis(image[:, :, ks], 2, 0), lo, hi, input_hw)
+        inp = preprocess_slices(np.moveaxis(image[:, :, ks], 2, 0), lo, hi, input_hw, resampling)
         logits = forward(model, arch, torch.from_numpy(inp), torch.from_numpy(np.asarray(positions[ks], np.float32)))
         native = resize_bilinear(logits.numpy(), (x, y))
         out[:, :, ks] = np.moveaxis(native.argmax(axis=1).astype(np.uint8), 0, 2)

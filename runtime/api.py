@@ -18,11 +18,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.errors import InputError, OutputError
 from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
 from limbseg_rt.runtime.report.run_report import (
@@ -31,6 +31,9 @@ from limbseg_rt.runtime.report.run_report import (
     peak_rss_mib,
     runtime_versions,
 )
+
+if TYPE_CHECKING:
+    from limbseg_rt.runtime.io.nifti import ImageProps
 
 FLAG_EMPTY = "empty_image"
 FLAG_FOV_CUT = "fov_cut"
@@ -160,7 +163,8 @@ class Segmenter:
     ``"openvino"``, ``"cpu"``. ``precision``: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"int8"``
     (bundled models). ``allow_fallback``: accept a slower provider if the requested one is not
     available (reported). ``batch_size``: slices per model call or ``"auto"`` (from a memory
-    budget of ``memory_budget_mb``). ``fit``: ``"resize"`` or ``"tile"`` (see pipeline.py).
+    budget of ``memory_budget_mb``). ``fit``: ``"auto"`` (default), ``"resize"`` or ``"tile"``
+    (see pipeline.py; the report's ``pipeline.fit`` says which ran and ``fit_reason`` why).
     """
 
     def __init__(
@@ -173,7 +177,7 @@ class Segmenter:
         threads: int | None = None,
         device_id: int = 0,
         batch_size: int | str = "auto",
-        fit: str = "resize",
+        fit: str = "auto",
         memory_budget_mb: float = 512.0,
         max_batch: int = DEFAULT_MAX_BATCH,
         tile_overlap: float = 0.5,
@@ -304,11 +308,14 @@ class Segmenter:
                 "details": engine_info,
             },
             "pipeline": {
-                "fit": pipe_options.fit,
+                "fit": run.fit,
+                "fit_requested": pipe_options.fit,
+                "fit_reason": run.fit_reason,
+                "stray_voxels_relabelled": run.strays.voxels if run.strays else None,
                 "batch_size": run.batch_size,
                 "batch_size_requested": pipe_options.batch_size,
                 "memory_budget_mb": pipe_options.memory_budget_mb,
-                "tile_overlap": pipe_options.tile_overlap if pipe_options.fit == "tile" else None,
+                "tile_overlap": pipe_options.tile_overlap if run.fit == "tile" else None,
                 "resampled_hw": list(run.resampled_hw) if run.resampled_hw else None,
                 "limb_range": list(limb_range) if limb_range else None,
                 "intensity_window": list(run.window),
@@ -388,7 +395,7 @@ def _metadata_summary(md) -> dict:
     return d
 
 
-def _read_source(source, options, series=None) -> tuple[np.ndarray, object, dict]:
+def _read_source(source, options, series=None) -> tuple[np.ndarray, ImageProps, dict]:
     """(canonical float32 volume, ImageProps, input description) for a path or a nibabel image."""
     from limbseg_rt.runtime.io.dicom import looks_like_dicom
     from limbseg_rt.runtime.io.nifti import from_nibabel, read_image

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
+    for module_name in COMMANDS.values():
         module = importlib.import_module(f"limbseg_rt.cli.{module_name}")
         p = module.add_parser(sub)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
@@ -129,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     import logging
     import warnings
-
-    from limbseg_rt.runtime.errors import EXIT_INTERNAL, LimbsegError
 
     # The error output is exactly one line: third-party warnings (numpy, nibabel's logger, onnx)
     # are silenced unless --debug; everything the user must know is in our own lines and the report.

@@ -43,6 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--int8-float-levels", type=_non_negative, default=0, metavar="K",
                    help="int8: keep the convolutions of the K finest resolution levels in float (1 = full "
                         "resolution, 2 = also half); slower, closer to fp32 on small muscles (default 0)")
+    p.add_argument("--resampling", choices=("antialias", "exact"), default=None,
+                   help="how the model's training slices were resized (recorded in the metadata; the runtime "
+                        "resizes the same way); default: the checkpoint's record, else exact (the authors' "
+                        "checkpoints: the paper's linear resize)")
     return p
 
 
@@ -71,6 +75,7 @@ def main(args) -> int:
         input_hw=tuple(args.input_hw),
         parity_slices=args.parity_slices,
         int8_float_levels=args.int8_float_levels,
+        resampling=args.resampling,
     )
     md, parity = result.metadata, result.parity
     print(f"wrote {result.path} ({md.architecture}, features {' '.join(map(str, md.features))}, {md.precision})")

@@ -73,8 +73,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-fallback", action="store_true", help="accept a slower provider if the requested one is unavailable (reported)")
     p.add_argument("--threads", type=_threads, default=None, help="CPU threads for inference (default: engine's choice)")
     p.add_argument("--device-id", type=_positive_int, default=0, help="GPU index for cuda/tensorrt (default: 0)")
-    p.add_argument("--fit", default="resize", choices=("resize", "tile"),
-                   help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the model's pixel spacing")
+    p.add_argument("--fit", default="auto", choices=("auto", "resize", "tile"),
+                   help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the "
+                        "model's pixel spacing; auto (default): resize when the scan's field of view matches the "
+                        "model's trained scale, else tile (the report says which and why)")
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="slices per model call, or auto (default)")
 
 
@@ -117,8 +119,10 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
     g.add_argument("--measures-csv", default=None, metavar="PATH", help="per muscle x side CSV (default: <stem>_muscles.csv)")
     g.add_argument("--split-sides", action="store_true", help="label map with a right and a left label per muscle (implies --analysis)")
-    g.add_argument("--dixon-fat", default=None, metavar="FAT.nii.gz", help="Dixon fat image on the scan's grid (with --dixon-water)")
-    g.add_argument("--dixon-water", default=None, metavar="WATER.nii.gz", help="Dixon water image on the scan's grid")
+    g.add_argument("--measures-wide", action="store_true",
+                   help="the per muscle x side CSV in wide form: one row per muscle, each measure as _R and _L columns")
+    g.add_argument("--dixon-fat", "--fat", dest="dixon_fat", default=None, metavar="FAT.nii.gz", help="Dixon fat image on the scan's grid (with --dixon-water)")
+    g.add_argument("--dixon-water", "--water", dest="dixon_water", default=None, metavar="WATER.nii.gz", help="Dixon water image on the scan's grid")
     g.add_argument("--fat-fraction", default=None, metavar="FF.nii.gz", help="fat-fraction map (0..1 or %%) on the scan's grid")
     g.add_argument("--ff-erode", type=_positive_int, default=0, metavar="N", help="erode each muscle N voxels in-plane before Dixon FF (default 0)")
 
@@ -133,8 +137,8 @@ def analysis_options_from_args(args):
     """``AnalysisOptions`` or None (no analysis asked for); exit 2 on options that do not fit."""
     wants = args.analysis or args.split_sides or args.dixon_fat or args.dixon_water or args.fat_fraction
     if not wants:
-        if args.no_clean or args.measures_csv or args.ff_erode:
-            raise AnalysisUsageError("--no-clean, --measures-csv and --ff-erode need --analysis")
+        if args.no_clean or args.measures_csv or args.ff_erode or args.measures_wide:
+            raise AnalysisUsageError("--no-clean, --measures-csv, --measures-wide and --ff-erode need --analysis")
         return None
     if bool(args.dixon_fat) != bool(args.dixon_water):
         raise AnalysisUsageError("give both --dixon-fat and --dixon-water (or --fat-fraction)")
@@ -143,7 +147,8 @@ def analysis_options_from_args(args):
     from limbseg_rt.runtime.analysis.measures import AnalysisOptions
 
     return AnalysisOptions(clean=not args.no_clean, fat=args.dixon_fat, water=args.dixon_water,
-                           fat_fraction=args.fat_fraction, ff_erode=args.ff_erode)
+                           fat_fraction=args.fat_fraction, ff_erode=args.ff_erode,
+                           csv_form="wide" if args.measures_wide else "long")
 
 
 def add_read_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,6 +208,10 @@ def render_summary(result, written: dict | None = None, *, out=None) -> None:
         f"provider {engine['provider']}; precision {engine['precision']}",
         file=out,
     )
+    pipe = report.manifest.get("pipeline", {})
+    if pipe.get("fit"):
+        why = f" ({pipe['fit_reason']})" if pipe.get("fit_requested") == "auto" and pipe.get("fit_reason") else ""
+        print(f"fit {pipe['fit']}{why}", file=out)
     choice = (engine.get("details") or {}).get("precision_choice") or {}
     if choice.get("how") in ("measured", "rule"):
         print(f"precision auto -> {choice['chose']}: {choice['why']}", file=out)

@@ -57,6 +57,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="run the network's forward pass in bfloat16 autocast (weights, loss and validation stay "
                         "float32); ~1.8x faster steps on CPUs with AVX512-BF16 or AMX")
+    p.add_argument("--resampling", choices=("antialias", "exact"), default="antialias",
+                   help="how slices are resized to the model's input: antialias (default; no aliasing on fine "
+                        "grids) or exact (the paper's linear resize, as the authors' checkpoints expect); "
+                        "recorded in the checkpoint and the exported model")
+    p.add_argument("--shift-augment", action="store_true",
+                   help="augment for acquisition shift: resolution (down/up-sampling with noise), contrast "
+                        "(gamma, window, bias field) and field of view (zoom 0.78-1.25); not in the paper")
+    p.add_argument("--freeze-batchnorm", action="store_true",
+                   help="keep BatchNorm running statistics fixed (fine-tuning from a checkpoint, e.g. checkpoints/*.pth.tar)")
     p.add_argument("--val-every", type=int, default=1, metavar="N",
                    help="validate (and keep the best checkpoint) every N epochs and at the end (default 1)")
     return p
@@ -68,7 +77,8 @@ def _load_subjects(args, datasets):
         n_train = args.subjects or 6
         shape = tuple(args.phantom_shape)
         slices = args.slices_per_subject or 150
-        make = lambda seed: datasets.phantom_subject(seed, slices=slices, shape=shape)  # noqa: E731
+        make = lambda seed: datasets.phantom_subject(seed, slices=slices, shape=shape,  # noqa: E731
+                                                     resampling=args.resampling)
         train = [make(PHANTOM_TRAIN_SEED0 + i) for i in range(n_train)]
         val = [make(PHANTOM_VAL_SEED0 + i) for i in range(n_val)]
         return train, val
@@ -79,7 +89,7 @@ def _load_subjects(args, datasets):
     root = Path(args.data)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (pass a data folder or 'phantom')")
-    kw = {"max_slices": args.slices_per_subject}
+    kw = {"max_slices": args.slices_per_subject, "resampling": args.resampling}
     if (root / "imagesTr").is_dir():
         items = [(case, lambda c=case, i=img, l=lab: datasets.nifti_subject(i, l, name=c, **kw))
                  for case, img, lab in datasets.nnunet_cases(root)]
@@ -108,7 +118,7 @@ def main(args) -> int:
         raise MissingDependencyError("limbseg-rt train needs the optional package 'torch' (PyTorch), which is not "
                                      'installed; install it with: pip install "limbseg-rt[export]"') from None
     from limbseg_rt.export import datasets
-    from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec
+    from limbseg_rt.export.augment import NO_APPEARANCE, NO_AUGMENT, SHIFT_ZOOM, AppearanceSpec, AugmentSpec
     from limbseg_rt.export.train import TrainConfig, TrainSettingError, train
 
     try:
@@ -124,9 +134,11 @@ def main(args) -> int:
         lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
         channels_last=args.channels_last, loss=args.loss, class_balanced=args.class_balanced,
         crop_foreground=args.crop_foreground, bf16=args.bf16, val_every=args.val_every,
-        position_lr_scale=args.position_lr_scale,
+        position_lr_scale=args.position_lr_scale, resampling=args.resampling,
+        appearance=AppearanceSpec() if args.shift_augment else NO_APPEARANCE, freeze_batchnorm=args.freeze_batchnorm,
         augment=NO_AUGMENT if args.no_augment else AugmentSpec(
-            max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None),
+            max_rotation_deg=args.rotation, crop_hw=tuple(args.crop) if args.crop else None,
+            zoom=SHIFT_ZOOM if args.shift_augment else (1.0, 1.0)),
     )
     print(f"loading subjects ({args.data}) ...", file=sys.stderr, flush=True)
     train_subjects, val_subjects = _load_subjects(args, datasets)

@@ -213,6 +213,11 @@ Metadata parse_metadata(const std::string& text, const std::string& where) {
       // Only "volume" is run by the Python runtime (pipeline.py), so only "volume" is run here.
       if (s != "volume") throw json::ParseError("normalisation scope '" + s + "' is not supported (only 'volume')");
     }
+    if (const json::Value* r = d.find("resampling"); r && !r->is_null()) {
+      const std::string& mode = r->as_string("resampling");
+      if (mode != "exact" && mode != "antialias") throw json::ParseError("unknown resampling '" + mode + "'");
+      md.antialias = (mode == "antialias");
+    }
     for (const auto& v : d.at("inputs").as_array("inputs")) md.inputs.push_back(v.as_string("inputs[]"));
     for (const auto& v : d.at("outputs").as_array("outputs")) md.outputs.push_back(v.as_string("outputs[]"));
     if (md.inputs.empty()) throw json::ParseError("'inputs' is empty");

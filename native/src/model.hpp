@@ -29,6 +29,7 @@ struct Metadata {
   std::vector<std::string> inputs, outputs;
   bool needs_position = false;
   bool proximal_to_distal = true;  // position direction
+  bool antialias = false;          // "resampling": "antialias" (absent or "exact": false)
 };
 
 // Parse the JSON stored under "limbseg_rt.metadata"; throws Error(LIMBSEG_ERR_MODEL) naming `where`.

@@ -59,8 +59,37 @@ Window intensity_window_float32(const float* values, size_t n, double q_lo, doub
   return w;
 }
 
-AxisTable::AxisTable(int n_in, int n_out) : i0(n_out), i1(n_out), w(n_out), omw(n_out) {
+AxisTable::AxisTable(int n_in, int n_out, bool antialias) : i0(n_out), i1(n_out), w(n_out), omw(n_out) {
   const double scale = static_cast<double>(n_in) / static_cast<double>(n_out);
+  if (antialias && n_out < n_in) {
+    // preprocess.antialias_axis: weights in float64, normalised, then cast to float32.
+    std::vector<int64_t> first(n_out), last(n_out);
+    std::vector<double> centre(n_out);
+    int64_t k = 0;
+    for (int d = 0; d < n_out; ++d) {
+      centre[d] = (static_cast<double>(d) + 0.5) * scale;
+      first[d] = std::max<int64_t>(static_cast<int64_t>(std::floor(centre[d] - scale)), 0);
+      last[d] = std::min<int64_t>(static_cast<int64_t>(std::ceil(centre[d] + scale)), n_in - 1);
+      k = std::max<int64_t>(k, last[d] - first[d] + 1);
+    }
+    taps = static_cast<int>(k);
+    idx.resize(static_cast<size_t>(n_out) * taps);
+    tw.resize(static_cast<size_t>(n_out) * taps);
+    std::vector<double> wd(static_cast<size_t>(taps));
+    for (int d = 0; d < n_out; ++d) {
+      double sum = 0.0;
+      for (int t = 0; t < taps; ++t) {
+        const int64_t i = first[d] + t;
+        const bool valid = i <= last[d];
+        const int64_t j = valid ? i : last[d];
+        idx[static_cast<size_t>(d) * taps + t] = static_cast<int32_t>(j);
+        const double x = 1.0 - std::fabs(static_cast<double>(j) + 0.5 - centre[d]) / scale;
+        wd[t] = valid ? std::max(0.0, x) : 0.0;
+        sum += wd[t];
+      }
+      for (int t = 0; t < taps; ++t) tw[static_cast<size_t>(d) * taps + t] = static_cast<float>(wd[t] / sum);
+    }
+  }
   for (int d = 0; d < n_out; ++d) {
     double src = (static_cast<double>(d) + 0.5) * scale - 0.5;
     src = std::min(std::max(src, 0.0), static_cast<double>(n_in - 1));
@@ -76,7 +105,23 @@ AxisTable::AxisTable(int n_in, int n_out) : i0(n_out), i1(n_out), w(n_out), omw(
 void resize_bilinear(const float* in, int h_in, int w_in, float* out, int h_out, int w_out,
                      const AxisTable& rows, const AxisTable& cols, float* tmp) {
   const float* src = in;
-  if (h_in != h_out) {
+  if (h_in != h_out && rows.taps > 0) {
+    // Antialiased H: out[r] = sum_t tw[r, t] * in[idx[r, t]], accumulated in tap order (numpy's order).
+    float* dst = (w_in == w_out) ? out : tmp;
+    for (int r = 0; r < h_out; ++r) {
+      const size_t base = static_cast<size_t>(r) * rows.taps;
+      float* o = dst + static_cast<size_t>(r) * w_in;
+      const float* a = in + static_cast<size_t>(rows.idx[base]) * w_in;
+      const float wa = rows.tw[base];
+      for (int c = 0; c < w_in; ++c) o[c] = a[c] * wa;
+      for (int t = 1; t < rows.taps; ++t) {
+        const float* b = in + static_cast<size_t>(rows.idx[base + t]) * w_in;
+        const float wb = rows.tw[base + t];
+        for (int c = 0; c < w_in; ++c) o[c] = o[c] + b[c] * wb;
+      }
+    }
+    src = dst;
+  } else if (h_in != h_out) {
     float* dst = (w_in == w_out) ? out : tmp;
     for (int r = 0; r < h_out; ++r) {
       const float* a = in + static_cast<size_t>(rows.i0[r]) * w_in;
@@ -87,7 +132,18 @@ void resize_bilinear(const float* in, int h_in, int w_in, float* out, int h_out,
     }
     src = dst;
   }
-  if (w_in != w_out) {
+  if (w_in != w_out && cols.taps > 0) {
+    for (int r = 0; r < h_out; ++r) {
+      const float* row = src + static_cast<size_t>(r) * w_in;
+      float* o = out + static_cast<size_t>(r) * w_out;
+      for (int c = 0; c < w_out; ++c) {
+        const size_t base = static_cast<size_t>(c) * cols.taps;
+        float acc = row[cols.idx[base]] * cols.tw[base];
+        for (int t = 1; t < cols.taps; ++t) acc = acc + row[cols.idx[base + t]] * cols.tw[base + t];
+        o[c] = acc;
+      }
+    }
+  } else if (w_in != w_out) {
     for (int r = 0; r < h_out; ++r) {
       const float* row = src + static_cast<size_t>(r) * w_in;
       float* o = out + static_cast<size_t>(r) * w_out;

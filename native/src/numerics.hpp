@@ -32,15 +32,20 @@ inline float normalise(float x, float lo, float range) {
   return y;
 }
 
-// Interpolation table of one axis, n_in -> n_out samples (preprocess._linear_axis).
+// Interpolation table of one axis, n_in -> n_out samples (preprocess.linear_axis). With
+// `antialias` and n_out < n_in it holds the triangle-filter taps of preprocess.antialias_axis
+// instead: `taps` per output sample, `idx`/`tw` [n_out * taps] (zero weights repeat a valid index).
 struct AxisTable {
   std::vector<int32_t> i0, i1;
   std::vector<float> w;    // weight of i1
   std::vector<float> omw;  // float32(1 - w), the weight of i0
-  AxisTable(int n_in, int n_out);
+  int taps = 0;            // 0: linear interpolation (i0, i1, w, omw)
+  std::vector<int32_t> idx;
+  std::vector<float> tw;
+  AxisTable(int n_in, int n_out, bool antialias = false);
 };
 
-// preprocess.resize_bilinear of one 2-D float32 image [h_in, w_in] (row-major) into
+// preprocess.resize_linear (resize_bilinear when neither table has taps) of one 2-D float32 image [h_in, w_in] (row-major) into
 // out [h_out, w_out]: first along H, then along W; an axis of unchanged size is not touched.
 // `tmp` is scratch of at least h_out * w_in floats. rows/cols: tables for (h_in->h_out), (w_in->w_out).
 void resize_bilinear(const float* in, int h_in, int w_in, float* out, int h_out, int w_out,

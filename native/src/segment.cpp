@@ -95,7 +95,8 @@ limbseg_status segment(const Model& model, const limbseg_volume& v, const float*
     positions = default_p.data();
   }
 
-  const AxisTable in_rows(X, h), in_cols(Y, w), out_rows(h, X), out_cols(w, Y);
+  // The model's input is resized with its recorded resampling; logits always linearly (the Python pipeline's rule).
+  const AxisTable in_rows(X, h, md.antialias), in_cols(Y, w, md.antialias), out_rows(h, X), out_cols(w, Y);
   const int batch = model.batch_slices();
   // resize scratch: h_out * w_in floats for either direction
   std::vector<float> slice(plane), tmp(std::max(static_cast<size_t>(h) * Y, static_cast<size_t>(X) * w));

@@ -109,6 +109,7 @@ def error_models(models: Path) -> None:
     with_meta(None, "no-metadata.onnx")
     with_meta(good[: len(good) // 2], "bad-metadata.onnx")  # truncated JSON
     with_meta(json.dumps({**json.loads(good), "architecture": "vnet"}), "unknown-arch.onnx")
+    with_meta(json.dumps({**json.loads(good), "resampling": "antialias"}), "unet-antialias.onnx")
     (models / "corrupt.onnx").write_bytes(b"this is not an ONNX protobuf \x00\x01\x02" * 100)
 
 
@@ -208,6 +209,11 @@ def main() -> int:
     write_case(cases, "unet-thin", model=unet, volume=thin, layout="c", spacing=(2.0, 0.5, 3.0), batch_c=2, batch_ref=1, min_labels=2)
     flat = np.full((40, 30, 2), 123, dtype=np.int16)
     write_case(cases, "unet-constant", model=unet, volume=flat, layout="c", spacing=(1.0, 1.0, 1.0), batch_c=1, batch_ref=1, expect=6)
+    # Antialias resampling (runtime/inference/preprocess.py): both axes shrink, by ~1.1x and by > 2x.
+    aa = models / "unet-antialias.onnx"
+    write_case(cases, "unet-antialias", model=aa, volume=v2, layout="f", spacing=(0.8, 0.8, 4.0), batch_c=2, batch_ref=1)
+    v4 = synthetic_volume((600, 530, 2), seed=5, dtype=np.int16)
+    write_case(cases, "unet-antialias-512", model=aa, volume=v4, layout="c", spacing=(0.7, 0.7, 5.0), batch_c=1, batch_ref=1)
     if a.phantom:
         phantom_cases(cases, models, a.bundled)
     return 0

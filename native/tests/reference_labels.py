@@ -55,7 +55,7 @@ def reference_labels(model_path: str, volume: np.ndarray, *, positions: np.ndarr
         positions = default_positions(nz, meta)
     for start in range(0, nz, batch):
         stop = min(nz, start + batch)
-        x = preprocess_slices(np.moveaxis(vol[:, :, start:stop], 2, 0), lo, hi, input_hw)
+        x = preprocess_slices(np.moveaxis(vol[:, :, start:stop], 2, 0), lo, hi, input_hw, meta.get("resampling", "exact"))
         feeds = {"image": x}
         if needs_position:
             feeds["position"] = np.asarray(positions[start:stop], dtype=np.float32)

@@ -96,7 +96,7 @@ def clean_labels(
             if size[comp] == largest[owner[comp]]:
                 big_of.setdefault(int(owner[comp]), comp)
         reach = [near_mm / float(v) for v in spacing]
-        for comp in np.flatnonzero(~keep[1:]) + 1:
+        for comp in (np.flatnonzero(~keep[1:]) + 1).tolist():
             big = boxes[big_of[int(owner[comp])]]
             box = boxes[comp]
             gaps = [max(0, max(box[a].start, big[a].start) - min(box[a].stop, big[a].stop) + 1) for a in range(3)]

@@ -46,6 +46,7 @@ class AnalysisOptions:
     water: np.ndarray | None = field(default=None, repr=False)
     fat_fraction: np.ndarray | None = field(default=None, repr=False)
     ff_erode: int = 0
+    csv_form: str = "long"  # the per muscle x side CSV: "long" (a row per muscle x side) or "wide"
 
     @property
     def dixon(self) -> bool:
@@ -109,6 +110,7 @@ class Analysis:
     cleanup: dict
     fat_info: dict
     geometry_info: dict
+    csv_form: str = "long"
 
     def to_dict(self) -> dict:
         return {
@@ -122,6 +124,34 @@ class Analysis:
         }
 
     def to_csv(self) -> str:
+        """The per muscle x side CSV in ``csv_form`` (``to_long_csv`` or ``to_wide_csv``)."""
+        return self.to_wide_csv() if self.csv_form == "wide" else self.to_long_csv()
+
+    def to_wide_csv(self) -> str:
+        """Wide form: one row per muscle found; each measure of ``CSV_COLUMNS`` twice, ``<name>_R`` and
+        ``<name>_L`` (empty when that side has no voxel), then the two asymmetries (%)."""
+        measures = [c for c in CSV_COLUMNS if c not in ("index", "code", "name", "side")]
+        by_muscle: dict[int, dict[str, dict]] = {}
+        names: dict[int, tuple[str, str]] = {}
+        for r in self.records:
+            d = asdict(r)
+            d["centroid_x_mm"], d["centroid_y_mm"], d["centroid_z_mm"] = r.centroid_mm
+            by_muscle.setdefault(r.index, {})[r.side] = d
+            names[r.index] = (r.code, r.name)
+        asym = {a.index: a for a in self.asymmetry}
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["index", "code", "name", *[f"{c}_{s}" for c in measures for s in ("R", "L")],
+                    "volume_asymmetry_percent", "max_acsa_asymmetry_percent"])
+        for index in sorted(by_muscle):
+            sides = by_muscle[index]
+            a = asym.get(index)
+            w.writerow([index, *names[index],
+                        *[_cell(sides[s][c]) if s in sides else "" for c in measures for s in ("R", "L")],
+                        _cell(a.volume_percent if a else None), _cell(a.max_acsa_percent if a else None)])
+        return buf.getvalue()
+
+    def to_long_csv(self) -> str:
         """Long form: one row per muscle x side (``CSV_COLUMNS``); empty cells for values not computed."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -264,7 +294,8 @@ def analyse(
         "position": "max_acsa_position_mm from the muscle's most proximal slice; fraction of (length - one slice)",
         "centroid": "world (scanner RAS+) mm",
     }
-    return Analysis(lab, sides, tuple(records), tuple(asym), sa.to_dict(), cleanup, fat_info, geometry_info)
+    return Analysis(lab, sides, tuple(records), tuple(asym), sa.to_dict(), cleanup, fat_info, geometry_info,
+                    csv_form=options.csv_form)
 
 
 def analyse_scan(labels: np.ndarray, canon: np.ndarray, props, table, options: AnalysisOptions) -> Analysis:

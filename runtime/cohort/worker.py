@@ -72,7 +72,7 @@ def output_settings(config: WorkerConfig, job: ScanJob) -> dict:
     ro = config.read_options
     read = {k: getattr(ro, k) for k in ("volume_index", "allow_2d", "prefer", "assume_orientation")} if ro is not None else None
     settings = {
-        "fit": kw.get("fit", "resize"),
+        "fit": kw.get("fit", "auto"),
         "tile_overlap": kw.get("tile_overlap", 0.5),
         "limb_range": list(job.limb_range) if job.limb_range else None,
         "read_options": read,

@@ -70,7 +70,7 @@ def create_runner(
 
     if available is None:
         available = prov.available_engines()
-    short, flexible = prov.choose_provider(provider, available)
+    short, flexible, missing = _provider_or_fallback(provider, available, allow_fallback)
     choice = choose_precision(str(model), precision, short)
     precision = choice.precision if choice.how == "measured" else precision
     if precision == "bf16":
@@ -98,6 +98,7 @@ def create_runner(
             raise ProviderError(f"OpenVINO was asked for bf16 but compiled {path.name} for {runner.precision}; "
                                 "use --precision fp32 or int8")
         runner.precision_choice = choice.to_dict()
+        runner.fallback = runner.fallback or missing
         return runner
 
     md, shapes = None, {}
@@ -116,7 +117,22 @@ def create_runner(
                                  flexible=flexible, allow_fallback=allow_fallback, providers=resolved,
                                  threads=threads, max_batch=max_batch, requested_label=requested_label)
     runner.precision_choice = choice.to_dict()
+    runner.fallback = runner.fallback or missing
     return runner
+
+
+def _provider_or_fallback(provider, available, allow_fallback: bool) -> tuple[str, bool, str | None]:
+    """``choose_provider``, except that one named provider that is not available here, with
+    ``allow_fallback``, falls back to the best available one (as ``auto`` would pick) and says so
+    (the third item: the fallback note, else None)."""
+    try:
+        short, flexible = prov.choose_provider(provider, available)
+        return short, flexible, None
+    except ProviderError as exc:
+        if not (allow_fallback and isinstance(provider, str) and provider.strip().lower() in prov.PRIORITY):
+            raise
+        short, _ = prov.choose_provider("auto", available)
+        return short, True, f"{provider} is not usable here ({exc}); --allow-fallback: running on {short}"
 
 
 def choose_precision(model: str, precision: str, provider: str) -> AutoChoice:

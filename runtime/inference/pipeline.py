@@ -32,9 +32,13 @@ from limbseg_rt.runtime.inference.preprocess import (
     is_constant,
     preprocess_slices,
 )
+from limbseg_rt.runtime.inference.postprocess import StrayResult, suppress_stray_runs
 from limbseg_rt.runtime.inference.tiling import TileCoord, sliding_window_logits
 
-FIT_MODES = ("resize", "tile")
+FIT_MODES = ("auto", "resize", "tile")
+# --fit auto resizes while the resized slice's pixel spacing is within this factor of the model's
+# trained spacing on both axes (the scale range the demo models' zoom augmentation covers), else tiles.
+AUTO_FIT_MAX_SCALE = 1.15
 DEFAULT_MEMORY_BUDGET_MB = 512.0
 DEFAULT_MAX_BATCH = 4  # CPU: batch 4 is as fast per slice as 8 (docs/engines.md) and bounds engine working memory; GPUs: pass --batch-size
 
@@ -46,20 +50,21 @@ Progress = Callable[[int, int], None]
 class PipelineOptions:
     """How slices are fed to the model.
 
-    ``fit``: ``"resize"`` (each slice resized to the model's ``input_hw``, the paper's way) or
+    ``fit``: ``"resize"`` (each slice resized to the model's ``input_hw``, the paper's way),
     ``"tile"`` (resample to the model's trained pixel spacing, overlapping windows of ``input_hw``,
-    Gaussian-blended). ``batch_size``: slices per model call (tiles per call for ``"tile"``), or
+    Gaussian-blended) or ``"auto"`` (the default: one of the two per scan, see ``choose_fit``). ``batch_size``: slices per model call (tiles per call for ``"tile"``), or
     ``"auto"`` to pick from ``memory_budget_mb`` capped at ``max_batch``. ``limb_range``: the part
     ``(a, b)`` of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions only).
     """
 
-    fit: str = "resize"
+    fit: str = "auto"
     batch_size: int | str = "auto"
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
     max_batch: int = DEFAULT_MAX_BATCH
     tile_overlap: float = 0.5
     limb_range: tuple[float, float] | None = None
     prefetch: bool = True
+    suppress_strays: bool = True  # relabel stray runs of slices after the loop (postprocess.py)
 
     def __post_init__(self) -> None:
         if self.fit not in FIT_MODES:
@@ -82,6 +87,7 @@ def check_limb_range(limb_range: tuple[float, float]) -> tuple[float, float]:
 class SliceRun:
     """What the slice loop produced. ``labels`` uint8 ``[X, Y, Z]`` on the canonical grid.
 
+    ``strays``: what the stray-run suppression relabelled (None when it was off).
     ``timings`` (seconds): ``preprocess`` (in the background thread, overlapping ``infer``),
     ``infer`` and ``postprocess``. ``positions``: SC-UNet positions per canonical slice, or None.
     """
@@ -94,6 +100,33 @@ class SliceRun:
     timings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     resampled_hw: tuple[int, int] | None = None
+    fit: str = "resize"
+    fit_reason: str = ""
+    strays: StrayResult | None = None
+
+
+def choose_fit(slice_hw: tuple[int, int], spacing_xy_mm: tuple[float, float], metadata: ModelMetadata) -> tuple[str, str]:
+    """``(fit, reason)`` for ``--fit auto``: ``"resize"`` or ``"tile"`` and one line saying why.
+
+    ``slice_hw``: the canonical slice ``[X, Y]`` in pixels; ``spacing_xy_mm``: its pixel spacing (mm).
+    Resizing the slice to ``input_hw`` gives pixels of ``X * sx / H`` by ``Y * sy / W`` mm. When that
+    is within ``AUTO_FIT_MAX_SCALE`` of the model's trained spacing on both axes, the anatomy has the
+    scale the model learned and resize is right (one model call per slice). Otherwise (a field of
+    view much wider or narrower than the trained one) the slice is resampled to the trained spacing
+    and tiled. A model that records no trained spacing can only be resized.
+    """
+    if not metadata.pixel_spacing_mm:
+        return "resize", "the model records no trained pixel spacing"
+    h, w = metadata.input_hw
+    fov = (slice_hw[0] * float(spacing_xy_mm[0]), slice_hw[1] * float(spacing_xy_mm[1]))
+    resized = (fov[0] / h, fov[1] / w)
+    scale = max(max(r / t, t / r) for r, t in zip(resized, metadata.pixel_spacing_mm))
+    desc = (f"field of view {fov[0]:.0f} x {fov[1]:.0f} mm resized to {h} x {w} gives "
+            f"{resized[0]:.2f} x {resized[1]:.2f} mm pixels; trained at "
+            f"{metadata.pixel_spacing_mm[0]:.2f} x {metadata.pixel_spacing_mm[1]:.2f} mm")
+    if scale <= AUTO_FIT_MAX_SCALE:
+        return "resize", f"{desc} (within {AUTO_FIT_MAX_SCALE:g}x)"
+    return "tile", f"{desc} ({scale:.2f}x off): resampled to the trained spacing and tiled"
 
 
 def auto_batch_size(
@@ -259,13 +292,14 @@ def segment_canonical(
     metadata: ModelMetadata,
     predict: Predict,
     *,
-    spacing_xy_mm: tuple[float, float] = (1.0, 1.0),
+    spacing_xy_mm: tuple[float, float] | None = None,
     options: PipelineOptions = PipelineOptions(),
     progress: Progress | None = None,
 ) -> SliceRun:
     """Labels uint8 ``[X, Y, Z]`` for a canonical float32 volume ``[X, Y, Z]``.
 
-    ``spacing_xy_mm``: the in-plane voxel spacing (needed by ``fit="tile"``). ``progress(done,
+    ``spacing_xy_mm``: the in-plane voxel spacing in mm (needed by ``fit="tile"``, which assumes
+    1 mm without it, and by ``fit="auto"``, which resizes without it). ``progress(done,
     total)`` is called after each batch with slice counts. An empty or constant image (no finite
     contrast) is not sent to the model: the result is all background and ``empty`` is True.
     """
@@ -287,8 +321,16 @@ def segment_canonical(
     lo, hi = intensity_window(vol, spec)
     timings["preprocess"] += time.perf_counter() - t0
 
+    fit, fit_reason = options.fit, "asked for"
+    if fit == "auto":
+        if spacing_xy_mm is None:
+            fit, fit_reason = "resize", "no pixel spacing given"
+        else:
+            fit, fit_reason = choose_fit((nx, ny), spacing_xy_mm, metadata)
+    if spacing_xy_mm is None:
+        spacing_xy_mm = (1.0, 1.0)  # what tile mode always assumed without a spacing
     resampled_hw = None
-    if options.fit == "tile":
+    if fit == "tile":
         if not metadata.pixel_spacing_mm:
             raise ModelError(
                 "--fit tile needs the model's trained pixel spacing, which this model does not record; use --fit resize"
@@ -299,13 +341,13 @@ def segment_canonical(
         )
     if options.batch_size == "auto":
         batch = auto_batch_size(
-            metadata.classes, metadata.input_hw, (nx, ny), fit=options.fit, resampled_hw=resampled_hw,
+            metadata.classes, metadata.input_hw, (nx, ny), fit=fit, resampled_hw=resampled_hw,
             memory_budget_mb=options.memory_budget_mb, max_batch=options.max_batch,
         )
     else:
         batch = int(options.batch_size)
 
-    run = SliceRun(labels, batch, (float(lo), float(hi)), False, positions, timings, [], resampled_hw)
+    run = SliceRun(labels, batch, (float(lo), float(hi)), False, positions, timings, [], resampled_hw, fit, fit_reason)
     if is_constant(lo, hi):
         run.empty = True
         run.notes.append("the image has no contrast (empty or constant): no muscle can be found; all labels are background")
@@ -319,11 +361,12 @@ def segment_canonical(
             t = time.perf_counter()
             slab = np.moveaxis(vol[:, :, start:stop], 2, 0)  # [n, X, Y]
             # Tile mode normalises the same way, then resamples to the trained pixel spacing instead.
-            hw = metadata.input_hw if options.fit == "resize" else resampled_hw
+            hw = metadata.input_hw if fit == "resize" else resampled_hw
             if per_slice:
-                x = np.concatenate([preprocess_slices(s[None], *intensity_window(s, spec), hw) for s in slab])
+                x = np.concatenate([preprocess_slices(s[None], *intensity_window(s, spec), hw, metadata.resampling)
+                                    for s in slab])
             else:
-                x = preprocess_slices(slab, lo, hi, hw)
+                x = preprocess_slices(slab, lo, hi, hw, metadata.resampling)
             timings["preprocess"] += time.perf_counter() - t
             yield start, stop, x
 
@@ -331,7 +374,7 @@ def segment_canonical(
     for start, stop, x in _prefetched(batches(), options.prefetch):
         n = stop - start
         t = time.perf_counter()
-        if options.fit == "resize":
+        if fit == "resize":
             pos = positions[start:stop] if positions is not None else None
             logits = _check_logits(predict(x, pos), n, classes, metadata.input_hw)
         else:
@@ -351,4 +394,8 @@ def segment_canonical(
         timings["postprocess"] += time.perf_counter() - t1
         if progress:
             progress(stop, nz)
+    if options.suppress_strays:
+        t = time.perf_counter()
+        run.strays = suppress_stray_runs(labels)
+        timings["postprocess"] += time.perf_counter() - t
     return run

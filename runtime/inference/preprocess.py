@@ -17,6 +17,21 @@ Resizing (``resize_bilinear``): separable linear interpolation with half-pixel c
 ``i0 = floor(src)``, ``i1 = min(i0 + 1, n_in - 1)``, ``w = float32(src - i0)``;
 ``out = a * (1 - w) + b * w`` evaluated in float32 (two products, one sum, no fused multiply-add).
 Labels use nearest neighbour: ``i = min(floor((d + 0.5) * n_in / n_out), n_in - 1)``.
+
+Two resampling modes (``RESAMPLING_MODES``; the model metadata's ``resampling`` says which one the
+model was trained with, and the runtime feeds it the same):
+
+- ``"exact"``: the linear interpolation above on every axis, the paper's and the authors'
+  checkpoints' preprocessing, kept bit for bit (models whose metadata has no ``resampling`` entry
+  were all trained this way).
+- ``"antialias"``: an axis that shrinks (``s = n_in / n_out > 1``) is filtered with a triangle
+  kernel stretched to the output pixel, so every input pixel contributes (no aliasing when a 512
+  grid becomes 272 x 240). Output ``d`` has centre ``c = (d + 0.5) * s`` in input coordinates; input
+  pixel ``i`` (centre ``i + 0.5``) gets weight ``max(0, 1 - |i + 0.5 - c| / s)`` (float64), taps
+  ``i`` from ``floor(c - s)`` to ``ceil(c + s)`` clipped to ``[0, n_in - 1]``; the weights are divided
+  by their sum (float64), cast to float32, and ``out = sum_k w_k * x[i_k]`` accumulates in float32
+  in increasing ``i`` (products then sums, no fused multiply-add). An axis that grows or keeps its
+  size is interpolated exactly as in ``"exact"``. H first, then W.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, RESAMPLING_MODES, NormalisationSpec
 
 def _nearest_rank(sorted_or_partitioned: np.ndarray, q: float) -> int:
     n = sorted_or_partitioned.size
@@ -77,6 +92,52 @@ def linear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return i0, i1, w
 
 
+def antialias_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Taps ``idx`` int64 ``[n_out, K]`` and weights ``w`` float32 ``[n_out, K]`` of the triangle
+    filter for shrinking ``n_in`` -> ``n_out`` samples (``n_in > n_out``; see the module docstring).
+    Unused taps have weight 0 and repeat a valid index."""
+    s = n_in / n_out
+    centre = (np.arange(n_out, dtype=np.float64) + 0.5) * s
+    first = np.maximum(np.floor(centre - s).astype(np.int64), 0)
+    last = np.minimum(np.ceil(centre + s).astype(np.int64), n_in - 1)
+    k = int((last - first).max()) + 1
+    idx = first[:, None] + np.arange(k, dtype=np.int64)[None, :]
+    valid = idx <= last[:, None]
+    idx = np.where(valid, idx, last[:, None])
+    w = np.maximum(0.0, 1.0 - np.abs(idx + 0.5 - centre[:, None]) / s) * valid
+    w /= w.sum(axis=1, keepdims=True)
+    return idx, w.astype(np.float32)
+
+
+def _antialias_last(x: np.ndarray, n_out: int) -> np.ndarray:
+    idx, w = antialias_axis(x.shape[-1], n_out)
+    out = x[..., idx[:, 0]] * w[:, 0]
+    for k in range(1, idx.shape[1]):
+        out = out + x[..., idx[:, k]] * w[:, k]
+    return out
+
+
+def resize_linear(array: np.ndarray, out_hw: tuple[int, int], resampling: str = "exact") -> np.ndarray:
+    """Resize the last two axes of a float array ``[..., H, W]`` to ``out_hw`` with ``resampling``
+    (``"exact"`` or ``"antialias"``, see the module docstring); returns float32."""
+    if resampling == "exact":
+        return resize_bilinear(array, out_hw)
+    if resampling != "antialias":
+        raise ValueError(f"resampling must be one of {RESAMPLING_MODES}, got {resampling!r}")
+    x = np.asarray(array, dtype=np.float32)
+    h_in, w_in = x.shape[-2:]
+    h_out, w_out = int(out_hw[0]), int(out_hw[1])
+    if h_out < h_in:
+        x = np.swapaxes(_antialias_last(np.swapaxes(x, -1, -2), h_out), -1, -2)
+    elif h_out > h_in:
+        x = resize_bilinear(x, (h_out, x.shape[-1]))
+    if w_out < w_in:
+        x = _antialias_last(x, w_out)
+    elif w_out > w_in:
+        x = resize_bilinear(x, (h_out, w_out))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def resize_bilinear(array: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Resize the last two axes of a float array ``[..., H, W]`` to ``out_hw``; returns float32."""
     x = np.asarray(array, dtype=np.float32)
@@ -108,12 +169,14 @@ def preprocess_slices(
     lo: np.float32,
     hi: np.float32,
     input_hw: tuple[int, int] = MODEL_INPUT_HW,
+    resampling: str = "exact",
 ) -> np.ndarray:
     """Raw slices ``[N, H, W]`` (any real dtype) -> model input float32 ``[N, 1, h, w]`` in ``[0, 1]``.
 
     Normalise with the volume's window ``(lo, hi)`` (see ``intensity_window``), then resize to
-    ``input_hw``. Training and runtime both call this, so they cannot drift apart.
+    ``input_hw`` with ``resampling`` (the model metadata's). Training and runtime both call this,
+    so they cannot drift apart.
     """
     x = normalise(slices, lo, hi)
-    x = resize_bilinear(x, input_hw)
+    x = resize_linear(x, input_hw, resampling)
     return x[:, None, :, :]

@@ -39,7 +39,8 @@ _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
 
 def axcodes(ornt: Ornt) -> tuple[str, str, str]:
     """Orientation letters of the array axes, e.g. ``('L', 'A', 'S')`` (where each axis points)."""
-    return tuple((_POSITIVE if s == 1 else _NEGATIVE)[w] for w, s in ornt)
+    a, b, c = ((_POSITIVE if s == 1 else _NEGATIVE)[w] for w, s in ornt)
+    return a, b, c
 
 
 def ornt_from_axcodes(codes) -> Ornt:
@@ -64,7 +65,8 @@ def _axis_of(letter: str) -> int:
 
 
 def _as_ornt(raw) -> Ornt:
-    return tuple((int(w), int(s)) for w, s in np.asarray(raw))
+    a, b, c = ((int(w), int(s)) for w, s in np.asarray(raw))
+    return a, b, c
 
 
 def _nib_ornt(ornt: Ornt) -> np.ndarray:
@@ -112,7 +114,7 @@ def ornt_from_affine(affine: np.ndarray) -> Ornt:
     raw = io_orientation(np.asarray(affine, dtype=np.float64))
     if np.any(np.isnan(raw)):
         raise ValueError("affine is degenerate; call check_affine first")
-    return tuple((int(w), int(s)) for w, s in raw)
+    return _as_ornt(raw)
 
 
 def slice_axis(ornt: Ornt) -> int:
@@ -129,7 +131,8 @@ def axis_tilt_degrees(affine: np.ndarray, axis: int) -> float:
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Length (mm) of each voxel axis, in array-axis order."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+    x, y, z = (float(v) for v in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+    return x, y, z
 
 
 def affine_from_axcodes(spacing, codes, shape=None) -> np.ndarray:
@@ -155,7 +158,7 @@ def canonical_shape(shape, ornt: Ornt) -> tuple[int, int, int]:
     out = [0, 0, 0]
     for axis, (w, _) in enumerate(ornt):
         out[w] = int(shape[axis])
-    return tuple(out)
+    return out[0], out[1], out[2]
 
 
 def _to_ras(ornt: Ornt) -> np.ndarray:
@@ -225,10 +228,10 @@ def from_canonical(canon: np.ndarray, props) -> np.ndarray:
 
 def all_orientations() -> list[Ornt]:
     """The 48 axis orientations (3! permutations x 2^3 directions), for tests and tools."""
-    out = []
+    out: list[Ornt] = []
     for perm in itertools.permutations(range(3)):
         for signs in itertools.product((1, -1), repeat=3):
-            out.append(tuple((w, s) for w, s in zip(perm, signs)))
+            out.append(_as_ornt(list(zip(perm, signs))))
     return out
 
 

@@ -140,7 +140,7 @@ class ImageProps:
         out = [0.0, 0.0, 0.0]
         for axis, (w, _) in enumerate(self.ornt):
             out[w] = self.spacing[axis]
-        return tuple(out)
+        return out[0], out[1], out[2]
 
     @property
     def is_constant(self) -> bool:
@@ -350,7 +350,7 @@ def _read_nifti(stream, kind, content: bytes, compressed: bool, size: int, src: 
             f"({'x'.join(map(str, shape))} voxels of {base.get_data_dtype()}); copy it again or {_FIX_EXPORT}"
         )
     buf = np.empty(total, dtype=np.uint8)  # not zero-filled: every byte is read from the file below
-    view = memoryview(buf)
+    view = buf.data  # a writable memoryview of the buffer
     got = 0
     try:
         while got < total:
@@ -480,7 +480,7 @@ def _plan_shape(file_shape: tuple[int, ...], options: ReadOptions, src: str):
         raise InputError(f"{src}: has only {max(spatial)} voxel(s) along one line ({dims}); give a 3D scan")
     if big == 2 and not options.allow_2d:
         raise InputError(f"{src}: is a single 2D slice ({dims}); give a 3D scan, or use --allow-2d to segment one slice")
-    index = (slice(None),) * min(3, len(file_shape))
+    index: tuple = (slice(None),) * min(3, len(file_shape))
     if len(file_shape) > 3:
         index += (vi or 0,) + (0,) * (len(file_shape) - 4)
     return spatial, (vi if nvol > 1 else None), index
@@ -596,7 +596,7 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
     affine.setflags(write=False)
     props = ImageProps(
         source=src,
-        shape=tuple(int(s) for s in shape),
+        shape=(int(shape[0]), int(shape[1]), int(shape[2])),
         file_shape=tuple(int(s) for s in file_shape),
         affine=affine,
         affine_source=how,

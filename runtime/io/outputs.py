@@ -92,7 +92,7 @@ def temp_suffix(name: str) -> str:
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove ``.limbseg-<pid>-....tmp*`` files in ``folder`` whose pid is not running; the paths removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_INPUT_HW: tuple[int, int] = (272, 240)
+# How slices are resized to the model's input (runtime/inference/preprocess.py implements both).
+RESAMPLING_MODES: tuple[str, ...] = ("exact", "antialias")
 
 
 @dataclass(frozen=True)

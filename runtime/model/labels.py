@@ -107,7 +107,7 @@ class LabelTable:
     def from_list(cls, items: list[dict]) -> "LabelTable":
         return cls(
             tuple(
-                Label(int(d["index"]), str(d["name"]), str(d["code"]), tuple(int(c) for c in d["colour"]),
+                Label(int(d["index"]), str(d["name"]), str(d["code"]), _rgb(d["colour"]),
                       d.get("side"))
                 for d in items
             )
@@ -137,3 +137,9 @@ def default_label_table() -> LabelTable:
     for i, ((name, code), colour) in enumerate(zip(_DEFAULT_MUSCLES, colours), start=1):
         labels.append(Label(i, name, code, colour))
     return LabelTable(tuple(labels))
+
+
+def _rgb(colour) -> tuple[int, int, int]:
+    """An (r, g, b) triple of ints 0..255 from a 3-item sequence."""
+    r, g, b = (int(c) for c in colour)
+    return r, g, b

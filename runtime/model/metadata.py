@@ -14,7 +14,7 @@ from pathlib import Path
 
 from limbseg_rt.runtime.errors import ModelError
 from limbseg_rt.runtime.model.labels import LabelTable
-from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.model.input_spec import RESAMPLING_MODES, NormalisationSpec
 
 METADATA_KEY = "limbseg_rt.metadata"
 SCHEMA_VERSION = 1
@@ -49,7 +49,9 @@ class ModelMetadata:
     """Everything the runtime needs to run a model correctly, read from the ONNX file.
 
     ``input_hw``: trained slice size [H, W] in pixels. ``pixel_spacing_mm``: trained in-plane pixel
-    spacing (mm) when known (needed by ``--fit tile``), else None. ``inputs``/``outputs``: graph I/O
+    spacing (mm) when known (needed by ``--fit tile`` and ``--fit auto``), else None. ``resampling``:
+    how slices were resized to ``input_hw`` in training, ``"exact"`` (linear, the paper's; files
+    without the entry) or ``"antialias"`` (see preprocess.py); the runtime resizes the same way. ``inputs``/``outputs``: graph I/O
     names (``image`` [N,1,H,W] float32; ``position`` [N] float32 for sc-unet; ``logits``
     [N,C,H,W] float32 and optionally ``labels`` [N,H,W] uint8). ``parity``: the export's own parity
     results (free-form JSON dict).
@@ -66,6 +68,7 @@ class ModelMetadata:
     outputs: tuple[str, ...]
     position: PositionSpec | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
+    resampling: str = "exact"
     slice_layout: str = SLICE_LAYOUT
     checkpoint_sha256: str = ""
     exporter: str = ""
@@ -93,6 +96,7 @@ class ModelMetadata:
             "normalisation": self.normalisation.to_dict(),
             "position": self.position.to_dict() if self.position else None,
             "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            "resampling": self.resampling,
             "slice_layout": self.slice_layout,
             "precision": self.precision,
             "inputs": list(self.inputs),
@@ -123,7 +127,10 @@ class ModelMetadata:
             inputs=tuple(str(s) for s in d["inputs"]),
             outputs=tuple(str(s) for s in d["outputs"]),
             position=PositionSpec.from_dict(d["position"]) if d.get("position") else None,
-            pixel_spacing_mm=tuple(float(s) for s in d["pixel_spacing_mm"]) if d.get("pixel_spacing_mm") else None,
+            pixel_spacing_mm=(float(d["pixel_spacing_mm"][0]), float(d["pixel_spacing_mm"][1]))
+            if d.get("pixel_spacing_mm") else None,
+            # Files exported before the entry existed were all trained with the exact linear resize.
+            resampling=str(d.get("resampling", "exact")),
             slice_layout=str(d.get("slice_layout", SLICE_LAYOUT)),
             checkpoint_sha256=str(d.get("checkpoint_sha256", "")),
             exporter=str(d.get("exporter", "")),
@@ -132,6 +139,8 @@ class ModelMetadata:
         )
         if md.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {md.architecture!r}")
+        if md.resampling not in RESAMPLING_MODES:
+            raise ValueError(f"unknown resampling {md.resampling!r} (this runtime knows {', '.join(RESAMPLING_MODES)})")
         if md.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {md.precision!r}")
         if int(d.get("classes", md.classes)) != md.classes:

@@ -183,7 +183,7 @@ def _render_leg(tissue, labels, xs, ys, side, geom: _SliceGeometry, subj, codes_
     # --- muscles: normalised elliptical distance partition ---
     muscle_region = comp & ~cavity
     entries = []
-    for k, (code, kf) in enumerate(A.MUSCLES):
+    for code, kf in A.MUSCLES:
         row = A.interp_rows(geom.s, kf)
         if row is None:
             continue

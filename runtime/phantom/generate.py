@@ -90,7 +90,7 @@ def _check_args(slices: int, shape, spacing) -> tuple[int, tuple[int, int], tupl
         raise InputError(f"phantom slice shape must be two sizes >= 32 (got {tuple(shape)})")
     if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
         raise InputError(f"phantom spacing must be three positive sizes in mm (got {tuple(spacing)})")
-    return int(slices), (int(shape[0]), int(shape[1])), tuple(float(v) for v in spacing)
+    return int(slices), (int(shape[0]), int(shape[1])), (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
 
 def _draw_subject(rng: np.random.Generator, n_muscles: int) -> dict:

@@ -233,7 +233,7 @@ def plots(report: dict, colours: dict[str, str]) -> list[str]:
             ys = _flatten(r).get(key)
             if not _is_profile(ys):
                 continue
-            start = r.get("z_first") if _is_number(r.get("z_first")) else 0
+            start = int(r["z_first"]) if _is_number(r.get("z_first")) else 0
             pts = [(start + i, float(y)) for i, y in enumerate(ys) if y is not None]
             name = f"{r.get('code')}{' ' + str(r['side']) if 'side' in r else ''}"
             series.append((name, [p[0] for p in pts], [p[1] for p in pts], colours.get(str(r.get("code")), "#555")))

@@ -149,3 +149,28 @@ def test_without_the_analysis_extra_run_stops_before_segmenting(dixon_scan, tiny
     err = capsys.readouterr().err
     assert 'pip install "limbseg-rt[analysis]"' in err and "--no-clean" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def test_wide_form_csv_has_one_row_per_muscle_with_both_sides(dixon_scan, tiny_unet_path, tmp_path):
+    scan = _copy_scan(dixon_scan, tmp_path)
+    long_dir = tmp_path / "long"
+    long_dir.mkdir()
+    long_scan = long_dir / "scan.nii.gz"
+    long_scan.write_bytes(scan.read_bytes())
+    common = ["--model", str(tiny_unet_path), "--fat", str(dixon_scan / "fat.nii.gz"),
+              "--water", str(dixon_scan / "water.nii.gz")]
+    assert cli_main(["run", str(long_scan), *common]) == EXIT_OK
+    assert cli_main(["run", str(scan), *common, "--measures-wide"]) == EXIT_OK
+    long_rows = list(csv.DictReader((long_dir / "scan_muscles.csv").open()))
+    wide_rows = list(csv.DictReader((tmp_path / "scan_muscles.csv").open()))
+    assert len(wide_rows) == len({r["code"] for r in long_rows}) > 0
+    by_side = {(r["code"], r["side"]): r for r in long_rows}
+    for w in wide_rows:
+        for side in ("R", "L"):
+            got = w[f"volume_ml_{side}"]
+            assert got == (by_side[(w["code"], side)]["volume_ml"] if (w["code"], side) in by_side else "")
+            assert w[f"ff_mean_{side}"] == (by_side[(w["code"], side)]["ff_mean"] if (w["code"], side) in by_side else "")
+    both = [w for w in wide_rows if w["volume_ml_R"] and w["volume_ml_L"]]
+    for w in both:  # the asymmetry column follows the formula the report states
+        r, l_ = float(w["volume_ml_R"]), float(w["volume_ml_L"])
+        assert float(w["volume_asymmetry_percent"]) == pytest.approx((r - l_) / ((r + l_) / 2) * 100, abs=0.02)

@@ -90,7 +90,8 @@ def test_run_writes_labels_report_and_csv_next_to_the_scan(phantom_ras, tiny_une
     assert m["engine"]["provider"] == "cpu" and m["engine"]["precision"] == "fp32"
     assert m["model"]["sha256"] == _sha(tiny_unet_path)
     assert m["input"]["sha256"] == before and m["input"]["name"] == "thigh.nii.gz"
-    assert m["pipeline"]["batch_size"] == 5 and m["pipeline"]["fit"] == "resize"
+    assert m["pipeline"]["batch_size"] == 5 and m["pipeline"]["fit_requested"] == "auto"
+    assert m["pipeline"]["fit"] in ("resize", "tile") and f"fit {m['pipeline']['fit']} (field of view" in out
     for stage in ("read", "preprocess", "infer", "postprocess", "write"):
         assert m["timings_s"][stage] >= 0
     assert m["peak_rss_mib"] > 0

@@ -224,9 +224,12 @@ def test_cli_without_torch_names_the_extra(monkeypatch, capsys):
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # main() sets it; restored after the test
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # makes `import torch` fail
+    from limbseg_rt.runtime.errors import EXIT_DEPENDENCY, MissingDependencyError
+
     args = argparse.Namespace(arch="unet", channels_last=False)
-    assert cli_train.main(args) == 1
-    assert 'pip install "limbseg-rt[export]"' in capsys.readouterr().err
+    with pytest.raises(MissingDependencyError, match=r'pip install "limbseg-rt\[export\]"') as err:
+        cli_train.main(args)  # the CLI's handler turns it into one line and exit 12 (tests/cli)
+    assert err.value.exit_code == EXIT_DEPENDENCY
 
 
 def test_soft_dice_loss_rewards_overlap_of_present_muscles():

@@ -67,7 +67,7 @@ def test_batch_writes_each_scan_like_run_and_lists_the_bad_one(scans, tiny_unet_
     record = json.loads((out / "s01" / "completed.json").read_text())
     assert record["input"]["sha256"] == ref.report.manifest["input"]["sha256"]
     assert record["model"]["sha256"] == ref.report.manifest["model"]["sha256"]
-    assert record["status"] == "ok" and record["settings"]["fit"] == "resize"
+    assert record["status"] == "ok" and record["settings"]["fit"] == "auto"
 
     rows = _rows(out / "cohort.csv")
     assert len(rows) == 3 * N_MUSCLES + 1

@@ -277,3 +277,17 @@ def test_tensorrt_runner_matches_cpu_and_fills_the_engine_cache(models, batch, t
     assert trt.provider == "tensorrt" and trt.precision == "fp32"
     np.testing.assert_allclose(trt.predict(batch), cpu.predict(batch), atol=1e-3)
     assert any((tmp_path / "trt").rglob("*.engine"))
+
+
+def test_an_unavailable_provider_with_allow_fallback_runs_on_the_best_available_and_says_so(models, batch):
+    available = [prov.CPU]  # no CUDA here
+    with pytest.raises(ProviderError, match="cuda"):
+        create_runner(models["unet"], provider="cuda", available=available)
+    runner = create_runner(models["unet"], provider="cuda", available=available, allow_fallback=True)
+    try:
+        assert runner.provider == "cpu"
+        note = runner.describe()["fallback"]
+        assert note.startswith("cuda is not usable here (") and note.endswith("--allow-fallback: running on cpu")
+        np.testing.assert_array_equal(runner.predict(batch), direct(models["unet"], {"image": batch})["logits"])
+    finally:
+        runner.close()

@@ -63,7 +63,7 @@ def unet(tiny_unet_path):
 def test_labels_equal_slice_by_slice_reference(unet):
     md, predict = unet
     vol = _volume()
-    run = segment_canonical(vol, md, predict, options=PipelineOptions(batch_size=4))
+    run = segment_canonical(vol, md, predict, options=PipelineOptions(fit="resize", batch_size=4))
     assert run.labels.shape == vol.shape and run.labels.dtype == np.uint8
     lo, hi = intensity_window(vol, md.normalisation)
     for z in range(vol.shape[2]):
@@ -78,9 +78,9 @@ def test_labels_equal_slice_by_slice_reference(unet):
 def test_never_more_than_batch_size_slices_per_call_and_result_independent_of_it(unet, batch_size):
     md, predict = unet
     vol = _volume()
-    reference = segment_canonical(vol, md, predict, options=PipelineOptions(batch_size=1, prefetch=False)).labels
+    reference = segment_canonical(vol, md, predict, options=PipelineOptions(fit="resize", batch_size=1, prefetch=False)).labels
     rec = Recorder(predict)
-    run = segment_canonical(vol, md, rec, options=PipelineOptions(batch_size=batch_size))
+    run = segment_canonical(vol, md, rec, options=PipelineOptions(fit="resize", batch_size=batch_size))
     assert max(rec.sizes) <= batch_size
     assert sum(rec.sizes) == vol.shape[2]
     assert run.batch_size == batch_size
@@ -90,7 +90,7 @@ def test_never_more_than_batch_size_slices_per_call_and_result_independent_of_it
 def test_progress_reports_every_batch_up_to_the_slice_count(unet):
     md, predict = unet
     seen = []
-    segment_canonical(_volume(), md, predict, options=PipelineOptions(batch_size=4), progress=lambda d, t: seen.append((d, t)))
+    segment_canonical(_volume(), md, predict, options=PipelineOptions(fit="resize", batch_size=4), progress=lambda d, t: seen.append((d, t)))
     assert seen == [(4, 11), (8, 11), (11, 11)]
 
 
@@ -121,7 +121,7 @@ def test_resized_argmax_equals_argmax_of_resize_bilinear(shapes):
 def test_auto_batch_size_is_used_when_asked(unet):
     md, predict = unet
     rec = Recorder(predict)
-    run = segment_canonical(_volume(), md, rec, options=PipelineOptions(batch_size="auto", memory_budget_mb=8))
+    run = segment_canonical(_volume(), md, rec, options=PipelineOptions(fit="resize", batch_size="auto", memory_budget_mb=8))
     expected = auto_batch_size(md.classes, md.input_hw, (96, 80), memory_budget_mb=8)
     assert run.batch_size == expected and max(rec.sizes) <= expected
 
@@ -143,7 +143,7 @@ def test_sc_unet_positions_run_hip_to_ankle_from_the_top_slice(tiny_scunet_path)
     md = read_metadata(tiny_scunet_path)
     rec = Recorder(_session_predict(tiny_scunet_path))
     vol = _volume()
-    run = segment_canonical(vol, md, rec, options=PipelineOptions(batch_size=4))
+    run = segment_canonical(vol, md, rec, options=PipelineOptions(fit="resize", batch_size=4))
     got = np.concatenate(rec.positions)
     nz = vol.shape[2]
     # Canonical z = 0 is the most inferior (distal) slice: p = 1 there; the top slice gets 1/N.
@@ -151,7 +151,7 @@ def test_sc_unet_positions_run_hip_to_ankle_from_the_top_slice(tiny_scunet_path)
     np.testing.assert_allclose(run.positions, got)
     # A thigh-only scan (limb range 0:0.5) maps onto the upper half of the limb.
     rec2 = Recorder(rec.predict)
-    run2 = segment_canonical(vol, md, rec2, options=PipelineOptions(limb_range=(0.0, 0.5)))
+    run2 = segment_canonical(vol, md, rec2, options=PipelineOptions(fit="resize", limb_range=(0.0, 0.5)))
     np.testing.assert_allclose(np.concatenate(rec2.positions), 0.5 * got, rtol=1e-6)
     assert not np.array_equal(run.labels, run2.labels)  # the position input matters to this model
 
@@ -160,7 +160,7 @@ def test_distal_to_proximal_models_get_mirrored_positions(tiny_scunet_path):
     md = read_metadata(tiny_scunet_path)
     md = ModelMetadata(**{**md.__dict__, "position": PositionSpec(direction="distal_to_proximal")})
     rec = Recorder(_session_predict(tiny_scunet_path))
-    segment_canonical(_volume(), md, rec, options=PipelineOptions(limb_range=(0.0, 0.5)))
+    segment_canonical(_volume(), md, rec, options=PipelineOptions(fit="resize", limb_range=(0.0, 0.5)))
     nz = 11
     # Counted from the ankle: z = 0 (distal end of a thigh scan) sits at 0.5 + 0.5/N of the way up.
     expected = (0.5 + 0.5 * np.arange(1, nz + 1) / nz).astype(np.float32)
@@ -176,7 +176,7 @@ def test_tile_mode_matches_resize_when_the_slice_is_one_window_at_the_trained_sp
     md, predict = unet
     vol = _volume(shape=md.input_hw + (5,))
     spacing = md.pixel_spacing_mm
-    resized = segment_canonical(vol, md, predict, spacing_xy_mm=spacing)
+    resized = segment_canonical(vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(fit="resize"))
     tiled = segment_canonical(vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(fit="tile"))
     assert tiled.resampled_hw == md.input_hw
     np.testing.assert_array_equal(tiled.labels, resized.labels)
@@ -217,7 +217,7 @@ def test_a_failing_model_stops_the_prefetch_thread(unet):
         raise RuntimeError("engine failed")
 
     with pytest.raises(RuntimeError, match="engine failed"):
-        segment_canonical(_volume(), md, broken, options=PipelineOptions(batch_size=2))
+        segment_canonical(_volume(), md, broken, options=PipelineOptions(fit="resize", batch_size=2))
     assert "limbseg-prefetch" not in {t.name for t in threading.enumerate()} - before
 
 
@@ -226,10 +226,10 @@ def test_slice_scope_normalisation_uses_each_slices_own_window(unet):
     base = _volume(shape=(96, 80, 1))[:, :, 0]
     vol = np.stack([base * (k + 1) for k in range(4)], axis=2).astype(np.float32)
     per_slice = ModelMetadata(**{**md.__dict__, "normalisation": NormalisationSpec(scope="slice")})
-    labels = segment_canonical(vol, per_slice, predict).labels
+    labels = segment_canonical(vol, per_slice, predict, options=PipelineOptions(fit="resize")).labels
     for k in range(1, 4):
         np.testing.assert_array_equal(labels[:, :, k], labels[:, :, 0])
-    whole = segment_canonical(vol, md, predict).labels
+    whole = segment_canonical(vol, md, predict, options=PipelineOptions(fit="resize")).labels
     assert not np.array_equal(whole[:, :, 0], whole[:, :, 3])  # one window for the volume: slices differ
 
 
