@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "A failed scan is listed and the others go on; the exit code is 11 if any scan failed.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="NIfTI files (.nii, .nii.gz) or scan folders; the id is the file name")
-    p.add_argument("--manifest", default=None, metavar="CSV", help="CSV with columns id,path[,limb_range] instead of INPUTs")
+    p.add_argument("--manifest", default=None, metavar="CSV", help="CSV with columns id,path[,limb_range,dixon_fat,dixon_water,fat_fraction] instead of INPUTs")
     p.add_argument("--out", required=True, metavar="DIR", help="cohort output folder (created if missing)")
     p.add_argument("--engine", default="local", choices=("local", "ray"), help="local worker processes (default) or a Ray cluster")
     p.add_argument("--workers", type=_workers, default=None, metavar="N",
@@ -53,7 +54,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also write each scan's QC page (DIR/<id>/<id>_report.html + PNGs) and DIR/cohort.html (needs the qc extra)")
     add_engine_arguments(p)
     add_read_arguments(p)
+    add_batch_analysis_arguments(p)
     return p
+
+
+def add_batch_analysis_arguments(p: argparse.ArgumentParser) -> None:
+    """Issue 22: ``run``'s analysis options for every scan; Dixon images are per scan (manifest columns)."""
+    g = p.add_argument_group("analysis and DICOM outputs (as in run; the analysis needs pip install \"limbseg-rt[analysis]\")")
+    g.add_argument("--analysis", action="store_true",
+                   help="per muscle x side measures for every scan (DIR/<id>/<id>_muscles.csv); cohort.csv then has a row per muscle x side")
+    g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
+    g.add_argument("--split-sides", action="store_true", help="label maps with a right and a left label per muscle (implies --analysis)")
+    g.add_argument("--ff-erode", type=_positive_int, default=0, metavar="N",
+                   help="erode each muscle N voxels in-plane before Dixon FF (default 0); Dixon images: manifest columns "
+                        "dixon_fat,dixon_water or fat_fraction")
+    g.add_argument("--seg-type", default="binary", choices=("binary", "labelmap"),
+                   help="DICOM inputs: kind of DIR/<id>/<id>_seg.dcm, binary (default) or labelmap")
+
+
+def batch_analysis_from_args(args) -> dict | None:
+    """``{"clean", "ff_erode"}`` for ``run_batch(analysis=...)``, or None; exit 2 on options that do not fit."""
+    from limbseg_rt.cli.run import AnalysisUsageError
+
+    if not (args.analysis or args.split_sides):
+        if args.no_clean or args.ff_erode:
+            raise AnalysisUsageError("--no-clean and --ff-erode need --analysis")
+        return None
+    return {"clean": not args.no_clean, "ff_erode": int(args.ff_erode)}
 
 
 class BatchProgress:
@@ -119,13 +146,14 @@ def _interrupt_on_sigterm() -> dict:
 def main(args) -> int:
     from limbseg_rt.cli.run import read_options_from_args, segmenter_kwargs_from_args
     from limbseg_rt.runtime.cohort.batch import run_batch
-    from limbseg_rt.runtime.cohort.jobs import ManifestError, ScanJob, jobs_from_paths, load_manifest
+    from limbseg_rt.runtime.cohort.jobs import ManifestError, jobs_from_paths, load_manifest
 
     if args.manifest and args.inputs:
         raise ManifestError("give either INPUT paths or --manifest, not both")
     jobs = load_manifest(args.manifest) if args.manifest else jobs_from_paths(args.inputs)
     if args.limb_range is not None:
-        jobs = [j if j.limb_range else ScanJob(j.id, j.source, args.limb_range) for j in jobs]
+        jobs = [j if j.limb_range else dataclasses.replace(j, limb_range=args.limb_range) for j in jobs]
+    analysis = batch_analysis_from_args(args)
     if getattr(args, "qc", False):
         from limbseg_rt.runtime.qc.write import check_available
 
@@ -137,6 +165,7 @@ def main(args) -> int:
             jobs, args.out, segmenter_kwargs=segmenter_kwargs_from_args(args), read_options=read_options_from_args(args),
             engine=args.engine, workers=args.workers, force=args.force, ray_address=args.ray_address,
             gpus_per_worker=args.gpus_per_worker, progress=progress.update,
+            analysis=analysis, split_sides=bool(args.split_sides), seg_type=args.seg_type,
         )
     except KeyboardInterrupt:
         if progress.tty:

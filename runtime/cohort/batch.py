@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from limbseg_rt.runtime.cohort import store, tables
-from limbseg_rt.runtime.cohort.jobs import ScanJob
+from limbseg_rt.runtime.cohort.jobs import ManifestError, ScanJob
 from limbseg_rt.runtime.cohort.worker import STATUS_EMPTY, STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, WorkerConfig
 from limbseg_rt.runtime.errors import EXIT_OK, EXIT_SCANS_FAILED, OutputError
 from limbseg_rt.runtime.report.run_report import runtime_versions
@@ -100,6 +100,9 @@ def run_batch(
     ray_address: str | None = None,
     gpus_per_worker: float | None = None,
     progress: Progress | None = None,
+    analysis: dict | None = None,
+    split_sides: bool = False,
+    seg_type: str = "binary",
 ) -> BatchResult:
     """Segment ``jobs`` into ``out_dir`` (see module docstring). Never prints.
 
@@ -107,12 +110,22 @@ def run_batch(
     total shared by the workers (default all cores), for Ray the threads of each actor (default 1).
     ``workers``: local processes (default ``default_workers()``, at most ``threads``) or Ray actors (default: as many as
     the cluster's CPUs, or GPUs for a GPU provider, allow). ``progress(done, total, outcome)`` after
-    each scan. Raises ``OutputError`` (folder unusable or locked), the first worker's model or
+    each scan. ``analysis``: None or ``{"clean": bool, "ff_erode": int}``, the per muscle x side
+    analysis of ``run --analysis`` for every scan (each job's Dixon paths added); ``split_sides``
+    (needs ``analysis``) and ``seg_type`` (DICOM inputs' SEG) as in ``run``. Raises ``OutputError`` (folder unusable or locked), the first worker's model or
     provider error, ``ClusterError`` (Ray), or ``KeyboardInterrupt``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     kwargs = dict(segmenter_kwargs or {})
+    if split_sides and analysis is None:
+        raise ValueError("split_sides needs analysis")
+    if analysis is None and any(j.dixon for j in jobs):
+        raise ManifestError("the manifest gives Dixon images (dixon_fat, dixon_water, fat_fraction); add --analysis to use them")
+    if analysis is not None and analysis.get("clean", True):  # fail before segmenting, as run does
+        from limbseg_rt.runtime.analysis.cleanup import check_available
+
+        check_available()
     out_dir = check_out_dir(Path(out_dir), jobs)
     outcomes: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -133,7 +146,7 @@ def run_batch(
                     workers = min(default_workers(), kwargs.get("threads") or default_workers())
                 n = max(1, min(workers, len(jobs)))
                 kwargs["threads"] = split_threads(kwargs.get("threads"), n)
-                config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force)
+                config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force, analysis, split_sides, seg_type)
                 info = LocalPool(config, workers=n).run(jobs, on_outcome)
             else:
                 from limbseg_rt.runtime.cohort.ray_engine import run_ray
@@ -141,13 +154,14 @@ def run_batch(
                 kwargs["threads"] = kwargs.get("threads") or 1
                 gpus = gpus_per_worker if gpus_per_worker is not None else (
                     1.0 if kwargs.get("provider") in ("cuda", "tensorrt") else 0.0)
-                config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force)
+                config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force, analysis, split_sides, seg_type)
                 info = run_ray(jobs, config, on_outcome, workers=workers, address=ray_address,
                                cpus_per_worker=float(kwargs["threads"]), gpus_per_worker=gpus)
         finally:
             store.recover(out_dir)  # after the engine stopped: nothing is writing any more
         wall = time.perf_counter() - t0
         summary = _summary(jobs, outcomes, info, kwargs, read_options, force, wall, started, recovered)
+        summary["settings"].update(analysis=analysis, split_sides=split_sides, seg_type=seg_type)
         result = BatchResult(out_dir, outcomes, summary)
         csv_path = tables.write_cohort_csv(out_dir, jobs, outcomes)
         result.written.append(csv_path)

@@ -9,6 +9,11 @@ Manifest (CSV, UTF-8, header row): ``id`` and ``path`` are required; ``limb_rang
 part of the limb the scan covers, 0 = hip, 1 = ankle; empty = none) is optional. A relative path is
 relative to the manifest's folder. Unknown columns are refused (a misspelt column would otherwise
 be ignored silently), as are duplicate or unusable ids.
+
+Dixon columns (issue 22, for ``batch --analysis``): ``dixon_fat`` and ``dixon_water`` (both or
+neither) or ``fat_fraction``, NIfTI files on the scan's grid, relative to the manifest's folder
+like ``path``; empty = none for that scan. Giving both kinds on one line is refused here; a file
+that is missing or on another grid fails that scan (exit 3) when it is segmented.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from pathlib import Path
 from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
 from limbseg_rt.runtime.hashing import sha256_file
 
-MANIFEST_COLUMNS = ("id", "path", "limb_range")
+DIXON_COLUMNS = ("dixon_fat", "dixon_water", "fat_fraction")
+MANIFEST_COLUMNS = ("id", "path", "limb_range", *DIXON_COLUMNS)
 REQUIRED_COLUMNS = ("id", "path")
 # Ids become folder names on every file system a cohort may live on (NFS, SMB, object-store mounts).
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -38,21 +44,30 @@ class ManifestError(LimbsegError):
 
 @dataclass(frozen=True)
 class ScanJob:
-    """One scan of the cohort. ``limb_range``: ``(a, b)`` with ``0 <= a < b <= 1`` or None."""
+    """One scan of the cohort. ``limb_range``: ``(a, b)`` with ``0 <= a < b <= 1`` or None;
+    ``dixon_fat``/``dixon_water``/``fat_fraction``: absolute paths of this scan's Dixon images or None."""
 
     id: str
     source: str
     limb_range: tuple[float, float] | None = None
+    dixon_fat: str | None = None
+    dixon_water: str | None = None
+    fat_fraction: str | None = None
+
+    @property
+    def dixon(self) -> dict[str, str]:
+        """The Dixon paths this scan has, by column name (empty when none)."""
+        return {c: getattr(self, c) for c in DIXON_COLUMNS if getattr(self, c)}
 
     def to_dict(self) -> dict:
         return {"id": self.id, "source": self.source,
-                "limb_range": list(self.limb_range) if self.limb_range else None}
+                "limb_range": list(self.limb_range) if self.limb_range else None, **self.dixon}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScanJob":
         lr = d.get("limb_range")
         limb_range = (float(lr[0]), float(lr[1])) if lr is not None and len(lr) == 2 else None
-        return cls(str(d["id"]), str(d["source"]), limb_range)
+        return cls(str(d["id"]), str(d["source"]), limb_range, **{c: str(d[c]) for c in DIXON_COLUMNS if d.get(c)})
 
 
 def scan_id_for(path: str | os.PathLike) -> str:
@@ -120,7 +135,7 @@ def load_manifest(path: str | os.PathLike) -> list[ScanJob]:
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise ManifestError(f"manifest {path}: missing column(s) {', '.join(missing)}; the header needs id,path[,limb_range]")
+        raise ManifestError(f"manifest {path}: missing column(s) {', '.join(missing)}; the header needs id,path[,limb_range,dixon_fat,dixon_water,fat_fraction]")
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
         raise ManifestError(f"manifest {path}: unknown column(s) {', '.join(unknown)}; known: {', '.join(MANIFEST_COLUMNS)}")
@@ -137,13 +152,26 @@ def load_manifest(path: str | os.PathLike) -> list[ScanJob]:
         seen[sid] = lineno
         if not row.get("path"):
             raise ManifestError(f"{where}: scan {sid!r} has no path")
-        src = Path(row["path"]).expanduser()
-        if not src.is_absolute():
-            src = path.parent / src
-        jobs.append(ScanJob(sid, os.path.abspath(src), parse_limb_range(row.get("limb_range", ""), where)))
+        jobs.append(ScanJob(sid, _manifest_path(path, row["path"]), parse_limb_range(row.get("limb_range", ""), where),
+                            **_dixon_columns(path, row, where)))
     if not jobs:
         raise ManifestError(f"manifest {path} lists no scans")
     return jobs
+
+
+def _manifest_path(manifest: Path, text: str) -> str:
+    p = Path(text).expanduser()
+    return os.path.abspath(p if p.is_absolute() else manifest.parent / p)
+
+
+def _dixon_columns(manifest: Path, row: dict, where: str) -> dict[str, str]:
+    """The Dixon paths of one manifest line (absolute); ``ManifestError`` for an incomplete or mixed set."""
+    given = {c: _manifest_path(manifest, row[c]) for c in DIXON_COLUMNS if row.get(c)}
+    if ("dixon_fat" in given) != ("dixon_water" in given):
+        raise ManifestError(f"{where}: give both dixon_fat and dixon_water (or fat_fraction alone)")
+    if "fat_fraction" in given and "dixon_fat" in given:
+        raise ManifestError(f"{where}: give fat_fraction or dixon_fat/dixon_water, not both")
+    return given
 
 
 def input_kind(source: str | os.PathLike) -> str:

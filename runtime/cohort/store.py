@@ -45,6 +45,8 @@ def output_names(scan_id: str) -> dict[str, str]:
         "labels": f"{scan_id}_labels.nii.gz",
         "report": f"{scan_id}_report.json",
         "csv": f"{scan_id}_volumes.csv",
+        "measures_csv": f"{scan_id}_muscles.csv",  # with the analysis
+        "seg": f"{scan_id}_seg.dcm",  # DICOM inputs
     }
 
 

@@ -1,8 +1,9 @@
 """Cohort-level outputs: ``cohort.csv`` (+ ``cohort.parquet``), ``scans.csv`` and ``summary.json``.
 
-``cohort.csv`` is long form: the rows of every scan's ``<id>_volumes.csv`` (one per muscle, or per
-muscle and side when the report has sides: whatever columns the per-scan CSV has are kept, the
-union over scans, in first-seen order) behind four columns ``scan_id, status, exit_code,
+``cohort.csv`` is long form: the rows of every scan's ``<id>_volumes.csv`` (one per muscle), or, when
+the batch ran the analysis, of its ``<id>_muscles.csv`` (one per muscle x side, with the muscle's
+``asymmetry_volume_percent`` and ``asymmetry_max_acsa_percent`` from the report on both rows);
+whatever columns the per-scan CSV has are kept, the union over scans, in first-seen order, behind four columns ``scan_id, status, exit_code,
 message``. A failed scan has one row with its exit code and message and the measure columns
 empty, so the table lists every scan of the cohort. ``scans.csv`` has one row per scan: what
 happened to it in this run (``segmented``, ``reused`` from an earlier run, ``failed``), its input
@@ -26,6 +27,8 @@ from limbseg_rt.runtime.io.outputs import OutputSet
 LEAD_COLUMNS = ("scan_id", "status", "exit_code", "message")
 SCAN_COLUMNS = ("id", "source", "status", "this_run", "exit_code", "message", "input_sha256", "seconds", "slices", "worker", "peak_rss_mib", "folder")
 TEXT_COLUMNS = ("scan_id", "status", "message", "code", "name", "side")
+# cohort.csv column -> key of the report's analysis.asymmetry entries: (R - L) / ((R + L) / 2) x 100 %
+ASYMMETRY_COLUMNS = {"asymmetry_volume_percent": "volume_percent", "asymmetry_max_acsa_percent": "max_acsa_percent"}
 SUMMARY_SCHEMA = "limbseg-rt.cohort-summary/1"
 
 
@@ -45,15 +48,30 @@ def _text(tmp: Path):
 
 
 def _scan_rows(root: Path, job: ScanJob, outcome: dict) -> tuple[dict | None, list[str], list[dict]]:
-    """(record, columns, rows) of one scan's volume CSV; a failed scan has no record and no rows."""
+    """(record, columns, rows) of one scan's table; a failed scan has no record and no rows.
+
+    With the analysis (the record lists ``measures_csv``) the rows are the scan's ``<id>_muscles.csv``
+    (one per muscle x side) plus the muscle's asymmetry from the report (same value on both sides);
+    otherwise its ``<id>_volumes.csv`` (one per muscle)."""
     if outcome["status"] == STATUS_FAILED:
         return None, [], []
     record = store.read_record(root, job.id)
     if record is None:
         return None, [], []
-    text = (store.scan_dir(root, job.id) / record["outputs"]["csv"]).read_text(encoding="utf-8")
-    reader = csv.DictReader(io.StringIO(text))
-    return record, list(reader.fieldnames or []), list(reader)
+    folder = store.scan_dir(root, job.id)
+    outputs = record["outputs"]
+    name = outputs.get("measures_csv") or outputs["csv"]
+    reader = csv.DictReader(io.StringIO((folder / name).read_text(encoding="utf-8")))
+    columns, rows = list(reader.fieldnames or []), list(reader)
+    if "measures_csv" in outputs:
+        report = json.loads((folder / outputs["report"]).read_text(encoding="utf-8"))
+        asym = {a["code"]: a for a in ((report.get("analysis") or {}).get("asymmetry") or [])}
+        columns += list(ASYMMETRY_COLUMNS)
+        for row in rows:
+            a = asym.get(row.get("code"), {})
+            for col, key in ASYMMETRY_COLUMNS.items():
+                row[col] = "" if a.get(key) is None else repr(float(a[key]))
+    return record, columns, rows
 
 
 def write_cohort_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) -> Path:

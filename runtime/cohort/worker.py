@@ -39,12 +39,19 @@ STATUS_OK, STATUS_EMPTY, STATUS_SKIPPED, STATUS_FAILED = "ok", "empty", "skipped
 @dataclass(frozen=True)
 class WorkerConfig:
     """What every worker needs (picklable). ``segmenter_kwargs``: ``Segmenter`` keyword arguments
-    (threads already split per worker); ``read_options``: a ``ReadOptions`` or None."""
+    (threads already split per worker); ``read_options``: a ``ReadOptions`` or None.
+    ``analysis``: None (no analysis) or ``{"clean": bool, "ff_erode": int}`` (``run --analysis
+    [--no-clean] [--ff-erode N]``; each job adds its own Dixon paths); ``split_sides``: the label map
+    with a right and a left label per muscle; ``seg_type``: ``"binary"`` or ``"labelmap"``, the DICOM
+    SEG written for a DICOM input."""
 
     out_dir: str
     segmenter_kwargs: dict = field(default_factory=dict)
     read_options: object = None
     force: bool = False
+    analysis: dict | None = None
+    split_sides: bool = False
+    seg_type: str = "binary"
 
 
 @dataclass
@@ -64,12 +71,43 @@ def output_settings(config: WorkerConfig, job: ScanJob) -> dict:
     kw = config.segmenter_kwargs
     ro = config.read_options
     read = {k: getattr(ro, k) for k in ("volume_index", "allow_2d", "prefer", "assume_orientation")} if ro is not None else None
-    return {
+    settings = {
         "fit": kw.get("fit", "auto"),
         "tile_overlap": kw.get("tile_overlap", 0.5),
         "limb_range": list(job.limb_range) if job.limb_range else None,
         "read_options": read,
     }
+    # Issue 22: the analysis options are output settings too. Keys are added only when set, so the
+    # records of batches without them still match. Dixon inputs count by content (SHA-256).
+    if config.analysis is not None:
+        settings["analysis"] = {"clean": bool(config.analysis.get("clean", True)),
+                                "ff_erode": int(config.analysis.get("ff_erode", 0)),
+                                "split_sides": bool(config.split_sides),
+                                "dixon": {c: _file_sha256(p) for c, p in job.dixon.items()}}
+    if config.seg_type != "binary":
+        settings["seg_type"] = config.seg_type
+    return settings
+
+
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a Dixon input, or ``missing:<path>`` (the scan then fails when it is segmented)."""
+    from limbseg_rt.runtime.hashing import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError:
+        return f"missing:{path}"
+
+
+def analysis_options(config: WorkerConfig, job: ScanJob):
+    """The ``AnalysisOptions`` of one scan (the batch's options plus its Dixon paths), or None."""
+    if config.analysis is None:
+        return None
+    from limbseg_rt.runtime.analysis.measures import AnalysisOptions
+
+    d = job.dixon
+    return AnalysisOptions(clean=bool(config.analysis.get("clean", True)), ff_erode=int(config.analysis.get("ff_erode", 0)),
+                           fat=d.get("dixon_fat"), water=d.get("dixon_water"), fat_fraction=d.get("fat_fraction"))
 
 
 def failure(job: ScanJob, exc: BaseException, *, t0: float | None = None, sha: str | None = None) -> dict:
@@ -131,7 +169,8 @@ def prepare(job: ScanJob, config: WorkerConfig, model_sha256: str) -> Prepared |
 
 def segment(seg, prepared: Prepared, config: WorkerConfig):
     """Run the model on one prepared scan (``SegmentationResult``); exceptions propagate."""
-    return seg.segment(prepared.job.source, limb_range=prepared.job.limb_range, read_options=config.read_options)
+    return seg.segment(prepared.job.source, limb_range=prepared.job.limb_range, read_options=config.read_options,
+                       analysis=analysis_options(config, prepared.job))
 
 
 def publish_result(seg, prepared: Prepared, result, config: WorkerConfig) -> dict:
@@ -139,9 +178,7 @@ def publish_result(seg, prepared: Prepared, result, config: WorkerConfig) -> dic
     job, root = prepared.job, Path(config.out_dir)
     staging = store.new_staging_dir(root, job.id)
     try:
-        names = store.output_names(job.id)
-        written = result.save(staging / names["labels"], staging / names["report"], staging / names["csv"],
-                              input_path=job.source)
+        written = _write_outputs(result, prepared, staging, config)
         manifest = result.report.manifest
         status, code = (STATUS_EMPTY, EXIT_EMPTY) if result.empty else (STATUS_OK, EXIT_OK)
         timings = {k: manifest["timings_s"].get(k) for k in ("read", "preprocess", "infer", "postprocess", "write")}
@@ -169,6 +206,32 @@ def publish_result(seg, prepared: Prepared, result, config: WorkerConfig) -> dic
                            sha=prepared.sha256, t0=prepared.t0, slices=slices, timings=timings)
     outcome["peak_rss_mib"] = manifest.get("peak_rss_mib")  # this worker's high-water mark so far
     return outcome
+
+
+def _write_outputs(result, prepared: Prepared, staging: Path, config: WorkerConfig) -> dict:
+    """The files ``run`` writes, into ``staging`` (one ``OutputSet``; report last): labels and label
+    tables, volume CSV, the per muscle x side CSV with the analysis, the DICOM SEG for a DICOM input."""
+    from limbseg_rt.runtime.api import declare_outputs
+    from limbseg_rt.runtime.io.dicom import looks_like_dicom
+    from limbseg_rt.runtime.io.outputs import OutputSet
+
+    job = prepared.job
+    names = store.output_names(job.id)
+    with OutputSet(inputs=[job.source]) as out:
+        declare_outputs(out, staging / names["labels"], staging / names["report"], staging / names["csv"],
+                        measures_csv=staging / names["measures_csv"] if result.report.analysis is not None else None)
+        dicom = looks_like_dicom(Path(job.source))
+        if dicom:
+            out.add("seg", staging / names["seg"], what="DICOM SEG")
+        out.check()
+        if dicom:
+            if result.labels_canonical.any():  # staged before the report is written, so the report names it
+                result.save_seg(out.temp("seg"), seg_type=config.seg_type, record_as=out.paths["seg"])
+            else:
+                out.drop("seg")
+                result.report = result.report.with_warning(
+                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
+        return result.write_outputs(out, split_sides=config.split_sides)
 
 
 def process_scan(seg, job: ScanJob, config: WorkerConfig) -> dict:

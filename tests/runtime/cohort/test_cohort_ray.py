@@ -67,3 +67,26 @@ def test_ray_actor_that_cannot_load_the_model_stops_the_batch(local_ray, tmp_pat
     with pytest.raises(ModelError, match="model file not found"):
         run_batch(jobs_from_paths(paths), tmp_path / "o", engine="ray", workers=1,
                   segmenter_kwargs={"model": str(Path(tmp_path) / "none.onnx"), "provider": "cpu"})
+
+
+def test_ray_engine_runs_the_analysis_like_the_local_engine(local_ray, tiny_unet_path, tmp_path):
+    """Issue 22: the analysis options and a scan's Dixon paths reach the Ray actors (jobs cross as JSON)."""
+    pytest.importorskip("scipy")
+    import nibabel as nib
+
+    from limbseg_rt.runtime.cohort.jobs import ScanJob
+    from limbseg_rt.runtime.phantom.dixon import make_dixon_phantom
+
+    imgs = make_dixon_phantom(7, slices=8, shape=(64, 56), spacing=(6.0, 6.0, 24.0))
+    for k in ("image", "fat", "water"):
+        nib.save(imgs[k], tmp_path / f"{k}.nii.gz")
+    jobs = [ScanJob("d", str(tmp_path / "image.nii.gz"), dixon_fat=str(tmp_path / "fat.nii.gz"),
+                    dixon_water=str(tmp_path / "water.nii.gz"))]
+    kw = {"model": str(tiny_unet_path), "provider": "cpu", "threads": 1}
+    analysis = {"clean": True, "ff_erode": 1}
+    run_batch(jobs, tmp_path / "ray", segmenter_kwargs=kw, engine="ray", workers=1, analysis=analysis)
+    run_batch(jobs, tmp_path / "local", segmenter_kwargs=kw, engine="local", workers=1, analysis=analysis)
+    text = (tmp_path / "ray" / "cohort.csv").read_text()
+    assert text == (tmp_path / "local" / "cohort.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    assert "side" in header and "ff_mean" in header and "asymmetry_volume_percent" in header
