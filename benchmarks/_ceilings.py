@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from _harness import time_calls
 
 TORCH_THREADS = 2
@@ -62,8 +61,10 @@ class Ceilings:
             out.append("no fp32 ceiling could be measured")
         if not self.plausible_int8:
             got = ", ".join(f"{k} {v:.0f} GOPS" for k, v in self.int8.items()) or "nothing measured"
-            out.append(f"no plausible int8 ceiling: every int8 source is below the fp32 ceiling "
-                       f"{self.sgemm_gflops:.0f} GFLOP/s ({got})")
+            out.append(
+                f"no plausible int8 ceiling: every int8 source is below the fp32 ceiling "
+                f"{self.sgemm_gflops:.0f} GFLOP/s ({got})"
+            )
         return out
 
     def for_precision(self, precision: str) -> float | None:
@@ -75,14 +76,25 @@ class Ceilings:
         return f"fp32 GFLOP/s: {f}; int8 GOPS: {i or 'none'} ({self.n}^3)"
 
     def to_dict(self) -> dict:
-        return {"fp32_gflops": dict(self.fp32), "int8_gops": dict(self.int8), "n": self.n, "errors": dict(self.errors),
-                "sgemm_gflops": self.sgemm_gflops, "int8_gemm_gops": self.int8_gemm_gops,
-                "int8_source": self.int8_source, "problems": self.problems()}
+        return {
+            "fp32_gflops": dict(self.fp32),
+            "int8_gops": dict(self.int8),
+            "n": self.n,
+            "errors": dict(self.errors),
+            "sgemm_gflops": self.sgemm_gflops,
+            "int8_gemm_gops": self.int8_gemm_gops,
+            "int8_source": self.int8_source,
+            "problems": self.problems(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Ceilings:
-        return cls(fp32=dict(d["fp32_gflops"]), int8=dict(d["int8_gops"]), n=int(d.get("n", N)),
-                   errors=dict(d.get("errors", {})))
+        return cls(
+            fp32=dict(d["fp32_gflops"]),
+            int8=dict(d["int8_gops"]),
+            n=int(d.get("n", N)),
+            errors=dict(d.get("errors", {})),
+        )
 
 
 # ----------------------------------------------------------------------------- one GEMM per source
@@ -104,18 +116,29 @@ def _matmul_graph(kind: str, n: int):
         nodes.append(helper.make_node("MatMulInteger", ["A", "B"], ["Y"]))
         a_type, y_type = TensorProto.UINT8, TensorProto.INT32
     elif kind == "qdq":
-        inits += [numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "Bq"),
-                  numpy_helper.from_array(np.float32(0.01), "sb"), numpy_helper.from_array(np.int8(0), "zb"),
-                  numpy_helper.from_array(np.float32(1 / 255), "sa"), numpy_helper.from_array(np.uint8(0), "za")]
-        nodes += [helper.make_node("DequantizeLinear", ["Bq", "sb", "zb"], ["B"]),
-                  helper.make_node("QuantizeLinear", ["A", "sa", "za"], ["Aq"]),
-                  helper.make_node("DequantizeLinear", ["Aq", "sa", "za"], ["Ad"]),
-                  helper.make_node("MatMul", ["Ad", "B"], ["Y"])]
+        inits += [
+            numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "Bq"),
+            numpy_helper.from_array(np.float32(0.01), "sb"),
+            numpy_helper.from_array(np.int8(0), "zb"),
+            numpy_helper.from_array(np.float32(1 / 255), "sa"),
+            numpy_helper.from_array(np.uint8(0), "za"),
+        ]
+        nodes += [
+            helper.make_node("DequantizeLinear", ["Bq", "sb", "zb"], ["B"]),
+            helper.make_node("QuantizeLinear", ["A", "sa", "za"], ["Aq"]),
+            helper.make_node("DequantizeLinear", ["Aq", "sa", "za"], ["Ad"]),
+            helper.make_node("MatMul", ["Ad", "B"], ["Y"]),
+        ]
         a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
     else:
         raise ValueError(kind)
-    g = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("A", a_type, [n, n])],
-                          [helper.make_tensor_value_info("Y", y_type, [n, n])], inits)
+    g = helper.make_graph(
+        nodes,
+        kind,
+        [helper.make_tensor_value_info("A", a_type, [n, n])],
+        [helper.make_tensor_value_info("Y", y_type, [n, n])],
+        inits,
+    )
     return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
 
@@ -145,8 +168,9 @@ def gemm_calls(n: int = N, threads: int = TORCH_THREADS) -> tuple[dict[str, Call
         import openvino as ov
 
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(_matmul_graph("qdq", n), b""), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads})
+        compiled = core.compile_model(
+            core.read_model(_matmul_graph("qdq", n), b""), "CPU", {"INFERENCE_NUM_THREADS": threads}
+        )
         request = compiled.create_infer_request()
         x = _input("qdq", n)
         calls["openvino-int8"] = lambda: request.infer({0: x})
@@ -173,5 +197,9 @@ def measure_ceilings(n: int = N, repeats: int = 5) -> Ceilings:
     calls, errors = gemm_calls(n)
     ops = 2.0 * n**3
     rates = {name: ops / min(time_calls(fn, rounds=repeats, warmup=1)) / 1e9 for name, fn in calls.items()}
-    return Ceilings(fp32={k: v for k, v in rates.items() if k in FP32_SOURCES},
-                    int8={k: v for k, v in rates.items() if k not in FP32_SOURCES}, n=n, errors=errors)
+    return Ceilings(
+        fp32={k: v for k, v in rates.items() if k in FP32_SOURCES},
+        int8={k: v for k, v in rates.items() if k not in FP32_SOURCES},
+        n=n,
+        errors=errors,
+    )

@@ -33,8 +33,12 @@ FORMER = "dfa0bc0"
 
 def _former_module():
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "-C", str(root), "show", f"{FORMER}:runtime/report/distance.py"],
-                         check=True, capture_output=True, text=True).stdout
+    src = subprocess.run(
+        ["git", "-C", str(root), "show", f"{FORMER}:runtime/report/distance.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     mod = types.ModuleType("former_distance")
     exec(compile(src, "former_distance.py", "exec"), mod.__dict__)
     return mod
@@ -64,8 +68,10 @@ def main(pred_path: str, ref_path: str) -> None:
         both = np.concatenate([surf_p[i], surf_r[i]])
         box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(both.min(0), both.max(0)))
         sa, sb = surface(pred[box] == i), surface(ref[box] == i)
-        return (ndimage.distance_transform_edt(~sb, sampling=sp)[sa],
-                ndimage.distance_transform_edt(~sa, sampling=sp)[sb])
+        return (
+            ndimage.distance_transform_edt(~sb, sampling=sp)[sa],
+            ndimage.distance_transform_edt(~sa, sampling=sp)[sb],
+        )
 
     def kdtree_way(i):
         return nearest_distances(surf_r[i], surf_p[i], sp), nearest_distances(surf_p[i], surf_r[i], sp)
@@ -79,7 +85,9 @@ def main(pred_path: str, ref_path: str) -> None:
         seconds[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
     for name in seconds:
         diff = float(np.max(np.abs(values[name] - values["kdtree"])))
-        print(f"{name:8s} {seconds[name]:7.2f} s wall {cpu[name]:7.2f} s CPU  {len(ids)} labels  max |difference| vs kdtree {diff:.2e} mm")
+        print(
+            f"{name:8s} {seconds[name]:7.2f} s wall {cpu[name]:7.2f} s CPU  {len(ids)} labels  max |difference| vs kdtree {diff:.2e} mm"
+        )
 
 
 if __name__ == "__main__":

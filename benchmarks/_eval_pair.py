@@ -54,7 +54,7 @@ def perturb(ref: np.ndarray, seed: int = 0) -> np.ndarray:
     largest = max(present, key=lambda i: counts[i])
     x, y, z = ref.shape
     zc = int(rng.integers(0, z))
-    pred[x // 10: x // 10 + max(2, x // 50), y // 10: y // 10 + max(2, y // 50), zc] = largest
+    pred[x // 10 : x // 10 + max(2, x // 50), y // 10 : y // 10 + max(2, y // 50), zc] = largest
     return pred
 
 

@@ -53,8 +53,17 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     values = (_ours if mode == "ours" else _medpy)(pred_path, ref_path)
     wall = time.perf_counter() - t0
-    print(json.dumps({"mode": mode, "wall_s": wall, "cpu_s": time.process_time(), "peak_rss_mib": peak_rss_mib(),
-                      "labels": values}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "wall_s": wall,
+                "cpu_s": time.process_time(),
+                "peak_rss_mib": peak_rss_mib(),
+                "labels": values,
+            }
+        )
+    )
     return 0
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -48,8 +48,14 @@ def gate_at_most(what: str, value: float, limit: float, *, unit: str = "", detai
 def speedup_gate(what: str, candidate_s: float, reference_s: float, min_speedup: float, **kw) -> float:
     """Speed-up = ``reference_s / candidate_s`` (same work); raises ``GateFailure`` below ``min_speedup``."""
     speedup = reference_s / candidate_s
-    gate_at_least(f"speed-up of {what}", speedup, min_speedup, unit="x",
-                  detail=f"{candidate_s * 1e3:.1f} ms vs {reference_s * 1e3:.1f} ms" + (f"; {kw['detail']}" if kw.get("detail") else ""))
+    gate_at_least(
+        f"speed-up of {what}",
+        speedup,
+        min_speedup,
+        unit="x",
+        detail=f"{candidate_s * 1e3:.1f} ms vs {reference_s * 1e3:.1f} ms"
+        + (f"; {kw['detail']}" if kw.get("detail") else ""),
+    )
     return speedup
 
 
@@ -66,11 +72,14 @@ def time_calls(fn: Callable[[], object], *, rounds: int, warmup: int = 1) -> lis
     return out
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1,
-                        settle_s: float = 0.02) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1, settle_s: float = 0.02
+) -> dict[str, float]:
     """Median of ``interleaved_times`` per function."""
-    return {k: float(np.median(v)) for k, v in interleaved_times(fns, rounds=rounds, warmup=warmup,
-                                                                 settle_s=settle_s).items()}
+    return {
+        k: float(np.median(v))
+        for k, v in interleaved_times(fns, rounds=rounds, warmup=warmup, settle_s=settle_s).items()
+    }
 
 
 # Time budget (s) for timing one engine (or one set of interleaved contenders) beyond its warm-up;
@@ -93,9 +102,15 @@ def settled(times: list[float], spread: float = SETTLED_SPREAD) -> bool:
     return len(times) >= MIN_ROUNDS and (max(times) - min(times)) / min(times) < spread
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], *, rounds: int, warmup: int = 1,
-                      settle_s: float = 0.02, budget_s: float | None = None,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int = 1,
+    settle_s: float = 0.02,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
     """Wall times (s) per function, calling them in turn (A B A B ...) so that load from other
     processes on a shared machine hits every contender alike. ``warmup`` untimed rounds first.
 
@@ -205,20 +220,29 @@ def torch_engine(model) -> Engine:
                 return model(x, torch.from_numpy(np.asarray(position, dtype=np.float32))).numpy()
             return model(x).numpy()
 
-    return Engine("pytorch-eager", "fp32", predict, {"engine": "pytorch", "torch": torch.__version__,
-                                                        "threads": TORCH_THREADS})
+    return Engine(
+        "pytorch-eager", "fp32", predict, {"engine": "pytorch", "torch": torch.__version__, "threads": TORCH_THREADS}
+    )
 
 
 ENGINE_LABEL = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "tensorrt": "onnxruntime-tensorrt"}
 
 
-def runner_engine(path: Path, provider: str, *, threads: int = 2, max_batch: int = 16, fp16: bool = False,
-                  cache_dir: Path | None = None) -> Engine:
+def runner_engine(
+    path: Path,
+    provider: str,
+    *,
+    threads: int = 2,
+    max_batch: int = 16,
+    fp16: bool = False,
+    cache_dir: Path | None = None,
+) -> Engine:
     """An Engine over ``runtime.engine.create_runner`` for one explicit provider (no fallback)."""
     from limbseg_rt.runtime.engine.runners import create_runner
 
-    runner = create_runner(path, provider=provider, threads=threads, max_batch=max_batch, fp16=fp16,
-                           cache_dir=cache_dir)
+    runner = create_runner(
+        path, provider=provider, threads=threads, max_batch=max_batch, fp16=fp16, cache_dir=cache_dir
+    )
     info = runner.describe()
     label = "openvino-runtime" if info["engine"] == "openvino" else ENGINE_LABEL.get(runner.provider, runner.provider)
     return Engine(label, runner.precision, runner.predict, info, runner.close)
@@ -226,8 +250,8 @@ def runner_engine(path: Path, provider: str, *, threads: int = 2, max_batch: int
 
 def auto_cpu_config() -> tuple[str, str]:
     """(provider, precision) that ``--provider auto --precision auto`` runs on a machine without GPU."""
-    from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
     from limbseg_rt.runtime.engine.providers import available_engines, choose_provider
+    from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
 
     cpu_side = [n for n in available_engines() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
     short, _ = choose_provider("auto", cpu_side)
@@ -262,9 +286,9 @@ def muscle_rve(pred: np.ndarray, ref: np.ndarray, classes: int, *, min_pixels: i
 def phantom_model_slices(seed: int, *, slices: int, hw: tuple[int, int], shape=(256, 256)):
     """(images float32 [N,1,H,W] preprocessed exactly as the runtime does, positions float32 [N],
     phantom) for a phantom volume: the same data every engine sees."""
-    from limbseg_rt.runtime.phantom.generate import phantom_arrays
-    from limbseg_rt.runtime.model.position import slice_positions
     from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.model.position import slice_positions
+    from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     ph = phantom_arrays(seed, slices=slices, shape=shape)
     lo, hi = intensity_window(ph.image)
@@ -277,6 +301,6 @@ def in_batches(engine: Engine, images: np.ndarray, positions, batch: int) -> np.
     """Labels uint8 [N,H,W] of ``images`` run ``batch`` slices per call."""
     out = []
     for s in range(0, len(images), batch):
-        pos = positions[s:s + batch] if positions is not None else None
-        out.append(engine.labels(images[s:s + batch], pos))
+        pos = positions[s : s + batch] if positions is not None else None
+        out.append(engine.labels(images[s : s + batch], pos))
     return np.concatenate(out)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from _ceilings import Ceilings
+
 from limbseg_rt.runtime.engine.cpu import CpuInfo
 
 MIN_CEILING_SHARE = 0.75
@@ -59,14 +60,27 @@ class AutoRun:
         return 2.0 * self.macs / self.ref_s / 1e9
 
     def to_dict(self) -> dict:
-        return {"cpu": self.cpu.to_dict(), "ceilings": self.ceilings.to_dict(), "model": self.model,
-                "macs": self.macs, "ref_s": self.ref_s, "cand_s": self.cand_s, "cand_label": self.cand_label}
+        return {
+            "cpu": self.cpu.to_dict(),
+            "ceilings": self.ceilings.to_dict(),
+            "model": self.model,
+            "macs": self.macs,
+            "ref_s": self.ref_s,
+            "cand_s": self.cand_s,
+            "cand_label": self.cand_label,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> AutoRun:
-        return cls(cpu=CpuInfo.from_dict(d["cpu"]), ceilings=Ceilings.from_dict(d["ceilings"]), model=d["model"],
-                   macs=int(d["macs"]), ref_s=float(d["ref_s"]), cand_s=float(d["cand_s"]),
-                   cand_label=d["cand_label"])
+        return cls(
+            cpu=CpuInfo.from_dict(d["cpu"]),
+            ceilings=Ceilings.from_dict(d["ceilings"]),
+            model=d["model"],
+            macs=int(d["macs"]),
+            ref_s=float(d["ref_s"]),
+            cand_s=float(d["cand_s"]),
+            cand_label=d["cand_label"],
+        )
 
 
 @dataclass(frozen=True)
@@ -85,29 +99,49 @@ def judge_auto_config(run: AutoRun) -> list[Verdict]:
     who = f"{run.model}: auto CPU config ({run.cand_label})"
     problems = run.ceilings.problems()
     if problems:
-        return [Verdict(f"{who} ceilings", float("nan"), "plausible", False,
-                        f"GATE NOT JUDGED {where}: {'; '.join(problems)}. Measured: {run.ceilings.describe()}")]
+        return [
+            Verdict(
+                f"{who} ceilings",
+                float("nan"),
+                "plausible",
+                False,
+                f"GATE NOT JUDGED {where}: {'; '.join(problems)}. Measured: {run.ceilings.describe()}",
+            )
+        ]
     ceiling = run.ceilings.int8_gemm_gops
     share = run.achieved_gops / ceiling
     out = []
     share_ok = MIN_CEILING_SHARE <= share <= MAX_CEILING_SHARE
     if share > MAX_CEILING_SHARE:
-        msg = (f"GATE NOT JUDGED {where}: {run.achieved_gops:.0f} GOPS achieved is {share:.0%} of the int8 ceiling "
-               f"{ceiling:.0f} GOPS ({run.ceilings.int8_source}); a share above {MAX_CEILING_SHARE:.0%} means the "
-               f"ceiling was under-measured. Measured: {run.ceilings.describe()}")
+        msg = (
+            f"GATE NOT JUDGED {where}: {run.achieved_gops:.0f} GOPS achieved is {share:.0%} of the int8 ceiling "
+            f"{ceiling:.0f} GOPS ({run.ceilings.int8_source}); a share above {MAX_CEILING_SHARE:.0%} means the "
+            f"ceiling was under-measured. Measured: {run.ceilings.describe()}"
+        )
     else:
-        msg = (f"{'ok' if share_ok else 'GATE MISSED'} {where}: {run.achieved_gops:.0f} GOPS = {share:.0%} of the "
-               f"int8 ceiling {ceiling:.0f} GOPS ({run.ceilings.int8_source}); needs >= {MIN_CEILING_SHARE:.0%}")
-    out.append(Verdict(f"{who} share of int8 ceiling", share, f">= {MIN_CEILING_SHARE} and <= {MAX_CEILING_SHARE}",
-                       share_ok, msg))
+        msg = (
+            f"{'ok' if share_ok else 'GATE MISSED'} {where}: {run.achieved_gops:.0f} GOPS = {share:.0%} of the "
+            f"int8 ceiling {ceiling:.0f} GOPS ({run.ceilings.int8_source}); needs >= {MIN_CEILING_SHARE:.0%}"
+        )
+    out.append(
+        Verdict(
+            f"{who} share of int8 ceiling", share, f">= {MIN_CEILING_SHARE} and <= {MAX_CEILING_SHARE}", share_ok, msg
+        )
+    )
     fp32 = run.ceilings.sgemm_gflops
     required = SPEEDUP_FRACTION * ceiling / fp32
     speed_ok = run.speedup >= required
-    out.append(Verdict(
-        f"{who} vs PyTorch eager fp32", run.speedup, f">= {required:.2f}x", speed_ok,
-        f"{'ok' if speed_ok else 'GATE MISSED'} {where}: speed-up {run.speedup:.2f}x "
-        f"({run.cand_s * 1e3:.1f} vs {run.ref_s * 1e3:.1f} ms/slice); needs >= {required:.2f}x = "
-        f"{SPEEDUP_FRACTION} x int8 ceiling {ceiling:.0f} GOPS / fp32 ceiling {fp32:.0f} GFLOP/s "
-        f"(PyTorch reached {run.pytorch_gflops:.0f} GFLOP/s)"
-        + (f"; expected on VNNI machines: >= {EXPECTED_VNNI_SPEEDUP}x" if run.cpu.has_vnni else "")))
+    out.append(
+        Verdict(
+            f"{who} vs PyTorch eager fp32",
+            run.speedup,
+            f">= {required:.2f}x",
+            speed_ok,
+            f"{'ok' if speed_ok else 'GATE MISSED'} {where}: speed-up {run.speedup:.2f}x "
+            f"({run.cand_s * 1e3:.1f} vs {run.ref_s * 1e3:.1f} ms/slice); needs >= {required:.2f}x = "
+            f"{SPEEDUP_FRACTION} x int8 ceiling {ceiling:.0f} GOPS / fp32 ceiling {fp32:.0f} GFLOP/s "
+            f"(PyTorch reached {run.pytorch_gflops:.0f} GFLOP/s)"
+            + (f"; expected on VNNI machines: >= {EXPECTED_VNNI_SPEEDUP}x" if run.cpu.has_vnni else ""),
+        )
+    )
     return out

@@ -78,8 +78,9 @@ def _slice_sets(hw: tuple[int, int]):
     return phantom_sets(hw=hw, slices_per_volume=CALIBRATION_SLICES)
 
 
-def ensure_exported(arch: str, precisions, *, root: Path, features=PAPER_FEATURES,
-                    hw=PAPER_HW, seed: int = WEIGHT_SEED) -> BenchModel:
+def ensure_exported(
+    arch: str, precisions, *, root: Path, features=PAPER_FEATURES, hw=PAPER_HW, seed: int = WEIGHT_SEED
+) -> BenchModel:
     """Export (if not cached) ``arch`` with seeded random weights in each of ``precisions``.
 
     fp32 is exported with the spec's parity gates (agreement >= 99.99 %, logits within 1e-4 of scale):
@@ -95,8 +96,11 @@ def ensure_exported(arch: str, precisions, *, root: Path, features=PAPER_FEATURE
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = folder / "model.pth.tar"
     if not ckpt.is_file():
-        save_checkpoint(reference_model(arch, tuple(features), seed), ckpt,
-                        extra={"arch": arch, "features": list(features), "seed": seed})
+        save_checkpoint(
+            reference_model(arch, tuple(features), seed),
+            ckpt,
+            extra={"arch": arch, "features": list(features), "seed": seed},
+        )
     sets = None
     paths = {}
     for precision in precisions:
@@ -107,9 +111,16 @@ def ensure_exported(arch: str, precisions, *, root: Path, features=PAPER_FEATURE
                 held = type(held)(held.images[:HELDOUT_SLICES], held.positions[:HELDOUT_SLICES], held.source)
                 sets = (calib, held)
             export_model(
-                arch, ckpt, out, features=features, precision=precision, calibration=sets,
-                input_hw=tuple(hw), tolerance=None if precision == "fp32" else Tolerance(),
-                measure_speed=False, threads=2,
+                arch,
+                ckpt,
+                out,
+                features=features,
+                precision=precision,
+                calibration=sets,
+                input_hw=tuple(hw),
+                tolerance=None if precision == "fp32" else Tolerance(),
+                measure_speed=False,
+                threads=2,
             )
         paths[precision] = out
     return BenchModel(f"{arch} {'x'.join(map(str, features))}", arch, tuple(features), tuple(hw), paths, ckpt, False)
@@ -127,8 +138,17 @@ def demo_models(models_dir: Path | None = None) -> list[BenchModel]:
     for arch, paths in by_arch.items():
         md = read_metadata(next(iter(paths.values())))
         ckpt = DEMO_CHECKPOINTS / f"{arch}.pth.tar"
-        out.append(BenchModel(f"demo {arch}", arch, tuple(md.features), tuple(md.input_hw), paths,
-                              ckpt if ckpt.is_file() else None, True))
+        out.append(
+            BenchModel(
+                f"demo {arch}",
+                arch,
+                tuple(md.features),
+                tuple(md.input_hw),
+                paths,
+                ckpt if ckpt.is_file() else None,
+                True,
+            )
+        )
     return out
 
 

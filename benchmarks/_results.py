@@ -63,8 +63,15 @@ class Results:
         """x PyTorch per row; accuracy numbers copied to the other batch rows of the same engine."""
         for r in self.rows.values():
             if r.agreement is None:
-                twin = next((o for o in self.rows.values() if (o.model, o.engine, o.precision) ==
-                             (r.model, r.engine, r.precision) and o.agreement is not None), None)
+                twin = next(
+                    (
+                        o
+                        for o in self.rows.values()
+                        if (o.model, o.engine, o.precision) == (r.model, r.engine, r.precision)
+                        and o.agreement is not None
+                    ),
+                    None,
+                )
                 if twin is not None:
                     r.agreement, r.min_muscle_dice = twin.agreement, twin.min_muscle_dice
             ref = self.rows.get((r.model, "pytorch-eager", "fp32", r.batch))
@@ -78,22 +85,30 @@ class Results:
         lines = []
         if self.machine:
             m = self.machine
-            lines.append(f"Machine: {m.get('cpus')} usable cores, {m.get('cpu_model', '?')}, ISA class "
-                         f"{m.get('isa', '?')} ({', '.join(m.get('isa_flags', [])) or 'no AVX2/AVX-512'}); 1-min load average "
-                         f"{m.get('load_start', float('nan')):.1f} at start, {m.get('load_end', float('nan')):.1f} at end.")
+            lines.append(
+                f"Machine: {m.get('cpus')} usable cores, {m.get('cpu_model', '?')}, ISA class "
+                f"{m.get('isa', '?')} ({', '.join(m.get('isa_flags', [])) or 'no AVX2/AVX-512'}); 1-min load average "
+                f"{m.get('load_start', float('nan')):.1f} at start, {m.get('load_end', float('nan')):.1f} at end."
+            )
             if max(m.get("load_start", 0), m.get("load_end", 0)) > 1.5 * (m.get("cpus") or 1):
-                lines.append("WARNING: the machine was busy with other work; ratios between engines are still "
-                             "measured side by side, but PyTorch (OpenMP) suffers more than ONNX Runtime/OpenVINO "
-                             "from oversubscription: rerun on a quiet machine before trusting the speed-ups.")
+                lines.append(
+                    "WARNING: the machine was busy with other work; ratios between engines are still "
+                    "measured side by side, but PyTorch (OpenMP) suffers more than ONNX Runtime/OpenVINO "
+                    "from oversubscription: rerun on a quiet machine before trusting the speed-ups."
+                )
             lines.append("")
         if self.ceilings is not None:
             c = self.ceilings
-            lines.append(f"Ceilings this run: {c.describe()}; judged against fp32 {c.sgemm_gflops:.0f} GFLOP/s, "
-                         f"int8 {c.int8_gemm_gops:.0f} GOPS ({c.int8_source or 'none plausible'})\n")
+            lines.append(
+                f"Ceilings this run: {c.describe()}; judged against fp32 {c.sgemm_gflops:.0f} GFLOP/s, "
+                f"int8 {c.int8_gemm_gops:.0f} GOPS ({c.int8_source or 'none plausible'})\n"
+            )
         if self.rows:
-            lines += ["| model | engine | precision | batch | ms/slice | slices/s | x PyTorch | GFLOP/s | % ceiling "
-                      "| peak RSS MiB | agreement vs fp32 ref | min muscle Dice |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "| model | engine | precision | batch | ms/slice | slices/s | x PyTorch | GFLOP/s | % ceiling "
+                "| peak RSS MiB | agreement vs fp32 ref | min muscle Dice |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in sorted(self.rows.values(), key=lambda r: (r.model, r.batch, r.engine, r.precision)):
                 lines.append(
                     f"| {r.model} | {r.engine} | {r.precision} | {r.batch} | {f(r.ms_per_slice, '.1f')} | "
@@ -102,34 +117,49 @@ class Results:
                     f"{f(None if r.agreement is None else 100 * r.agreement, '.3f', '%')} | {f(r.min_muscle_dice, '.4f')} |"
                 )
         if self.accuracy:
-            lines += ["", "| model | engine | precision | vs | agreement | min Dice | max abs RVE % | mean DSC | mean RVE % | mean HD mm |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| model | engine | precision | vs | agreement | min Dice | max abs RVE % | mean DSC | mean RVE % | mean HD mm |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for a in self.accuracy:
                 lines.append(
                     f"| {a['model']} | {a['engine']} | {a['precision']} | {a['reference']} | "
                     f"{f(a.get('agreement') and 100 * a['agreement'], '.3f', '%')} | {f(a.get('min_dice'), '.4f')} | "
                     f"{f(a.get('max_abs_rve'), '.2f')} | {f(a.get('mean_dsc'), '.4f')} | {f(a.get('mean_rve'), '.2f')} | "
-                    f"{f(a.get('mean_hd_mm'), '.1f')} |")
+                    f"{f(a.get('mean_hd_mm'), '.1f')} |"
+                )
         if self.shift:
-            lines += ["", "| acquisition shift (phantom 200) | model | fit | mean DSC | mean abs RVE % | mean HD95 mm "
-                      "| false end-slice muscles |", "|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| acquisition shift (phantom 200) | model | fit | mean DSC | mean abs RVE % | mean HD95 mm "
+                "| false end-slice muscles |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for a in self.shift:
-                lines.append(f"| {a['case']} | {a['model']} | {a.get('fit', '-')} | {f(a['dsc'], '.3f')} | "
-                             f"{f(a['abs_rve'], '.1f')} | {f(a['hd95_mm'], '.1f')} | {a.get('false_end_muscles', '-')} |")
+                lines.append(
+                    f"| {a['case']} | {a['model']} | {a.get('fit', '-')} | {f(a['dsc'], '.3f')} | "
+                    f"{f(a['abs_rve'], '.1f')} | {f(a['hd95_mm'], '.1f')} | {a.get('false_end_muscles', '-')} |"
+                )
         if self.runs:
-            lines += ["", "| end-to-end run | engine | slices | wall s | model-only s | read | preprocess | infer | postprocess | write | peak RSS MiB |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| end-to-end run | engine | slices | wall s | model-only s | read | preprocess | infer | postprocess | write | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in self.runs:
                 st = r.get("stages", {})
                 lines.append(
                     f"| {r['what']} | {r['engine']} | {r['slices']} | {f(r.get('wall_s'), '.2f')} | {f(r.get('model_s'), '.2f')} | "
-                    + " | ".join(f(st.get(k), '.2f') for k in ("read", "preprocess", "infer", "postprocess", "write"))
-                    + f" | {f(r.get('peak_rss_mib'), '.0f')} |")
+                    + " | ".join(f(st.get(k), ".2f") for k in ("read", "preprocess", "infer", "postprocess", "write"))
+                    + f" | {f(r.get('peak_rss_mib'), '.0f')} |"
+                )
         if self.gates:
             lines += ["", "| gate | value | threshold | result |", "|---|---|---|---|"]
             for g in self.gates:
-                lines.append(f"| {g['gate']} | {f(g['value'], '.4g')} | {g['threshold']} | "
-                             f"{'PASS' if g['passed'] else 'FAIL'} |")
+                lines.append(
+                    f"| {g['gate']} | {f(g['value'], '.4g')} | {g['threshold']} | {'PASS' if g['passed'] else 'FAIL'} |"
+                )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -166,22 +196,34 @@ def chart(results: Results, path: Path) -> Path | None:
     for ax, model in zip(axes[0], models):
         mine = sorted((r for r in rows if r.model == model), key=lambda r: (r.engine, r.precision, r.batch))
         labels = [f"{r.engine}\n{r.precision} b{r.batch}" for r in mine]
-        bars = ax.bar(range(len(mine)), [r.ms_per_slice for r in mine],
-                      color=["#4c72b0" if r.precision == "fp32" else "#dd8452" if r.precision == "int8" else "#55a868"
-                             for r in mine])
+        bars = ax.bar(
+            range(len(mine)),
+            [r.ms_per_slice for r in mine],
+            color=[
+                "#4c72b0" if r.precision == "fp32" else "#dd8452" if r.precision == "int8" else "#55a868" for r in mine
+            ],
+        )
         for b, r in zip(bars, mine):
             if r.batch > 1:
                 b.set_hatch("//")
             if r.pct_ceiling:
-                ax.annotate(f"{r.pct_ceiling:.0f}%", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{r.pct_ceiling:.0f}%",
+                    (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
         ax.set_xticks(range(len(mine)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("ms per slice (lower is better)")
         ax.set_title(f"{model} (label: % of ceiling)", fontsize=9)
     m = results.machine
     if m:
-        fig.suptitle(f"{m.get('cpu_model', '?')}, {m.get('cpus')} cores, ISA {m.get('isa', '?')} "
-                     f"({', '.join(m.get('isa_flags', []))})", fontsize=8)
+        fig.suptitle(
+            f"{m.get('cpu_model', '?')}, {m.get('cpus')} cores, ISA {m.get('isa', '?')} "
+            f"({', '.join(m.get('isa_flags', []))})",
+            fontsize=8,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -191,7 +233,9 @@ def chart(results: Results, path: Path) -> Path | None:
 def write_outputs(results: Results, folder: Path, *, full: bool) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / "summary.md"
-    md.write_text(f"# limbseg-rt benchmark ({'full' if full else 'quick'} run)\n\n{results.markdown()}\n", encoding="utf-8")
+    md.write_text(
+        f"# limbseg-rt benchmark ({'full' if full else 'quick'} run)\n\n{results.markdown()}\n", encoding="utf-8"
+    )
     js = folder / "summary.json"
     js.write_text(json.dumps(results.to_dict(), indent=2, default=str), encoding="utf-8")
     out = [md, js]

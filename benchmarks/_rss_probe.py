@@ -39,10 +39,19 @@ def main(argv=None) -> int:
     result.save(out / "labels.nii.gz", out / "report.json", input_path=a.scan)
     wall = time.perf_counter() - t0
     timings = {k: v for k, v in result.report.manifest["timings_s"].items() if isinstance(v, (int, float))}
-    print(json.dumps({"peak_rss_mib": _rss_mib(), "rss_after_load_mib": rss_loaded, "wall_s": wall,
-                      "timings_s": timings, "engine": result.report.manifest["engine"]["provider"],
-                      "precision": result.report.manifest["engine"]["precision"],
-                      "batch_size": result.report.manifest["pipeline"]["batch_size"]}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mib": _rss_mib(),
+                "rss_after_load_mib": rss_loaded,
+                "wall_s": wall,
+                "timings_s": timings,
+                "engine": result.report.manifest["engine"]["provider"],
+                "precision": result.report.manifest["engine"]["precision"],
+                "batch_size": result.report.manifest["pipeline"]["batch_size"],
+            }
+        )
+    )
     seg.close()
     return 0
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 import _harness as H
 import _models as M
+import pytest
 
 SMALL_FEATURES = (16, 32, 64, 128)  # quick subset: the paper's UNet at 1/4 width (~1/16 of the work)
 ENGINE_LABELS = {
-    "pytorch": "pytorch-eager", "cpu": "onnxruntime-cpu", "openvino": "openvino-runtime",
-    "cuda": "onnxruntime-cuda", "tensorrt": "onnxruntime-tensorrt",
+    "pytorch": "pytorch-eager",
+    "cpu": "onnxruntime-cpu",
+    "openvino": "openvino-runtime",
+    "cuda": "onnxruntime-cuda",
+    "tensorrt": "onnxruntime-tensorrt",
 }
 
 
@@ -54,8 +56,9 @@ class BenchSession:
                     pytest.skip(f"no bundled demo model {name!r}")
                 self._models[name] = found[name]
             elif name == "small-unet":
-                self._models[name] = M.ensure_exported("unet", self.precisions_needed(), root=self.cache_root,
-                                                       features=SMALL_FEATURES)
+                self._models[name] = M.ensure_exported(
+                    "unet", self.precisions_needed(), root=self.cache_root, features=SMALL_FEATURES
+                )
             else:
                 self._models[name] = M.ensure_exported(name, self.precisions_needed(), root=self.cache_root)
         return self._models[name]
@@ -101,8 +104,10 @@ class BenchSession:
         eng = self._engines[key]
         want = key[1]
         if eng.precision != want:
-            pytest.fail(f"{eng.label} was asked for {want} but runs {eng.precision} "
-                        f"(read back from the engine: {eng.describe.get('conv_runtime_precisions', '')})")
+            pytest.fail(
+                f"{eng.label} was asked for {want} but runs {eng.precision} "
+                f"(read back from the engine: {eng.describe.get('conv_runtime_precisions', '')})"
+            )
         return eng
 
     def _build(self, name: str, key: tuple[str, str]) -> H.Engine:
@@ -111,8 +116,7 @@ class BenchSession:
         if provider == "pytorch":
             return H.torch_engine(self.torch_model(name))
         if provider == "tensorrt":
-            return H.runner_engine(m.paths["fp32"], "tensorrt", fp16=precision == "fp16",
-                                   cache_dir=self.cache_root)
+            return H.runner_engine(m.paths["fp32"], "tensorrt", fp16=precision == "fp16", cache_dir=self.cache_root)
         return H.runner_engine(m.paths[precision], provider)
 
     def torch_model(self, name: str):

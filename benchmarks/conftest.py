@@ -37,18 +37,34 @@ RESULTS_KEY = pytest.StashKey[Results]()
 
 def pytest_addoption(parser):
     g = parser.getgroup("limbseg-rt benchmarks")
-    g.addoption("--provider", action="append", default=None,
-                help="execution provider(s) to benchmark: cpu, openvino, cuda, tensorrt (repeat or comma "
-                     "list); default: all that work on this machine")
-    g.addoption("--full", action="store_true", default=False,
-                help="full benchmark: paper-size networks, batches 1 and 4, 512x512x300 memory run, all gates")
+    g.addoption(
+        "--provider",
+        action="append",
+        default=None,
+        help="execution provider(s) to benchmark: cpu, openvino, cuda, tensorrt (repeat or comma "
+        "list); default: all that work on this machine",
+    )
+    g.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="full benchmark: paper-size networks, batches 1 and 4, 512x512x300 memory run, all gates",
+    )
     g.addoption("--results-dir", default="benchmark-results", help="folder for summary.md, summary.json, chart.png")
-    g.addoption("--bench-cache", default=None, help="cache root for exported benchmark models "
-                "(default: $XDG_CACHE_HOME/limbseg-rt or ~/.cache/limbseg-rt)")
-    g.addoption("--record-auto-run", default=None, help="write the auto-config gate's measurements to this JSON "
-                "file (a fixture for benchmarks/test_bench_isa_gates.py)")
-    g.addoption("--demo-models", default=None, help="folder of {arch}-{fp32,int8}.onnx demo models "
-                "(default: the bundled ones)")
+    g.addoption(
+        "--bench-cache",
+        default=None,
+        help="cache root for exported benchmark models (default: $XDG_CACHE_HOME/limbseg-rt or ~/.cache/limbseg-rt)",
+    )
+    g.addoption(
+        "--record-auto-run",
+        default=None,
+        help="write the auto-config gate's measurements to this JSON "
+        "file (a fixture for benchmarks/test_bench_isa_gates.py)",
+    )
+    g.addoption(
+        "--demo-models", default=None, help="folder of {arch}-{fp32,int8}.onnx demo models (default: the bundled ones)"
+    )
 
 
 def pytest_configure(config):
@@ -60,8 +76,13 @@ def pytest_configure(config):
     from limbseg_rt.runtime.engine.cpu import detect
 
     info = detect()
-    res.machine = {"cpus": default_threads(), "cpu_model": info.model, "isa": info.isa,
-                   "isa_flags": info.to_dict()["flags"], "load_start": os.getloadavg()[0]}
+    res.machine = {
+        "cpus": default_threads(),
+        "cpu_model": info.model,
+        "isa": info.isa,
+        "isa_flags": info.to_dict()["flags"],
+        "load_start": os.getloadavg()[0],
+    }
     config.stash[RESULTS_KEY] = res
 
 
@@ -102,9 +123,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("model_name", names, scope="session")
     if "demo_name" in metafunc.fixturenames:
         demos = demo_names(metafunc.config)
-        metafunc.parametrize("demo_name", demos or [pytest.param("demo", marks=pytest.mark.skip(
-            reason="no bundled demo models found (runtime/data/models/ or --demo-models): accuracy of trained "
-                   "models cannot be judged"))])
+        metafunc.parametrize(
+            "demo_name",
+            demos
+            or [
+                pytest.param(
+                    "demo",
+                    marks=pytest.mark.skip(
+                        reason="no bundled demo models found (runtime/data/models/ or --demo-models): accuracy of trained "
+                        "models cannot be judged"
+                    ),
+                )
+            ],
+        )
     if "engine_key" in metafunc.fixturenames:
         metafunc.parametrize("engine_key", list(ENGINE_KEYS), ids=[f"{p}-{q}" for p, q in ENGINE_KEYS])
     if "batch" in metafunc.fixturenames:
@@ -175,8 +206,13 @@ def bench(pytestconfig, cache_root, provider_skips, results):
     """Session-wide models and engines (see ``_session.BenchSession``)."""
     from _session import BenchSession
 
-    s = BenchSession(cache_root=cache_root, provider_skips=provider_skips, full=_is_full(pytestconfig),
-                     demo_dir=pytestconfig.getoption("--demo-models"), results=results)
+    s = BenchSession(
+        cache_root=cache_root,
+        provider_skips=provider_skips,
+        full=_is_full(pytestconfig),
+        demo_dir=pytestconfig.getoption("--demo-models"),
+        results=results,
+    )
     yield s
     s.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _harness import gate_at_least, in_batches, label_agreement, muscle_dice, muscle_rve
 
 FP32_MIN_AGREEMENT = 0.9999
@@ -27,7 +26,10 @@ def _compare(results, model, eng, ref_labels, labels, reference: str, classes: i
     dice = muscle_dice(labels, ref_labels, classes)
     rve = muscle_rve(labels, ref_labels, classes)
     rec = {
-        "model": model, "engine": eng.label, "precision": eng.precision, "reference": reference,
+        "model": model,
+        "engine": eng.label,
+        "precision": eng.precision,
+        "reference": reference,
         "agreement": label_agreement(labels, ref_labels),
         "min_dice": min(dice.values()) if dice else None,
         "max_abs_rve": max(abs(v) for v in rve.values()) if rve else None,
@@ -50,10 +52,15 @@ def test_agreement_vs_pytorch(bench, results, full_run, model_name, engine_key):
     rec = _compare(results, model_name, eng, ref, got, "pytorch-eager fp32")
     if eng.precision == "fp32":
         ok = rec["agreement"] >= FP32_MIN_AGREEMENT
-        results.gate(f"{model_name}: {eng.label} fp32 label agreement vs PyTorch", rec["agreement"],
-                     f">= {FP32_MIN_AGREEMENT}", ok)
-        gate_at_least(f"{model_name}: {eng.label} fp32 label agreement vs PyTorch fp32", rec["agreement"],
-                      FP32_MIN_AGREEMENT)
+        results.gate(
+            f"{model_name}: {eng.label} fp32 label agreement vs PyTorch",
+            rec["agreement"],
+            f">= {FP32_MIN_AGREEMENT}",
+            ok,
+        )
+        gate_at_least(
+            f"{model_name}: {eng.label} fp32 label agreement vs PyTorch fp32", rec["agreement"], FP32_MIN_AGREEMENT
+        )
 
 
 def test_demo_accuracy(bench, results, demo_name, engine_key):
@@ -76,33 +83,56 @@ def test_demo_accuracy(bench, results, demo_name, engine_key):
         rec = _compare(results, demo_name, eng, ref, got, ref_label)
         if eng.precision == "fp32":
             ok = rec["agreement"] >= FP32_MIN_AGREEMENT
-            results.gate(f"{demo_name}: {eng.label} fp32 label agreement vs {ref_label}", rec["agreement"],
-                         f">= {FP32_MIN_AGREEMENT}", ok)
-            gate_at_least(f"{demo_name}: {eng.label} fp32 label agreement vs {ref_label}",
-                          rec["agreement"], FP32_MIN_AGREEMENT)
+            results.gate(
+                f"{demo_name}: {eng.label} fp32 label agreement vs {ref_label}",
+                rec["agreement"],
+                f">= {FP32_MIN_AGREEMENT}",
+                ok,
+            )
+            gate_at_least(
+                f"{demo_name}: {eng.label} fp32 label agreement vs {ref_label}", rec["agreement"], FP32_MIN_AGREEMENT
+            )
         else:
             ok = rec["min_dice"] is not None and rec["min_dice"] >= INT8_MIN_DICE
-            results.gate(f"{demo_name}: {eng.label} {eng.precision} min muscle Dice vs fp32", rec["min_dice"] or float("nan"),
-                         f">= {INT8_MIN_DICE}", ok)
+            results.gate(
+                f"{demo_name}: {eng.label} {eng.precision} min muscle Dice vs fp32",
+                rec["min_dice"] or float("nan"),
+                f">= {INT8_MIN_DICE}",
+                ok,
+            )
             assert rec["muscles_judged"] > 0, "no muscle covers 100 pixels: is the demo model trained?"
-            gate_at_least(f"{demo_name}: {eng.label} {eng.precision} minimum per-muscle Dice vs fp32",
-                          rec["min_dice"], INT8_MIN_DICE)
+            gate_at_least(
+                f"{demo_name}: {eng.label} {eng.precision} minimum per-muscle Dice vs fp32",
+                rec["min_dice"],
+                INT8_MIN_DICE,
+            )
     _ground_truth(results, demo_name, eng, got, ph, m)
 
 
 def _ground_truth(results, model, eng, labels_model_grid, ph, m) -> None:
     """Paper's metrics vs the phantom's labels: model-grid labels resized back like the pipeline does."""
-    from limbseg_rt.runtime.report.metrics import evaluate_labels
     from limbseg_rt.runtime.inference.preprocess import resize_nearest
+    from limbseg_rt.runtime.report.metrics import evaluate_labels
 
     nx, ny, nz = ph.labels.shape
     pred = np.stack([resize_nearest(labels_model_grid[k], (nx, ny)) for k in range(nz)], axis=2)
     ev = evaluate_labels(pred, np.asarray(ph.labels), spacing=ph.spacing)
-    rec = {"model": model, "engine": eng.label, "precision": eng.precision, "reference": "phantom ground truth",
-           "mean_dsc": ev.mean.dsc, "mean_rve": ev.mean.rve_percent, "mean_hd_mm": ev.mean.hd_mm,
-           "agreement": label_agreement(pred, ph.labels)}
+    rec = {
+        "model": model,
+        "engine": eng.label,
+        "precision": eng.precision,
+        "reference": "phantom ground truth",
+        "mean_dsc": ev.mean.dsc,
+        "mean_rve": ev.mean.rve_percent,
+        "mean_hd_mm": ev.mean.hd_mm,
+        "agreement": label_agreement(pred, ph.labels),
+    }
     results.accuracy.append(rec)
     # A sanity floor, not the paper's accuracy: a trained demo model that cannot reach it on a phantom is
     # broken (untrained file, preprocessing drift, orientation bug).
-    gate_at_least(f"{model} on {eng.label} {eng.precision}: mean DSC vs phantom ground truth", ev.mean.dsc,
-                  DEMO_MIN_GT_DSC, detail="is the demo model trained, is preprocessing consistent?")
+    gate_at_least(
+        f"{model} on {eng.label} {eng.precision}: mean DSC vs phantom ground truth",
+        ev.mean.dsc,
+        DEMO_MIN_GT_DSC,
+        detail="is the demo model trained, is preprocessing consistent?",
+    )

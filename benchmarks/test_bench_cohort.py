@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _harness import gate_at_least, gate_at_most
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -59,9 +58,11 @@ def _batch(scans: list[Path], out: Path, *extra: str) -> tuple[float, dict]:
 def _shell_loop(scans: list[Path], out: Path) -> float:
     """``for f in scans; do limbseg-rt run "$f" ...; done`` in bash, outputs in ``out``."""
     out.mkdir()
-    script = ('for f in "$@"; do n=$(basename "$f" .nii.gz); '
-              f'"{EXE}" run "$f" {" ".join(ENGINE_ARGS)} --out "{out}/$n.nii.gz" --report "{out}/$n.json" '
-              f'--csv "{out}/$n.csv" > /dev/null || exit 1; done')
+    script = (
+        'for f in "$@"; do n=$(basename "$f" .nii.gz); '
+        f'"{EXE}" run "$f" {" ".join(ENGINE_ARGS)} --out "{out}/$n.nii.gz" --report "{out}/$n.json" '
+        f'--csv "{out}/$n.csv" > /dev/null || exit 1; done'
+    )
     return _wall(["bash", "-c", script, "loop", *map(str, scans)])
 
 
@@ -77,21 +78,52 @@ def test_batch_vs_shell_loop_of_run(results, small_cohort, tmp_path):
     speedup = loop / wall
     e = summary["engine"]
     what = f"batch --engine local ({e['workers']} workers x {e['threads_per_worker']} threads) vs a shell loop of run"
-    results.runs.append({"what": f"{SMALL_SCANS} phantoms 64x56x12: {what}", "engine": "cpu int8 (bundled UNet)",
-                         "slices": SMALL_SCANS * 12, "wall_s": wall, "model_s": None, "ratio": speedup,
-                         "stages": {"loop_s": loop, "batch_scans_per_hour": SMALL_SCANS / wall * 3600,
-                                    "loop_scans_per_hour": SMALL_SCANS / loop * 3600}})
-    results.gate(f"cohort: scans/hour of {what} ({SMALL_SCANS} small phantoms)", speedup, f">= {LOOP_SPEEDUP_MIN}",
-                 speedup >= LOOP_SPEEDUP_MIN, f"batch {wall:.1f}s, loop {loop:.1f}s")
+    results.runs.append(
+        {
+            "what": f"{SMALL_SCANS} phantoms 64x56x12: {what}",
+            "engine": "cpu int8 (bundled UNet)",
+            "slices": SMALL_SCANS * 12,
+            "wall_s": wall,
+            "model_s": None,
+            "ratio": speedup,
+            "stages": {
+                "loop_s": loop,
+                "batch_scans_per_hour": SMALL_SCANS / wall * 3600,
+                "loop_scans_per_hour": SMALL_SCANS / loop * 3600,
+            },
+        }
+    )
+    results.gate(
+        f"cohort: scans/hour of {what} ({SMALL_SCANS} small phantoms)",
+        speedup,
+        f">= {LOOP_SPEEDUP_MIN}",
+        speedup >= LOOP_SPEEDUP_MIN,
+        f"batch {wall:.1f}s, loop {loop:.1f}s",
+    )
     run_peak = max(json.loads(p.read_text())["manifest"]["peak_rss_mib"] for p in (tmp_path / "loop").glob("*.json"))
     worker_peak = summary["memory"]["max_worker_peak_rss_mib"]
     rss_ratio = worker_peak / run_peak
-    results.gate(f"cohort: peak RSS of the busiest batch worker / peak RSS of one run ({SMALL_SCANS} scans)", rss_ratio,
-                 f"<= {WORKER_RSS_MAX}", rss_ratio <= WORKER_RSS_MAX, f"worker {worker_peak:.0f} MiB, run {run_peak:.0f} MiB")
-    gate_at_least(f"cohort: {what}", speedup, LOOP_SPEEDUP_MIN, unit="x",
-                  detail=f"batch {wall:.1f}s vs loop {loop:.1f}s for {SMALL_SCANS} scans")
-    gate_at_most("cohort: peak RSS of a batch worker over that of one run", rss_ratio, WORKER_RSS_MAX, unit="x",
-                 detail=f"worker {worker_peak:.0f} MiB vs run {run_peak:.0f} MiB")
+    results.gate(
+        f"cohort: peak RSS of the busiest batch worker / peak RSS of one run ({SMALL_SCANS} scans)",
+        rss_ratio,
+        f"<= {WORKER_RSS_MAX}",
+        rss_ratio <= WORKER_RSS_MAX,
+        f"worker {worker_peak:.0f} MiB, run {run_peak:.0f} MiB",
+    )
+    gate_at_least(
+        f"cohort: {what}",
+        speedup,
+        LOOP_SPEEDUP_MIN,
+        unit="x",
+        detail=f"batch {wall:.1f}s vs loop {loop:.1f}s for {SMALL_SCANS} scans",
+    )
+    gate_at_most(
+        "cohort: peak RSS of a batch worker over that of one run",
+        rss_ratio,
+        WORKER_RSS_MAX,
+        unit="x",
+        detail=f"worker {worker_peak:.0f} MiB vs run {run_peak:.0f} MiB",
+    )
 
 
 def _model_only_seconds(scans: list[Path], batch_size: int) -> float:
@@ -112,7 +144,7 @@ def _model_only_seconds(scans: list[Path], batch_size: int) -> float:
             x = preprocess_slices(np.moveaxis(canon, 2, 0), lo, hi, hw)
             t0 = time.perf_counter()
             for s in range(0, x.shape[0], batch_size):
-                runner.predict(x[s:s + batch_size], None)
+                runner.predict(x[s : s + batch_size], None)
             total += time.perf_counter() - t0
     finally:
         runner.close()
@@ -123,26 +155,51 @@ def _model_only_seconds(scans: list[Path], batch_size: int) -> float:
 def test_batch_vs_model_bound_on_full_size_scans(results, full_run, tmp_path):
     if not full_run:
         pytest.skip("full-size cohort: run with --full")
-    scans = write_cohort(tmp_path / "full", FULL_SCANS, first_seed=600, slices=FULL_SLICES, shape=FULL_SHAPE,
-                         spacing=(1.75, 1.75, 5.0))
+    scans = write_cohort(
+        tmp_path / "full", FULL_SCANS, first_seed=600, slices=FULL_SLICES, shape=FULL_SHAPE, spacing=(1.75, 1.75, 5.0)
+    )
     wall, summary = _batch(scans, tmp_path / "batch")
     record = json.loads((tmp_path / "batch" / "s00" / "completed.json").read_text())
     model_s = _model_only_seconds(scans, int(record["engine"]["batch_size"]))
     fraction = model_s / wall  # batch throughput / model-bound throughput
     e = summary["engine"]
-    results.runs.append({"what": f"{FULL_SCANS} phantoms 256x256x{FULL_SLICES}: batch ({e['workers']} workers) vs model only",
-                         "engine": "cpu int8 (bundled UNet)", "slices": FULL_SCANS * FULL_SLICES, "wall_s": wall,
-                         "model_s": model_s, "ratio": wall / model_s, "stages": {}})
-    results.gate(f"cohort: batch throughput / model-bound throughput ({FULL_SCANS} full-size phantoms)", fraction,
-                 f">= {MODEL_BOUND_MIN}", fraction >= MODEL_BOUND_MIN, f"batch {wall:.1f}s, model only {model_s:.1f}s")
+    results.runs.append(
+        {
+            "what": f"{FULL_SCANS} phantoms 256x256x{FULL_SLICES}: batch ({e['workers']} workers) vs model only",
+            "engine": "cpu int8 (bundled UNet)",
+            "slices": FULL_SCANS * FULL_SLICES,
+            "wall_s": wall,
+            "model_s": model_s,
+            "ratio": wall / model_s,
+            "stages": {},
+        }
+    )
+    results.gate(
+        f"cohort: batch throughput / model-bound throughput ({FULL_SCANS} full-size phantoms)",
+        fraction,
+        f">= {MODEL_BOUND_MIN}",
+        fraction >= MODEL_BOUND_MIN,
+        f"batch {wall:.1f}s, model only {model_s:.1f}s",
+    )
     _shell_loop(scans[:1], tmp_path / "one-run")
     run_peak = json.loads((tmp_path / "one-run" / "s00.json").read_text())["manifest"]["peak_rss_mib"]
     rss_ratio = summary["memory"]["max_worker_peak_rss_mib"] / run_peak
-    results.gate(f"cohort: peak RSS of the busiest batch worker / one run (256x256x{FULL_SLICES})", rss_ratio,
-                 f"<= {WORKER_RSS_MAX}", rss_ratio <= WORKER_RSS_MAX, f"run {run_peak:.0f} MiB")
-    gate_at_most("cohort: peak RSS of a batch worker over that of one run (full-size)", rss_ratio, WORKER_RSS_MAX, unit="x")
-    gate_at_least("cohort: batch throughput as a fraction of model-bound throughput", fraction, MODEL_BOUND_MIN,
-                  detail=f"batch {wall:.1f}s vs model-only {model_s:.1f}s for {FULL_SCANS * FULL_SLICES} slices")
+    results.gate(
+        f"cohort: peak RSS of the busiest batch worker / one run (256x256x{FULL_SLICES})",
+        rss_ratio,
+        f"<= {WORKER_RSS_MAX}",
+        rss_ratio <= WORKER_RSS_MAX,
+        f"run {run_peak:.0f} MiB",
+    )
+    gate_at_most(
+        "cohort: peak RSS of a batch worker over that of one run (full-size)", rss_ratio, WORKER_RSS_MAX, unit="x"
+    )
+    gate_at_least(
+        "cohort: batch throughput as a fraction of model-bound throughput",
+        fraction,
+        MODEL_BOUND_MIN,
+        detail=f"batch {wall:.1f}s vs model-only {model_s:.1f}s for {FULL_SCANS * FULL_SLICES} slices",
+    )
 
 
 @pytest.mark.slow
@@ -153,7 +210,14 @@ def test_ray_engine_overhead_over_local(results, full_run, small_cohort, tmp_pat
     local, _ = _batch(small_cohort, tmp_path / "local")
     ray_wall, summary = _batch(small_cohort, tmp_path / "ray", "--engine", "ray", "--workers", str(os.cpu_count() or 1))
     assert summary["counts"]["segmented"] == SMALL_SCANS
-    results.runs.append({"what": f"{SMALL_SCANS} phantoms 64x56x12: batch --engine ray (local Ray) vs --engine local",
-                         "engine": "cpu int8 (bundled UNet)", "slices": SMALL_SCANS * 12, "wall_s": ray_wall,
-                         "model_s": None, "ratio": ray_wall / local,
-                         "stages": {"local_s": local, "ray_overhead_s": ray_wall - local}})
+    results.runs.append(
+        {
+            "what": f"{SMALL_SCANS} phantoms 64x56x12: batch --engine ray (local Ray) vs --engine local",
+            "engine": "cpu int8 (bundled UNet)",
+            "slices": SMALL_SCANS * 12,
+            "wall_s": ray_wall,
+            "model_s": None,
+            "ratio": ray_wall / local,
+            "stages": {"local_s": local, "ray_overhead_s": ray_wall - local},
+        }
+    )

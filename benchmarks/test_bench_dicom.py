@@ -57,11 +57,18 @@ def test_read_300_slices_vs_bare_dcmread(series, tmp_path, full_run):
     ratio = min(ours) / min(bare)
     _, props, _ = read_dicom(folder)
     t0 = time.perf_counter()
-    write_seg(truth.astype(np.uint8), props, tmp_path / "seg.dcm", table=default_label_table(),
-              algorithm=AlgorithmInfo("limbseg-rt bench", "0", "0" * 64))
+    write_seg(
+        truth.astype(np.uint8),
+        props,
+        tmp_path / "seg.dcm",
+        table=default_label_table(),
+        algorithm=AlgorithmInfo("limbseg-rt bench", "0", "0" * 64),
+    )
     seg_s = time.perf_counter() - t0
-    print(f"\nDICOM {SLICES} slices {truth.shape[0]}x{truth.shape[1]}: read_dicom {min(ours):.3f} s, bare dcmread "
-          f"{min(bare):.3f} s, ratio {ratio:.2f} (gate <= {READ_RATIO_MAX}, full run only); SEG write {seg_s:.2f} s")
+    print(
+        f"\nDICOM {SLICES} slices {truth.shape[0]}x{truth.shape[1]}: read_dicom {min(ours):.3f} s, bare dcmread "
+        f"{min(bare):.3f} s, ratio {ratio:.2f} (gate <= {READ_RATIO_MAX}, full run only); SEG write {seg_s:.2f} s"
+    )
     assert (tmp_path / "seg.dcm").is_file()
     if full_run:
         gate_at_most("read_dicom / bare dcmread (300 slices of 512 x 512)", ratio, READ_RATIO_MAX)

@@ -32,8 +32,9 @@ TOL = 1e-6
 
 
 def _probe(pred: Path, ref: Path, mode: str) -> dict:
-    proc = subprocess.run([sys.executable, PROBE, str(pred), str(ref), mode], capture_output=True, text=True,
-                          timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, PROBE, str(pred), str(ref), mode], capture_output=True, text=True, timeout=3600
+    )
     if proc.returncode != 0:
         raise AssertionError(f"{mode} probe failed ({proc.returncode}): {proc.stderr[-1500:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -56,17 +57,45 @@ def _versus_medpy(results, out_dir: Path, shape, slices: int, rounds: int, size:
     speedup, rss_ratio = wall["medpy"] / wall["ours"], rss["ours"] / rss["medpy"]
     what = f"evaluate {'x'.join(map(str, shape))}x{slices}, {len(ours)} muscles"
     for mode in runs:
-        results.runs.append({"what": f"{what}: {mode}", "engine": "limbseg-rt" if mode == "ours" else "medpy (per-label box)",
-                             "slices": slices, "wall_s": wall[mode], "model_s": None, "peak_rss_mib": rss[mode],
-                             "stages": {"cpu_s": float(np.median([r["cpu_s"] for r in runs[mode]]))}})
-    results.gate(f"{what}: medpy wall time / ours", speedup, f">= {SPEEDUP_MIN[size]}", speedup >= SPEEDUP_MIN[size],
-                 f"ours {wall['ours']:.2f}s, medpy {wall['medpy']:.2f}s, max |difference| {worst:.2g}")
-    results.gate(f"{what}: our peak RSS / medpy's", rss_ratio, f"<= {RSS_RATIO_MAX}", rss_ratio <= RSS_RATIO_MAX,
-                 f"ours {rss['ours']:.0f} MiB, medpy {rss['medpy']:.0f} MiB")
-    gate_at_least(f"{what}: speed-up over medpy", speedup, SPEEDUP_MIN[size], unit="x",
-                  detail=f"ours {wall['ours']:.2f}s vs medpy {wall['medpy']:.2f}s")
-    gate_at_most(f"{what}: peak RSS over medpy's", rss_ratio, RSS_RATIO_MAX, unit="x",
-                 detail=f"ours {rss['ours']:.0f} MiB vs medpy {rss['medpy']:.0f} MiB")
+        results.runs.append(
+            {
+                "what": f"{what}: {mode}",
+                "engine": "limbseg-rt" if mode == "ours" else "medpy (per-label box)",
+                "slices": slices,
+                "wall_s": wall[mode],
+                "model_s": None,
+                "peak_rss_mib": rss[mode],
+                "stages": {"cpu_s": float(np.median([r["cpu_s"] for r in runs[mode]]))},
+            }
+        )
+    results.gate(
+        f"{what}: medpy wall time / ours",
+        speedup,
+        f">= {SPEEDUP_MIN[size]}",
+        speedup >= SPEEDUP_MIN[size],
+        f"ours {wall['ours']:.2f}s, medpy {wall['medpy']:.2f}s, max |difference| {worst:.2g}",
+    )
+    results.gate(
+        f"{what}: our peak RSS / medpy's",
+        rss_ratio,
+        f"<= {RSS_RATIO_MAX}",
+        rss_ratio <= RSS_RATIO_MAX,
+        f"ours {rss['ours']:.0f} MiB, medpy {rss['medpy']:.0f} MiB",
+    )
+    gate_at_least(
+        f"{what}: speed-up over medpy",
+        speedup,
+        SPEEDUP_MIN[size],
+        unit="x",
+        detail=f"ours {wall['ours']:.2f}s vs medpy {wall['medpy']:.2f}s",
+    )
+    gate_at_most(
+        f"{what}: peak RSS over medpy's",
+        rss_ratio,
+        RSS_RATIO_MAX,
+        unit="x",
+        detail=f"ours {rss['ours']:.0f} MiB vs medpy {rss['medpy']:.0f} MiB",
+    )
 
 
 def test_evaluate_vs_medpy_quick(results, tmp_path):

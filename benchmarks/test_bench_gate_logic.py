@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from _harness import (
     GateFailure,
     gate_at_least,
@@ -29,7 +28,8 @@ def _tiny_conv(path, cin=1, cout=8, k=3):
     w = np.random.default_rng(0).standard_normal((cout, cin, k, k)).astype(np.float32)
     g = helper.make_graph(
         [helper.make_node("Conv", ["image", "W"], ["logits"], pads=[k // 2] * 4)],
-        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", cin, "H", "W"])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", cin, "H", "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", cout, "H", "W"])],
         [numpy_helper.from_array(w, "W")],
     )
@@ -76,7 +76,7 @@ def test_agreement_and_dice_gates_catch_a_corrupted_engine():
     ref = rng.integers(0, 38, (4, 64, 48), dtype=np.uint8)
     bad = ref.copy()
     flat = bad.reshape(-1)
-    flat[:: 500] = (flat[:: 500] + 1) % 38  # 0.2 % of pixels change label
+    flat[::500] = (flat[::500] + 1) % 38  # 0.2 % of pixels change label
     with pytest.raises(GateFailure, match="label agreement"):
         gate_at_least("label agreement", label_agreement(bad, ref), 0.9999)
     big = np.zeros((1, 100, 100), np.uint8)
@@ -125,8 +125,9 @@ def test_summary_table_chart_and_json(tmp_path):
 def test_auto_config_is_what_create_runner_picks(tmp_path):
     """The gates judge the configuration the runtime really runs for --provider auto on a CPU machine."""
     from _harness import auto_cpu_config
-    from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
+
     from limbseg_rt.runtime.engine.providers import PRIORITY, available_engines, choose_provider
+    from limbseg_rt.runtime.model.bundled import AUTO_PRECISION
 
     provider, precision = auto_cpu_config()
     cpu_side = [n for n in available_engines() if n not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
@@ -137,9 +138,10 @@ def test_auto_config_is_what_create_runner_picks(tmp_path):
 
 def test_fp32_gate_times_the_batch_size_run_uses():
     """The fp32 gate claims to time `run`'s own batch size: check it against a real run's report."""
+    from test_bench_gates import RUN_SLICE_HW, run_batch
+
     from limbseg_rt.runtime.api import Segmenter
     from limbseg_rt.runtime.phantom.generate import make_phantom
-    from test_bench_gates import RUN_SLICE_HW, run_batch
 
     image, _ = make_phantom(3, slices=6, shape=RUN_SLICE_HW, spacing=(0.875, 0.875, 25.0))
     with Segmenter("unet", provider="cpu", precision="fp32") as seg:
@@ -164,6 +166,7 @@ def test_rounds_stop_when_settled_or_over_budget_and_never_below_the_minimum():
 
         def fn():
             clock.now += next(it, durations[-1])
+
         return fn
 
     steady = call([1.0] * 50)
@@ -172,12 +175,14 @@ def test_rounds_stop_when_settled_or_over_budget_and_never_below_the_minimum():
     t = interleaved_times({"a": steady}, rounds=20, warmup=0, settle_s=0, budget_s=1e9, clock=clock)
     assert len(t["a"]) == MIN_ROUNDS
     # one noisy contender keeps the rounds going until the budget is spent
-    t = interleaved_times({"a": call([1.0] * 50), "b": noisy}, rounds=20, warmup=0, settle_s=0, budget_s=9.5,
-                          clock=clock)
+    t = interleaved_times(
+        {"a": call([1.0] * 50), "b": noisy}, rounds=20, warmup=0, settle_s=0, budget_s=9.5, clock=clock
+    )
     assert len(t["a"]) == 4  # rounds of 2-3 s each: over 9.5 s after the 4th round
     # without a budget the noisy pair runs all its rounds
-    t = interleaved_times({"a": call([1.0] * 50), "b": call([1.0, 2.0] * 25)}, rounds=7, warmup=0, settle_s=0,
-                          budget_s=1e9, clock=clock)
+    t = interleaved_times(
+        {"a": call([1.0] * 50), "b": call([1.0, 2.0] * 25)}, rounds=7, warmup=0, settle_s=0, budget_s=1e9, clock=clock
+    )
     assert len(t["a"]) == 7
     assert budget_rounds(10.0, 5, budget_s=30) == 3 and budget_rounds(0.1, 5, budget_s=30) == 5
     assert budget_rounds(100.0, 5, budget_s=30) == MIN_ROUNDS

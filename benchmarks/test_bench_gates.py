@@ -16,12 +16,11 @@ that load from other processes hits both alike.
 from __future__ import annotations
 
 import pytest
-
-from limbseg_rt.runtime.inference.pipeline import auto_batch_size
-
-from _ceilings import FP32_SOURCES, N, Ceilings, gemm_calls
+from _ceilings import FP32_SOURCES, Ceilings, N, gemm_calls
 from _harness import auto_cpu_config, interleaved_medians, interleaved_times, speedup_gate
 from _isa_gates import AutoRun, judge_auto_config
+
+from limbseg_rt.runtime.inference.pipeline import auto_batch_size
 
 FP32_MIN_SPEEDUP = 1.2
 AUTO_MIN_SPEEDUP = 4.0
@@ -46,14 +45,23 @@ def test_gate_ort_cpu_fp32_vs_pytorch(bench, results, full_run, model_name):
     cand = bench.engine(model_name, ("cpu", "fp32"))
     batch = run_batch(bench.model(model_name).hw)
     images, pos = bench.timing_input(model_name, batch)
-    t = interleaved_medians({"ref": lambda: ref.predict(images, pos), "cand": lambda: cand.predict(images, pos)},
-                            rounds=_rounds(full_run))
+    t = interleaved_medians(
+        {"ref": lambda: ref.predict(images, pos), "cand": lambda: cand.predict(images, pos)}, rounds=_rounds(full_run)
+    )
     speedup = t["ref"] / t["cand"]
-    results.gate(f"{model_name}: ORT CPU fp32 vs PyTorch eager, batch {batch} (as run)", speedup,
-                 f">= {FP32_MIN_SPEEDUP}x", speedup >= FP32_MIN_SPEEDUP,
-                 f"{t['cand'] / batch * 1e3:.1f} vs {t['ref'] / batch * 1e3:.1f} ms/slice")
-    speedup_gate(f"{model_name}: ONNX Runtime CPU fp32 over PyTorch eager fp32 (batch {batch}, the size run uses)",
-                 t["cand"], t["ref"], FP32_MIN_SPEEDUP)
+    results.gate(
+        f"{model_name}: ORT CPU fp32 vs PyTorch eager, batch {batch} (as run)",
+        speedup,
+        f">= {FP32_MIN_SPEEDUP}x",
+        speedup >= FP32_MIN_SPEEDUP,
+        f"{t['cand'] / batch * 1e3:.1f} vs {t['ref'] / batch * 1e3:.1f} ms/slice",
+    )
+    speedup_gate(
+        f"{model_name}: ONNX Runtime CPU fp32 over PyTorch eager fp32 (batch {batch}, the size run uses)",
+        t["cand"],
+        t["ref"],
+        FP32_MIN_SPEEDUP,
+    )
 
 
 @pytest.mark.slow
@@ -75,10 +83,20 @@ def test_gate_auto_cpu_config(bench, results, ceilings, cpu, full_run, model_nam
     t = {k: min(v) for k, v in interleaved_times(fns, rounds=5).items()}
     ops = 2.0 * N**3
     rates = {k[5:]: ops / v / 1e9 for k, v in t.items() if k.startswith("gemm:")}
-    timed = Ceilings(fp32={k: v for k, v in rates.items() if k in FP32_SOURCES},
-                     int8={k: v for k, v in rates.items() if k not in FP32_SOURCES}, errors=errors)
-    run = AutoRun(cpu=cpu, ceilings=timed, model=model_name, macs=bench.macs(model_name), ref_s=t["ref"],
-                  cand_s=t["cand"], cand_label=f"{cand.label} {cand.precision}")
+    timed = Ceilings(
+        fp32={k: v for k, v in rates.items() if k in FP32_SOURCES},
+        int8={k: v for k, v in rates.items() if k not in FP32_SOURCES},
+        errors=errors,
+    )
+    run = AutoRun(
+        cpu=cpu,
+        ceilings=timed,
+        model=model_name,
+        macs=bench.macs(model_name),
+        ref_s=t["ref"],
+        cand_s=t["cand"],
+        cand_label=f"{cand.label} {cand.precision}",
+    )
     record = pytestconfig.getoption("--record-auto-run", default=None)
     if record:
         import json
@@ -112,8 +130,14 @@ def test_auto_picks_fastest_cpu_config(bench, results, full_run, model_name):
     fastest = min(t, key=t.get)
     ratio = t[(provider, precision)] / t[fastest]
     timings = ", ".join(f"{p} {q} {v * 1e3:.1f} ms" for (p, q), v in sorted(t.items(), key=lambda kv: kv[1]))
-    results.gate(f"{model_name}: auto CPU config {provider} {precision} vs fastest ({fastest[0]} {fastest[1]})",
-                 ratio, f"<= {FASTEST_SLACK}x", ratio <= FASTEST_SLACK, timings)
+    results.gate(
+        f"{model_name}: auto CPU config {provider} {precision} vs fastest ({fastest[0]} {fastest[1]})",
+        ratio,
+        f"<= {FASTEST_SLACK}x",
+        ratio <= FASTEST_SLACK,
+        timings,
+    )
     assert ratio <= FASTEST_SLACK, (
         f"GATE MISSED: auto picks {provider} {precision} but {fastest[0]} {fastest[1]} is {ratio:.2f}x faster "
-        f"(allowed {FASTEST_SLACK}x): {timings}; change runtime/engine/providers.py PRIORITY or bundled.AUTO_PRECISION")
+        f"(allowed {FASTEST_SLACK}x): {timings}; change runtime/engine/providers.py PRIORITY or bundled.AUTO_PRECISION"
+    )

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _ceilings import Ceilings
-from limbseg_rt.runtime.engine.cpu import FLAGS, parse_cpuinfo
 from _isa_gates import AutoRun, judge_auto_config
+
+from limbseg_rt.runtime.engine.cpu import FLAGS, parse_cpuinfo
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -34,8 +34,10 @@ def test_cpuinfo_flags_give_the_isa_class():
     by_name = {v: k for k, v in FLAGS.items()}
     for fixture, isa in (("auto_run_epyc_avx2.json", "avx2"), ("auto_run_zen4_avx512vnni.json", "avx512-vnni")):
         rec = json.loads((FIXTURES / fixture).read_text())["cpu"]
-        text = (f"processor\t: 0\nmodel name\t: {rec['model']}\n"
-                f"flags\t\t: fpu sse2 {' '.join(by_name[f] for f in rec['flags'])} popcnt\n")
+        text = (
+            f"processor\t: 0\nmodel name\t: {rec['model']}\n"
+            f"flags\t\t: fpu sse2 {' '.join(by_name[f] for f in rec['flags'])} popcnt\n"
+        )
         info = parse_cpuinfo(text, cores=2)
         assert info.isa == isa and info.model == rec["model"]
     assert parse_cpuinfo("flags : sse2 avx2 fma amx_int8 amx_tile\n", 2).isa == "amx"
@@ -104,7 +106,6 @@ def test_this_projects_machine_recorded_run():
 
 
 def test_fp32_ceiling_missing_is_refused():
-    run = dataclasses.replace(_load("auto_run_epyc_avx2.json"),
-                              ceilings=Ceilings(fp32={}, int8={"ort-u8s8": 300.0}))
+    run = dataclasses.replace(_load("auto_run_epyc_avx2.json"), ceilings=Ceilings(fp32={}, int8={"ort-u8s8": 300.0}))
     (v,) = judge_auto_config(run)
     assert not v.passed and "no fp32 ceiling" in v.message

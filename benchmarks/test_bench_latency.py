@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from _harness import budget_rounds, time_calls
 
 
@@ -31,8 +30,16 @@ def test_latency(benchmark, bench, results, ceilings, full_run, model_name, engi
 
     benchmark.group = f"{model_name} batch {batch}"
     benchmark.name = f"{eng.label} {eng.precision} b{batch}"
-    benchmark.extra_info.update({"model": model_name, "engine": eng.label, "precision": eng.precision,
-                                 "batch": batch, "macs_per_slice": macs, "hw": list(m.hw)})
+    benchmark.extra_info.update(
+        {
+            "model": model_name,
+            "engine": eng.label,
+            "precision": eng.precision,
+            "batch": batch,
+            "macs_per_slice": macs,
+            "hw": list(m.hw),
+        }
+    )
     rounds = budget_rounds(first_s, _rounds(full_run, batch))  # slow machines: fewer rounds, same budget
     benchmark.pedantic(eng.predict, args=(images, pos), rounds=rounds, warmup_rounds=1, iterations=1)
     stats = getattr(benchmark, "stats", None)
@@ -49,5 +56,4 @@ def test_latency(benchmark, bench, results, ceilings, full_run, model_name, engi
     row.slices_per_s = 1.0 / per_slice
     row.gflops = gflops
     row.pct_ceiling = 100.0 * gflops / ceiling if ceiling else None
-    benchmark.extra_info.update({"ms_per_slice": row.ms_per_slice, "gflops": gflops,
-                                 "pct_of_ceiling": row.pct_ceiling})
+    benchmark.extra_info.update({"ms_per_slice": row.ms_per_slice, "gflops": gflops, "pct_of_ceiling": row.pct_ceiling})

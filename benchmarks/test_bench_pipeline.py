@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _harness import auto_cpu_config, gate_at_most, runner_engine
 
 E2E_MAX_RATIO = 1.10
@@ -63,15 +62,17 @@ def _auto_file(bench, model_name):
     provider, precision = auto_cpu_config()
     m = bench.model(model_name)
     if bench.skip_reason(model_name, (provider, precision)):
-        pytest.skip(f"auto configuration {provider} {precision}: {bench.skip_reason(model_name, (provider, precision))}")
+        pytest.skip(
+            f"auto configuration {provider} {precision}: {bench.skip_reason(model_name, (provider, precision))}"
+        )
     return m, provider, precision, m.paths[precision]
 
 
 @pytest.mark.parametrize("batch_size", [4])
 def test_end_to_end_vs_model(bench, results, full_run, model_name, batch_size, tmp_path):
     from limbseg_rt.runtime.api import Segmenter
-    from limbseg_rt.runtime.io.nifti import read_image
     from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.io.nifti import read_image
 
     m, provider, precision, path = _auto_file(bench, model_name)
     bench.close()  # free the latency engines: this test builds its own
@@ -88,10 +89,11 @@ def test_end_to_end_vs_model(bench, results, full_run, model_name, batch_size, t
 
     def model_only():
         for s in range(0, slices, batch_size):
-            eng.predict(x[s:s + batch_size], None if pos is None else pos[s:s + batch_size])
+            eng.predict(x[s : s + batch_size], None if pos is None else pos[s : s + batch_size])
 
     reports = []
     with Segmenter(str(path), provider=provider, threads=2, batch_size=batch_size) as seg:
+
         def end_to_end():
             r = seg.segment(scan)
             r.save(out / "labels.nii.gz", out / "report.json", input_path=scan)
@@ -112,22 +114,44 @@ def test_end_to_end_vs_model(bench, results, full_run, model_name, batch_size, t
     ratio = wall / model_s
     fastest = reports[1 + int(np.argmin(walls))]  # reports[0] is the warm-up run
     stages = {k: fastest.get(k) for k in ("read", "preprocess", "infer", "postprocess", "write")}
-    results.runs.append({"what": f"{model_name} phantom 256x256x{slices}", "engine": f"{eng.label} {eng.precision}",
-                         "slices": slices, "wall_s": wall, "model_s": model_s, "ratio": ratio, "stages": stages})
+    results.runs.append(
+        {
+            "what": f"{model_name} phantom 256x256x{slices}",
+            "engine": f"{eng.label} {eng.precision}",
+            "slices": slices,
+            "wall_s": wall,
+            "model_s": model_s,
+            "ratio": ratio,
+            "stages": stages,
+        }
+    )
     if not full_run:
         pytest.skip(f"end-to-end / model = {ratio:.3f} reported, gated only with --full (see module docstring)")
-    results.gate(f"{model_name}: end-to-end run / model time ({eng.label} {eng.precision}, batch {batch_size})",
-                 ratio, f"<= {E2E_MAX_RATIO}", ratio <= E2E_MAX_RATIO,
-                 ", ".join(f"{k} {v:.2f}s" for k, v in stages.items() if v is not None))
-    gate_at_most(f"{model_name}: end-to-end run time / model-only time", ratio, E2E_MAX_RATIO, unit="x",
-                 detail=f"wall {wall:.2f}s vs model {model_s:.2f}s; stages: "
-                        + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items() if v is not None))
+    results.gate(
+        f"{model_name}: end-to-end run / model time ({eng.label} {eng.precision}, batch {batch_size})",
+        ratio,
+        f"<= {E2E_MAX_RATIO}",
+        ratio <= E2E_MAX_RATIO,
+        ", ".join(f"{k} {v:.2f}s" for k, v in stages.items() if v is not None),
+    )
+    gate_at_most(
+        f"{model_name}: end-to-end run time / model-only time",
+        ratio,
+        E2E_MAX_RATIO,
+        unit="x",
+        detail=f"wall {wall:.2f}s vs model {model_s:.2f}s; stages: "
+        + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items() if v is not None),
+    )
 
 
 def _probe(model: Path, scan: Path, out: Path, provider: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, str(PROBE), str(model), str(scan), str(out), "--provider", provider],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(PROBE), str(model), str(scan), str(out), "--provider", provider],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise AssertionError(f"run in a subprocess failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -148,27 +172,47 @@ def test_peak_rss(bench, results, full_run, model_name, tmp_path):
 
     data = np.asarray(nib.load(str(big)).dataobj)
     spacing = nib.load(str(big)).header.get_zooms()
-    short = _save(tmp_path / "short.nii", data[:, :, ::lengths[1] // lengths[0]], (spacing[0], spacing[1], spacing[2] * 2))
+    short = _save(
+        tmp_path / "short.nii", data[:, :, :: lengths[1] // lengths[0]], (spacing[0], spacing[1], spacing[2] * 2)
+    )
     del data
     runs = {}
     for n, scan in ((lengths[0], short), (lengths[1], big)):
         r = _probe(path, scan, tmp_path / f"out{n}", provider)
         runs[n] = r
         nx, ny = shape[0] * upsample, shape[1] * upsample
-        results.runs.append({"what": f"{model_name} subprocess {nx}x{ny}x{n} int16", "engine": f"{r['engine']} {r['precision']}",
-                             "slices": n, "wall_s": r["wall_s"], "stages": r["timings_s"], "peak_rss_mib": r["peak_rss_mib"]})
+        results.runs.append(
+            {
+                "what": f"{model_name} subprocess {nx}x{ny}x{n} int16",
+                "engine": f"{r['engine']} {r['precision']}",
+                "slices": n,
+                "wall_s": r["wall_s"],
+                "stages": r["timings_s"],
+                "peak_rss_mib": r["peak_rss_mib"],
+            }
+        )
     nx, ny = shape[0] * upsample, shape[1] * upsample
     peak = runs[lengths[1]]["peak_rss_mib"]
     growth = runs[lengths[1]]["peak_rss_mib"] - runs[lengths[0]]["peak_rss_mib"]
     allowed = (lengths[1] - lengths[0]) * nx * ny * BYTES_PER_VOXEL / 2**20 + GROWTH_SLACK_MIB
     label = f"{model_name} {nx}x{ny}x{lengths[1]}"
     results.gate(f"{label}: peak RSS of run (MiB)", peak, f"<= {RSS_LIMIT_MIB:.0f}", peak <= RSS_LIMIT_MIB)
-    results.gate(f"{model_name}: peak RSS growth {lengths[0]} -> {lengths[1]} slices (MiB)", growth,
-                 f"<= {allowed:.0f} ({BYTES_PER_VOXEL:g} B/voxel)", growth <= allowed)
-    row = results.row(model_name, f"run ({runs[lengths[1]]['engine']})", runs[lengths[1]]["precision"],
-                      runs[lengths[1]]["batch_size"])
+    results.gate(
+        f"{model_name}: peak RSS growth {lengths[0]} -> {lengths[1]} slices (MiB)",
+        growth,
+        f"<= {allowed:.0f} ({BYTES_PER_VOXEL:g} B/voxel)",
+        growth <= allowed,
+    )
+    row = results.row(
+        model_name, f"run ({runs[lengths[1]]['engine']})", runs[lengths[1]]["precision"], runs[lengths[1]]["batch_size"]
+    )
     row.peak_rss_mib = peak
     row.note = f"{nx}x{ny}x{lengths[1]} end-to-end in a subprocess"
     gate_at_most(f"{label}: peak RSS of run", peak, RSS_LIMIT_MIB, unit=" MiB")
-    gate_at_most(f"{model_name}: peak RSS growth from {lengths[0]} to {lengths[1]} slices", growth, allowed, unit=" MiB",
-                 detail=f"whole-volume arrays allow {BYTES_PER_VOXEL:g} B/voxel + {GROWTH_SLACK_MIB:g} MiB")
+    gate_at_most(
+        f"{model_name}: peak RSS growth from {lengths[0]} to {lengths[1]} slices",
+        growth,
+        allowed,
+        unit=" MiB",
+        detail=f"whole-volume arrays allow {BYTES_PER_VOXEL:g} B/voxel + {GROWTH_SLACK_MIB:g} MiB",
+    )

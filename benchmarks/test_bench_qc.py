@@ -51,8 +51,17 @@ def test_qc_cost_share_of_the_run(results, full_run, tmp_path, size):
     run, qc = _measure(tmp_path, shape, slices)
     share = qc / run
     what = f"QC pictures + page / run time ({shape[0]}x{shape[1]}x{slices}, cpu int8)"
-    results.runs.append({"what": what, "engine": "cpu int8 (bundled UNet)", "slices": slices, "wall_s": run,
-                         "model_s": None, "ratio": share, "stages": {"qc_s": qc}})
+    results.runs.append(
+        {
+            "what": what,
+            "engine": "cpu int8 (bundled UNet)",
+            "slices": slices,
+            "wall_s": run,
+            "model_s": None,
+            "ratio": share,
+            "stages": {"qc_s": qc},
+        }
+    )
     if size != "full":
         results.gate(f"qc: {what}", share, "reported only (gated in --full)", True, f"qc {qc:.2f}s, run {run:.2f}s")
     else:

@@ -43,8 +43,22 @@ def test_node_latency_vs_run(results, tmp_path):
     files = write_mr_series(np.asarray(img.dataobj), img.affine, tmp_path / "series")
 
     t0 = time.perf_counter()
-    run = subprocess.run([EXE, "run", str(tmp_path / "series"), "--provider", "cpu", "--out", str(tmp_path / "run_labels.nii.gz"),
-                          "--seg", str(tmp_path / "run_seg.dcm")], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            EXE,
+            "run",
+            str(tmp_path / "series"),
+            "--provider",
+            "cpu",
+            "--out",
+            str(tmp_path / "run_labels.nii.gz"),
+            "--seg",
+            str(tmp_path / "run_seg.dcm"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     run_s = time.perf_counter() - t0
     assert run.returncode in (0, 6), run.stderr
 
@@ -66,8 +80,16 @@ def test_node_latency_vs_run(results, tmp_path):
     node_s = t_seg - t_acked - STABLE_S
     ratio = node_s / run_s
     what = "serve: last instance acknowledged -> SEG at PACS, minus stable_seconds, over run's wall time"
-    results.runs.append({"what": f"phantom 128x112x24 DICOM: {what}", "engine": "cpu (bundled UNet, auto precision)",
-                         "slices": 24, "wall_s": node_s, "model_s": None, "ratio": ratio,
-                         "stages": {"run_s": run_s, "node_latency_s": node_s, "stable_s": STABLE_S}})
+    results.runs.append(
+        {
+            "what": f"phantom 128x112x24 DICOM: {what}",
+            "engine": "cpu (bundled UNet, auto precision)",
+            "slices": 24,
+            "wall_s": node_s,
+            "model_s": None,
+            "ratio": ratio,
+            "stages": {"run_s": run_s, "node_latency_s": node_s, "stable_s": STABLE_S},
+        }
+    )
     results.gate(what, ratio, f"<= {LATENCY_MAX}", ratio <= LATENCY_MAX, f"node {node_s:.2f}s, run {run_s:.2f}s")
     gate_at_most(what, ratio, LATENCY_MAX, unit="x", detail=f"node {node_s:.2f}s vs run {run_s:.2f}s")

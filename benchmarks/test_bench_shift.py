@@ -105,11 +105,24 @@ def test_accuracy_under_acquisition_shift(model, case, segmenters, results, full
     rve = float(np.nanmean([abs(r.rve_percent) for r in ev.rows]))
     # Muscles the report says touch the first/last slice while the truth has none of them there.
     ends = (0, pred.shape[2] - 1)
-    false_ends = sum(1 for m in result.report.muscles if m.voxels and (m.touches_first_slice or m.touches_last_slice)
-                     and not any((truth[:, :, z] == m.index).any() for z in ends))
-    results.shift.append({"model": model, "case": case.name, "dsc": dsc, "abs_rve": rve,
-                          "hd95_mm": float(ev.mean.hd95_mm), "fit": result.report.manifest["pipeline"]["fit"],
-                          "false_end_muscles": false_ends})
+    false_ends = sum(
+        1
+        for m in result.report.muscles
+        if m.voxels
+        and (m.touches_first_slice or m.touches_last_slice)
+        and not any((truth[:, :, z] == m.index).any() for z in ends)
+    )
+    results.shift.append(
+        {
+            "model": model,
+            "case": case.name,
+            "dsc": dsc,
+            "abs_rve": rve,
+            "hd95_mm": float(ev.mean.hd95_mm),
+            "fit": result.report.manifest["pipeline"]["fit"],
+            "false_end_muscles": false_ends,
+        }
+    )
     base = next((a["dsc"] for a in results.shift if a["model"] == model and a["case"] == "baseline"), dsc)
     failures = []
     if dsc < MIN_DSC:

@@ -106,7 +106,9 @@ def _uniform(n: int, lo: float, hi: float, generator) -> torch.Tensor:
 
 
 def augment_appearance(
-    images: torch.Tensor, spec: AppearanceSpec = AppearanceSpec(), generator: torch.Generator | None = None,
+    images: torch.Tensor,
+    spec: AppearanceSpec = AppearanceSpec(),
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Apply ``spec`` to ``images`` float32 ``[N, C, H, W]`` in ``[0, 1]``; returns a new tensor of
     the same shape and dtype, in ``[0, 1]``. Labels are unaffected (no geometry changes here)."""
@@ -119,9 +121,9 @@ def augment_appearance(
     noise = _uniform(n, *spec.noise_std, generator)
     for i in torch.nonzero(draw[:, 0] < spec.p_resolution).flatten().tolist():
         lh, lw = max(1, round(h / float(res[i]))), max(1, round(w / float(res[i])))
-        low = F.interpolate(x[i:i + 1], size=(lh, lw), mode="bilinear", antialias=True, align_corners=False)
+        low = F.interpolate(x[i : i + 1], size=(lh, lw), mode="bilinear", antialias=True, align_corners=False)
         low = low + float(noise[i]) * torch.randn(low.shape, generator=generator)
-        x[i:i + 1] = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+        x[i : i + 1] = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
     x = x.clamp(0.0, 1.0)
     g = torch.exp(_uniform(n, math.log(spec.gamma[0]), math.log(spec.gamma[1]), generator))
     g = torch.where(draw[:, 1] < spec.p_gamma, g, torch.ones(n))
@@ -139,7 +141,10 @@ def augment_appearance(
 
 
 def random_affines(
-    n: int, hw: tuple[int, int], spec: AugmentSpec, generator: torch.Generator | None = None,
+    n: int,
+    hw: tuple[int, int],
+    spec: AugmentSpec,
+    generator: torch.Generator | None = None,
     out_hw: tuple[int, int] | None = None,
     centres: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -157,7 +162,9 @@ def random_affines(
     u = torch.rand(n, 5, generator=generator)
     lz0, lz1 = math.log(spec.zoom[0]), math.log(spec.zoom[1])
     # Drawn only when zoom is on, so runs without it keep their random stream.
-    inv_zoom = torch.exp(-(lz0 + (lz1 - lz0) * torch.rand(n, generator=generator))) if lz1 > lz0 or lz0 else torch.ones(n)
+    inv_zoom = (
+        torch.exp(-(lz0 + (lz1 - lz0) * torch.rand(n, generator=generator))) if lz1 > lz0 or lz0 else torch.ones(n)
+    )
     angle = (u[:, 0] * 2.0 - 1.0) * math.radians(spec.max_rotation_deg)
     flip_w = torch.where(u[:, 2] < spec.ap_flip_p, -1.0, 1.0)  # mirrors axis W (anterior-posterior)
     flip_h = torch.where(u[:, 1] < spec.lr_flip_p, -1.0, 1.0)  # mirrors axis H (left-right)
@@ -193,7 +200,9 @@ def augment_batch(
     ``(h, w) = spec.crop_hw`` (clipped to the slice) or ``(H, W)``. ``generator`` makes it reproducible;
     ``centres`` see ``random_affines``."""
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"images [N,C,H,W] and labels [N,H,W] expected, got {tuple(images.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"images [N,C,H,W] and labels [N,H,W] expected, got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
     n, _, h, w = images.shape
     oh, ow = (min(spec.crop_hw[0], h), min(spec.crop_hw[1], w)) if spec.crop_hw else (h, w)
     theta = random_affines(n, (h, w), spec, generator, (oh, ow), centres).to(images.dtype)

@@ -19,17 +19,17 @@ label int64 [h, w], position float32 scalar)`` as torch tensors.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from limbseg_rt.runtime.errors import InputError
-from limbseg_rt.runtime.model.position import slice_positions
-from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
 from limbseg_rt.runtime.inference.preprocess import intensity_window, is_constant, preprocess_slices, resize_nearest
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.model.position import slice_positions
 
 DEFAULT_CLASSES = 38
 
@@ -60,9 +60,7 @@ def _even_indices(n_total: int, n_keep: int | None) -> np.ndarray:
 def _check_labels(labels: np.ndarray, classes: int, name: str) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.size and (lab.min() < 0 or lab.max() >= classes):
-        raise InputError(
-            f"{name}: label values must lie in 0..{classes - 1}, found {int(lab.min())}..{int(lab.max())}"
-        )
+        raise InputError(f"{name}: label values must lie in 0..{classes - 1}, found {int(lab.min())}..{int(lab.max())}")
     if np.issubdtype(lab.dtype, np.floating) and not np.all(lab == np.round(lab)):
         raise InputError(f"{name}: label image holds non-integer values; is it really a label map?")
     return lab.astype(np.uint8)
@@ -88,9 +86,7 @@ def subject_from_volume(
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape != np.shape(labels):
-        raise InputError(
-            f"{name}: image {image.shape} and labels {np.shape(labels)} must be 3D volumes of equal shape"
-        )
+        raise InputError(f"{name}: image {image.shape} and labels {np.shape(labels)} must be 3D volumes of equal shape")
     lo, hi = intensity_window(image, spec)
     if is_constant(lo, hi):
         raise InputError(f"{name}: the image is constant (no contrast); it cannot be used for training")
@@ -104,6 +100,7 @@ def subject_from_volume(
 
 
 # --- NIfTI, nnU-Net folder convention -------------------------------------------------------
+
 
 def nnunet_cases(root: str | Path) -> list[tuple[str, Path, Path]]:
     """``(case, image_path, label_path)`` for every case of an nnU-Net style folder, sorted by case.
@@ -162,12 +159,16 @@ def nifti_subject(
     image, affine = _load_canonical(Path(image_path))
     labels, label_affine = _load_canonical(Path(label_path), labels=True)
     if image.shape != labels.shape or not np.allclose(affine, label_affine, atol=1e-3):
-        raise InputError(
-            f"{label_path}: label volume does not share the image's grid (shape or affine differ)"
-        )
+        raise InputError(f"{label_path}: label volume does not share the image's grid (shape or affine differ)")
     return subject_from_volume(
-        name or Path(image_path).name, image.astype(np.float32), labels,
-        input_hw=input_hw, spec=spec, max_slices=max_slices, classes=classes, resampling=resampling,
+        name or Path(image_path).name,
+        image.astype(np.float32),
+        labels,
+        input_hw=input_hw,
+        spec=spec,
+        max_slices=max_slices,
+        classes=classes,
+        resampling=resampling,
     )
 
 
@@ -246,6 +247,7 @@ def png_subject(
 
 # --- phantom --------------------------------------------------------------------------------
 
+
 def phantom_subject(
     seed: int,
     *,
@@ -264,11 +266,13 @@ def phantom_subject(
 
     kw = {} if spacing is None else {"spacing": tuple(float(v) for v in spacing)}
     ph = phantom_arrays(int(seed), slices=int(slices), shape=tuple(shape), **kw)
-    return subject_from_volume(f"phantom-{seed}", ph.image, ph.labels, input_hw=input_hw, spec=spec,
-                               resampling=resampling)
+    return subject_from_volume(
+        f"phantom-{seed}", ph.image, ph.labels, input_hw=input_hw, spec=spec, resampling=resampling
+    )
 
 
 # --- the dataset ------------------------------------------------------------------------------
+
 
 class SliceDataset(torch.utils.data.Dataset):
     """All slices of some subjects. Item: ``(image [1, h, w] float32, label [h, w] int64,

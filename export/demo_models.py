@@ -35,8 +35,8 @@ PHANTOM_SLICES = 150
 
 def trained_pixel_spacing() -> tuple[float, float]:
     """In-plane spacing (mm) of the phantom slices after resizing to the model input (for --fit tile)."""
-    from limbseg_rt.runtime.phantom.generate import DEFAULT_SPACING
     from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW
+    from limbseg_rt.runtime.phantom.generate import DEFAULT_SPACING
 
     return (
         PHANTOM_SHAPE[0] * DEFAULT_SPACING[0] / MODEL_INPUT_HW[0],
@@ -54,7 +54,7 @@ def _shuffled_predict(runner, n_slices: int, seed: int):
     def predict(x, pos):
         i = cursor["i"]
         cursor["i"] = i + x.shape[0]
-        return runner.predict(x, perm[i:i + x.shape[0]].astype(np.float32))
+        return runner.predict(x, perm[i : i + x.shape[0]].astype(np.float32))
 
     return predict
 
@@ -63,10 +63,10 @@ def evaluate_model(model_path: Path, seeds, *, shuffle_positions: bool = False) 
     """Per-seed and mean DSC / RVE / HD of one ONNX model on held-out phantoms, run on the CPU
     through the runtime pipeline (resize fit, as ``limbseg-rt run``)."""
     from limbseg_rt.runtime.engine.runners import create_runner
-    from limbseg_rt.runtime.io.nifti import from_nibabel
-    from limbseg_rt.runtime.report.metrics import evaluate_labels
-    from limbseg_rt.runtime.phantom.generate import make_phantom
     from limbseg_rt.runtime.inference.pipeline import segment_canonical
+    from limbseg_rt.runtime.io.nifti import from_nibabel
+    from limbseg_rt.runtime.phantom.generate import make_phantom
+    from limbseg_rt.runtime.report.metrics import evaluate_labels
 
     runner = create_runner(model_path, provider="cpu")
     per_seed = {}
@@ -79,8 +79,12 @@ def evaluate_model(model_path: Path, seeds, *, shuffle_positions: bool = False) 
             if shuffle_positions:
                 predict = _shuffled_predict(runner, canon.shape[2], seed)
             run = segment_canonical(canon, runner.metadata, predict)
-            res = evaluate_labels(run.labels, np.rint(ref).astype(np.uint8), spacing=props.canonical_spacing,
-                                  labels=runner.metadata.labels)
+            res = evaluate_labels(
+                run.labels,
+                np.rint(ref).astype(np.uint8),
+                spacing=props.canonical_spacing,
+                labels=runner.metadata.labels,
+            )
             per_seed[int(seed)] = {
                 "dsc": res.mean.dsc,
                 "rve_percent": res.mean.rve_percent,
@@ -104,9 +108,14 @@ def failed_section(failed: dict[str, str]) -> list[str]:
     """Card lines for precisions whose export failed its parity gate (so no file is shipped)."""
     lines = []
     for prec, message in failed.items():
-        lines += ["", f"## {prec}: not shipped",
-                  f"The {prec} export failed its parity gate, so no {prec} file is bundled and `--precision auto` "
-                  "runs the fp32 file on every provider. The gate said:", "", f"    {message}"]
+        lines += [
+            "",
+            f"## {prec}: not shipped",
+            f"The {prec} export failed its parity gate, so no {prec} file is bundled and `--precision auto` "
+            "runs the fp32 file on every provider. The gate said:",
+            "",
+            f"    {message}",
+        ]
     return lines
 
 
@@ -114,8 +123,16 @@ def _row_name(info: dict) -> str:
     return info["file"] if info["bundled"] else f"{info['file']} (not bundled)"
 
 
-def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict | None, notes: str,
-               failed: dict[str, str] | None = None, export_options: str = "") -> str:
+def model_card(
+    arch: str,
+    ckpt: Path,
+    exports: dict,
+    evals: dict,
+    shuffled: dict | None,
+    notes: str,
+    failed: dict[str, str] | None = None,
+    export_options: str = "",
+) -> str:
     lines = [
         f"# Demo model: {arch}",
         "",
@@ -127,10 +144,17 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
         f"- Checkpoint: `{ckpt.name}`, SHA-256 `{sha256_file(ckpt)}`",
     ]
     for prec, info in exports.items():
-        where = "" if info["bundled"] else (
-            " - exported for the parity and accuracy rows below, not bundled: the 16 MB budget for bundled "
-            "models holds one 16-wide fp32 network (the default UNet's)")
-        lines.append(f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`{where}")
+        where = (
+            ""
+            if info["bundled"]
+            else (
+                " - exported for the parity and accuracy rows below, not bundled: the 16 MB budget for bundled "
+                "models holds one 16-wide fp32 network (the default UNet's)"
+            )
+        )
+        lines.append(
+            f"- `{info['file']}` ({prec}): {info['size_bytes'] / 1e6:.2f} MB, SHA-256 `{info['sha256']}`{where}"
+        )
     lines += [
         f"- Export: `python -m limbseg_rt.export.demo_models --checkpoints DIR --out runtime/data/models "
         f"--archs {arch}{export_options}` (calls `export_model(arch, ckpt, out, precision=..., calibration='phantom')`)",
@@ -142,9 +166,13 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
     ]
     for prec, info in exports.items():
         lines.append(f"- {prec}: `{json.dumps(info['parity'], sort_keys=True, default=str)[:1500]}`")
-    lines += ["", "## Accuracy on held-out phantom subjects (runtime pipeline, CPU)", "",
-              "| file | seeds | mean DSC | mean RVE % | mean abs RVE % | mean HD mm | mean HD95 mm |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Accuracy on held-out phantom subjects (runtime pipeline, CPU)",
+        "",
+        "| file | seeds | mean DSC | mean RVE % | mean abs RVE % | mean HD mm | mean HD95 mm |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for prec, ev in evals.items():
         m = ev["mean"]
         lines.append(
@@ -153,13 +181,21 @@ def model_card(arch: str, ckpt: Path, exports: dict, evals: dict, shuffled: dict
         )
     shown = next((p for p, info in exports.items() if info["bundled"]), "fp32")
     if shuffled is not None:
-        lines += ["", f"Position input check ({exports[shown]['file']}): mean DSC with true positions "
-                      f"{_fmt(evals[shown]['mean']['dsc'])}, with shuffled positions {_fmt(shuffled['mean']['dsc'])}."]
+        lines += [
+            "",
+            f"Position input check ({exports[shown]['file']}): mean DSC with true positions "
+            f"{_fmt(evals[shown]['mean']['dsc'])}, with shuffled positions {_fmt(shuffled['mean']['dsc'])}.",
+        ]
     per_seed = evals[shown]["seeds"]
     codes = list(next(iter(per_seed.values()))["per_muscle_dsc"])
-    lines += ["", f"Per-muscle DSC ({exports[shown]['file']}, mean over seeds):", "",
-              ", ".join(f"{c} {_fmt(float(np.nanmean([per_seed[s]['per_muscle_dsc'][c] for s in per_seed])), 2)}"
-                        for c in codes)]
+    lines += [
+        "",
+        f"Per-muscle DSC ({exports[shown]['file']}, mean over seeds):",
+        "",
+        ", ".join(
+            f"{c} {_fmt(float(np.nanmean([per_seed[s]['per_muscle_dsc'][c] for s in per_seed])), 2)}" for c in codes
+        ),
+    ]
     lines += failed_section(failed or {})
     return "\n".join(lines) + "\n"
 
@@ -170,13 +206,25 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--seeds", nargs="+", type=int, default=[200, 201])
-    p.add_argument("--train-notes", type=Path, default=None, help="markdown with the training commands, per arch section")
+    p.add_argument(
+        "--train-notes", type=Path, default=None, help="markdown with the training commands, per arch section"
+    )
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
-    p.add_argument("--bundle", nargs="+", default=None, metavar="PREC",
-                   help="precisions written to --out (default: all of --precisions); the others are exported "
-                        "to a temporary folder for the card only")
-    p.add_argument("--int8-float-levels", type=int, default=0, metavar="K",
-                   help="int8: finest resolution levels kept in float (see limbseg-rt export)")
+    p.add_argument(
+        "--bundle",
+        nargs="+",
+        default=None,
+        metavar="PREC",
+        help="precisions written to --out (default: all of --precisions); the others are exported "
+        "to a temporary folder for the card only",
+    )
+    p.add_argument(
+        "--int8-float-levels",
+        type=int,
+        default=0,
+        metavar="K",
+        help="int8: finest resolution levels kept in float (see limbseg-rt export)",
+    )
     p.add_argument("--parity-slices", type=int, default=8, metavar="N", help="slices per phantom for the parity checks")
     args = p.parse_args(argv)
 
@@ -200,15 +248,28 @@ def main(argv=None) -> int:
         for prec in args.precisions:
             out = (args.out if prec in bundle else Path(scratch.name)) / f"{arch}-{prec}.onnx"
             try:
-                res = export_model(arch, ckpt, out, precision=prec, calibration="phantom",
-                                   pixel_spacing_mm=trained_pixel_spacing(), parity_slices=args.parity_slices,
-                                   int8_float_levels=args.int8_float_levels if prec == "int8" else 0)
+                res = export_model(
+                    arch,
+                    ckpt,
+                    out,
+                    precision=prec,
+                    calibration="phantom",
+                    pixel_spacing_mm=trained_pixel_spacing(),
+                    parity_slices=args.parity_slices,
+                    int8_float_levels=args.int8_float_levels if prec == "int8" else 0,
+                )
             except LimbsegError as exc:
                 print(f"{arch} {prec}: export failed: {exc}", file=sys.stderr)
                 failed[prec] = str(exc)
                 continue
-            exports[prec] = {"file": out.name, "size_bytes": out.stat().st_size, "sha256": sha256_file(out),
-                             "parity": res.parity, "bundled": prec in bundle, "path": out}
+            exports[prec] = {
+                "file": out.name,
+                "size_bytes": out.stat().st_size,
+                "sha256": sha256_file(out),
+                "parity": res.parity,
+                "bundled": prec in bundle,
+                "path": out,
+            }
             evals[prec] = evaluate_model(out, args.seeds)
             print(f"{arch} {prec}: mean DSC {evals[prec]['mean']['dsc']:.4f}", file=sys.stderr)
         shipped = [prec for prec in exports if prec in bundle]
@@ -216,16 +277,39 @@ def main(argv=None) -> int:
             print(f"{arch}: nothing to bundle (fp32 reference or every bundled precision failed)", file=sys.stderr)
             missing.append(arch)
             continue
-        shuffled = (evaluate_model(exports[shipped[0]]["path"], args.seeds, shuffle_positions=True)
-                    if arch == "sc-unet" else None)
-        (args.out / f"{arch}.md").write_text(model_card(
-            arch, ckpt, exports, evals, shuffled, notes, failed,
-            export_options=(f" --int8-float-levels {args.int8_float_levels}" if args.int8_float_levels else "")
-            + (f" --parity-slices {args.parity_slices}" if args.parity_slices != p.get_default("parity_slices") else "")
-            + (f" --precisions {' '.join(args.precisions)}" if args.precisions != p.get_default("precisions") else "")
-            + (f" --bundle {' '.join(args.bundle)}" if args.bundle is not None else "")))
-        summary[arch] = {"exports": exports, "evals": {k: v["mean"] for k, v in evals.items()},
-                         "shuffled": shuffled["mean"] if shuffled else None}
+        shuffled = (
+            evaluate_model(exports[shipped[0]]["path"], args.seeds, shuffle_positions=True)
+            if arch == "sc-unet"
+            else None
+        )
+        (args.out / f"{arch}.md").write_text(
+            model_card(
+                arch,
+                ckpt,
+                exports,
+                evals,
+                shuffled,
+                notes,
+                failed,
+                export_options=(f" --int8-float-levels {args.int8_float_levels}" if args.int8_float_levels else "")
+                + (
+                    f" --parity-slices {args.parity_slices}"
+                    if args.parity_slices != p.get_default("parity_slices")
+                    else ""
+                )
+                + (
+                    f" --precisions {' '.join(args.precisions)}"
+                    if args.precisions != p.get_default("precisions")
+                    else ""
+                )
+                + (f" --bundle {' '.join(args.bundle)}" if args.bundle is not None else ""),
+            )
+        )
+        summary[arch] = {
+            "exports": exports,
+            "evals": {k: v["mean"] for k, v in evals.items()},
+            "shuffled": shuffled["mean"] if shuffled else None,
+        }
     scratch.cleanup()
     print(json.dumps(summary, indent=1, default=str))
     if missing:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from limbseg_rt.runtime.hashing import sha256_file
 import torch
 from torch import nn
 
@@ -38,10 +36,11 @@ from limbseg_rt.export.quantize import to_fp16, to_int8
 from limbseg_rt.export.spec import DEFAULT_OPSET, IMAGE, LABELS, LOGITS, POSITION, ExportSpec, Tolerance, export_spec
 from limbseg_rt.models import DEFAULT_FEATURES, check_state_dict, create_model, read_checkpoint
 from limbseg_rt.runtime.errors import ModelError, ParityError
+from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.io.outputs import OutputSet
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, RESAMPLING_MODES, NormalisationSpec
 from limbseg_rt.runtime.model.labels import LabelTable, default_label_table
 from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, RESAMPLING_MODES, NormalisationSpec
 
 # 17 is the oldest opset torch's exporter reaches by down-conversion for these graphs (measured).
 MIN_OPSET, MAX_OPSET = 17, 23
@@ -58,6 +57,7 @@ class ExportResult:
 
 
 # --- model preparation --------------------------------------------------------------------------
+
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every (Conv2d, BatchNorm2d) pair inside an
@@ -167,6 +167,7 @@ def export_fp32_graph(
 
 # --- inputs ---------------------------------------------------------------------------------------
 
+
 def _label_table(labels) -> LabelTable:
     if labels is None:
         return default_label_table()
@@ -224,6 +225,7 @@ def load_network(arch: str, checkpoint: Path, *, features, classes: int) -> tupl
 
 
 # --- the procedure --------------------------------------------------------------------------------
+
 
 def export_model(
     arch: str,
@@ -295,8 +297,12 @@ def export_model(
             work = Path(tmp)
             fp32_path = work / "fp32.onnx"
             export_fp32_graph(
-                fold_batchnorm(model), spec, fp32_path, features=feats,
-                with_labels_output=with_labels_output, example_hw=(multiple * 2, multiple * 2),
+                fold_batchnorm(model),
+                spec,
+                fp32_path,
+                features=feats,
+                with_labels_output=with_labels_output,
+                example_hw=(multiple * 2, multiple * 2),
             )
             conversion: dict = {}
             candidate = fp32_path
@@ -305,12 +311,25 @@ def export_model(
                 conversion = to_fp16(fp32_path, candidate)
             elif precision == "int8":
                 candidate = work / "int8.onnx"
-                conversion = to_int8(fp32_path, candidate, calib, needs_position=spec.needs_position, work_dir=work,
-                                     float_levels=int8_float_levels, hw=phw)
+                conversion = to_int8(
+                    fp32_path,
+                    candidate,
+                    calib,
+                    needs_position=spec.needs_position,
+                    work_dir=work,
+                    float_levels=int8_float_levels,
+                    hw=phw,
+                )
 
             metrics, failures = evaluate_parity(
-                model, candidate, heldout, precision=precision, tolerance=tol, labels=table,
-                needs_position=spec.needs_position, threads=threads,
+                model,
+                candidate,
+                heldout,
+                precision=precision,
+                tolerance=tol,
+                labels=table,
+                needs_position=spec.needs_position,
+                threads=threads,
             )
             parity = {**metrics, "passed": not failures, "conversion": conversion}
             if precision == "int8" and measure_speed:
@@ -350,8 +369,12 @@ def _speed(fp32_path: Path, candidate: Path, hw, needs_position: bool, in_channe
     feeds = feeds_for(rng.random((1, in_channels, *hw), dtype=np.float32), np.array([0.5], np.float32), needs_position)
     ms = measure_latencies({"fp32": fp32_path, "int8": candidate}, feeds, threads=threads)
     return {
-        "fp32_ms": round(ms["fp32"], 2), "int8_ms": round(ms["int8"], 2),
-        "speedup_vs_fp32": round(ms["fp32"] / ms["int8"], 3), "batch": 1, "hw": list(hw), "threads": threads,
+        "fp32_ms": round(ms["fp32"], 2),
+        "int8_ms": round(ms["int8"], 2),
+        "speedup_vs_fp32": round(ms["fp32"] / ms["int8"], 3),
+        "batch": 1,
+        "hw": list(hw),
+        "threads": threads,
         "timing": LATENCY_TIMING,
         "provider": "CPUExecutionProvider",
     }

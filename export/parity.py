@@ -73,7 +73,9 @@ class _Accumulator:
             self.inconsistent += int(np.count_nonzero(cand_labels.astype(np.int64) != cand_lab))
 
 
-def _torch_logits(model: torch.nn.Module, images: np.ndarray, positions: np.ndarray, needs_position: bool) -> np.ndarray:
+def _torch_logits(
+    model: torch.nn.Module, images: np.ndarray, positions: np.ndarray, needs_position: bool
+) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(images))
         if needs_position:
@@ -101,8 +103,8 @@ def evaluate_parity(
     out_names = [o.name for o in session.get_outputs()]
     acc = _Accumulator(len(labels))
     for start in range(0, len(slices), batch_size):
-        images = slices.images[start:start + batch_size]
-        positions = slices.positions[start:start + batch_size]
+        images = slices.images[start : start + batch_size]
+        positions = slices.positions[start : start + batch_size]
         ref = _torch_logits(model, images, positions, needs_position)
         outs = dict(zip(out_names, session.run(None, feeds_for(images, positions, needs_position))))
         acc.add(ref, np.asarray(outs[LOGITS], dtype=np.float32), outs.get(LABELS))
@@ -136,9 +138,7 @@ def evaluate_parity(
     if acc.nonfinite:
         failures.append(f"{precision}: {acc.nonfinite} non-finite logits")
     if tolerance.min_label_agreement is not None and agreement < tolerance.min_label_agreement:
-        failures.append(
-            f"{precision}: label agreement {agreement:.5%} < {tolerance.min_label_agreement:.5%}"
-        )
+        failures.append(f"{precision}: label agreement {agreement:.5%} < {tolerance.min_label_agreement:.5%}")
     if tolerance.max_logit_error is not None:
         allowed = tolerance.max_logit_error * acc.scale + tolerance.logit_atol
         if not acc.max_diff <= allowed:
@@ -163,13 +163,23 @@ def evaluate_parity(
 
 LATENCY_ROUNDS, LATENCY_MIN_ROUNDS, LATENCY_WARMUP = 15, 5, 3
 # What measure_latencies measures with its defaults, in words (recorded next to the numbers it gives).
-LATENCY_TIMING = (f"median over {LATENCY_MIN_ROUNDS}-{LATENCY_ROUNDS} interleaved rounds (fp32, int8, fp32, ...) "
-                  f"after {LATENCY_WARMUP} warm-up calls each; a round's sample is the mean of two back-to-back "
-                  "calls after one untimed call")
+LATENCY_TIMING = (
+    f"median over {LATENCY_MIN_ROUNDS}-{LATENCY_ROUNDS} interleaved rounds (fp32, int8, fp32, ...) "
+    f"after {LATENCY_WARMUP} warm-up calls each; a round's sample is the mean of two back-to-back "
+    "calls after one untimed call"
+)
 
 
-def measure_latencies(paths: dict, feeds: dict, *, threads: int = 2, rounds: int = LATENCY_ROUNDS,
-                      warmup: int = LATENCY_WARMUP, budget_s: float = 5.0, settle_s: float = 0.02) -> dict:
+def measure_latencies(
+    paths: dict,
+    feeds: dict,
+    *,
+    threads: int = 2,
+    rounds: int = LATENCY_ROUNDS,
+    warmup: int = LATENCY_WARMUP,
+    budget_s: float = 5.0,
+    settle_s: float = 0.02,
+) -> dict:
     """Median wall time (ms) per call of each model in ``paths`` (name -> file) on ``feeds``, timed
     interleaved (A B A B ...) so that load from other processes hits all alike: ``warmup`` calls each,
     then up to ``rounds`` rounds, at least ``LATENCY_MIN_ROUNDS``, fewer once ``budget_s`` seconds have passed. In a round each

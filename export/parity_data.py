@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError
-from limbseg_rt.runtime.model.position import slice_positions
-from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 from limbseg_rt.runtime.inference.preprocess import intensity_window, is_constant, preprocess_slices
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.model.position import slice_positions
 
 # The positions whose one-hot bins are the rule's edge cases (runtime/model/position.py).
 EDGE_POSITIONS: tuple[float, ...] = (0.0, 0.004, 0.01, 0.5, 0.999, 1.0)
@@ -36,7 +36,7 @@ class SliceSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def with_edge_positions(self) -> "SliceSet":
+    def with_edge_positions(self) -> SliceSet:
         """Append the first slices again, paired with ``EDGE_POSITIONS`` (SC-UNet parity)."""
         k = len(EDGE_POSITIONS)
         idx = np.arange(k) % len(self)

@@ -44,8 +44,7 @@ def position_nodes(model) -> list[str]:
     for node in model.graph.node:  # ONNX graphs are topologically sorted
         ins = [i for i in node.input if i]
         if any(i in from_position for i in ins) and all(
-            i in from_position or (i in initialisers) or (i not in graph_inputs and _is_constant(model, i))
-            for i in ins
+            i in from_position or (i in initialisers) or (i not in graph_inputs and _is_constant(model, i)) for i in ins
         ):
             from_position.update(node.output)
             names.append(node.name)
@@ -79,8 +78,10 @@ def conv_levels(model, hw: tuple[int, int], op_types: tuple[str, ...] = ("Conv",
             dim.ClearField("dim_param")
             dim.dim_value = value
     static = shape_inference.infer_shapes(static)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in itertools.chain(static.graph.value_info, static.graph.output)}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in itertools.chain(static.graph.value_info, static.graph.output)
+    }
     levels = {}
     for node in model.graph.node:
         if node.op_type not in op_types:
@@ -107,8 +108,13 @@ def int8_weight_storage(model, op_type: str, *, axis: int, skip=()) -> int:
             uses[name] = uses.get(name, 0) + 1
     converted = 0
     for node in list(model.graph.node):
-        if (node.op_type != op_type or node.name in skip or len(node.input) < 2 or node.input[1] not in inits
-                or uses[node.input[1]] > 1):
+        if (
+            node.op_type != op_type
+            or node.name in skip
+            or len(node.input) < 2
+            or node.input[1] not in inits
+            or uses[node.input[1]] > 1
+        ):
             continue
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
@@ -120,13 +126,16 @@ def int8_weight_storage(model, op_type: str, *, axis: int, skip=()) -> int:
         base = node.input[1]
         names = (f"{base}_int8", f"{base}_int8_scale", f"{base}_int8_zero_point", f"{base}_dequantized")
         model.graph.initializer.remove(inits[base])
-        model.graph.initializer.extend([
-            numpy_helper.from_array(q, names[0]),
-            numpy_helper.from_array(scale, names[1]),
-            numpy_helper.from_array(np.zeros_like(q, shape=scale.shape), names[2]),
-        ])
-        dq = helper.make_node("DequantizeLinear", list(names[:3]), [names[3]], name=f"{node.name}_weight_DequantizeLinear",
-                              axis=axis)
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, names[0]),
+                numpy_helper.from_array(scale, names[1]),
+                numpy_helper.from_array(np.zeros_like(q, shape=scale.shape), names[2]),
+            ]
+        )
+        dq = helper.make_node(
+            "DequantizeLinear", list(names[:3]), [names[3]], name=f"{node.name}_weight_DequantizeLinear", axis=axis
+        )
         model.graph.node.insert(list(model.graph.node).index(node), dq)
         node.input[1] = names[3]
         converted += 1
@@ -183,8 +192,16 @@ class _Reader:
         self._start = 0
 
 
-def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_position: bool, work_dir: Path,
-            float_levels: int = 0, hw: tuple[int, int] = MODEL_INPUT_HW) -> dict:
+def to_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calibration: SliceSet,
+    *,
+    needs_position: bool,
+    work_dir: Path,
+    float_levels: int = 0,
+    hw: tuple[int, int] = MODEL_INPUT_HW,
+) -> dict:
     """Static QDQ int8 (uint8 activations, int8 per-channel weights), MinMax-calibrated on
     ``calibration`` slices. Returns info (quantised node counts) for the parity record.
 
@@ -218,8 +235,10 @@ def to_int8(fp32_path: Path, out_path: Path, calibration: SliceSet, *, needs_pos
         op_type = {n.name: n.op_type for n in model.graph.node}
         deepest = max(level for n, level in levels.items() if op_type[n] == "Conv")
         if float_levels > deepest:
-            raise ModelError(f"--int8-float-levels {float_levels} would keep every convolution in float (this network "
-                             f"has {deepest + 1} resolution levels); use at most {deepest}")
+            raise ModelError(
+                f"--int8-float-levels {float_levels} would keep every convolution in float (this network "
+                f"has {deepest + 1} resolution levels); use at most {deepest}"
+            )
         fine = [n for n, level in levels.items() if level < float_levels]
         float_upsampling = {n for n in fine if op_type[n] == "ConvTranspose"}
         excluded.extend(n for n in fine if op_type[n] == "Conv" and n not in excluded)

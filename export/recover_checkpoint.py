@@ -47,13 +47,16 @@ def onnx_parameters(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     model = onnx.load(str(path))
     meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
     arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    params = {k[len(PREFIX):]: v.astype(np.float32) for k, v in arrays.items()
-              if k.startswith(PREFIX) and v.dtype.kind == "f" and not k.endswith("_scale")}
+    params = {
+        k[len(PREFIX) :]: v.astype(np.float32)
+        for k, v in arrays.items()
+        if k.startswith(PREFIX) and v.dtype.kind == "f" and not k.endswith("_scale")
+    }
     for node in model.graph.node:
         src = node.input[0] if node.op_type == "DequantizeLinear" else ""
         suffix = next((q for q in QUANTISED if src.endswith(q)), None)
         if src.startswith(PREFIX) and suffix and src in arrays:
-            params[src[len(PREFIX):-len(suffix)]] = _dequantise(node, arrays)
+            params[src[len(PREFIX) : -len(suffix)]] = _dequantise(node, arrays)
     return params, meta
 
 
@@ -83,8 +86,13 @@ def recovered_state_dict(net, params: dict[str, np.ndarray]) -> dict:
                 raise ValueError(f"{key}: ONNX shape {params[key].shape} vs model {tuple(state[key].shape)}")
             state[key] = torch.from_numpy(params[key].copy())
             used.add(key)
-    missing = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked")
-                     and k.rsplit(".", 1)[0] not in {n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)})
+    missing = sorted(
+        k
+        for k in state
+        if k not in used
+        and not k.endswith("num_batches_tracked")
+        and k.rsplit(".", 1)[0] not in {n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)}
+    )
     if missing:
         raise ValueError(f"model parameters the ONNX file does not hold: {missing[:5]}")
     unused = sorted(set(params) - used)
@@ -98,8 +106,9 @@ def recover(path: Path):
     from limbseg_rt.models import create_model
 
     params, meta = onnx_parameters(path)
-    net = create_model(meta["architecture"], classes=meta["classes"], features=tuple(meta["features"]),
-                       in_channels=meta["in_channels"])
+    net = create_model(
+        meta["architecture"], classes=meta["classes"], features=tuple(meta["features"]), in_channels=meta["in_channels"]
+    )
     net.load_state_dict(recovered_state_dict(net, params))
     return net.eval(), meta
 
@@ -123,8 +132,11 @@ def check_recovery(net, meta: dict, path: Path, *, slices: int = 8) -> dict:
         args = [torch.from_numpy(image)] + ([torch.from_numpy(position)] if "position" in feed else [])
         pt = net(*args).numpy()
     scale = float(np.abs(ort_logits).max()) or 1.0
-    return {"max_rel_logit_error": float(np.abs(pt - ort_logits).max() / scale),
-            "label_agreement": float((pt.argmax(1) == ort_logits.argmax(1)).mean()), "slices": int(image.shape[0])}
+    return {
+        "max_rel_logit_error": float(np.abs(pt - ort_logits).max() / scale),
+        "label_agreement": float((pt.argmax(1) == ort_logits.argmax(1)).mean()),
+        "slices": int(image.shape[0]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,10 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     ok = check["max_rel_logit_error"] <= 1e-3 if fp32 else check["label_agreement"] >= 0.99
     if not ok:
         raise SystemExit(f"recovered network does not reproduce {args.model}: {check}")
-    save_checkpoint(net, args.out, extra={"arch": meta["architecture"], "features": list(meta["features"]),
-                                          "recovered_from": args.model.name,
-                                          "recovered_from_sha256": meta.get("checkpoint_sha256", ""),
-                                          "recovery_check": check})
+    save_checkpoint(
+        net,
+        args.out,
+        extra={
+            "arch": meta["architecture"],
+            "features": list(meta["features"]),
+            "recovered_from": args.model.name,
+            "recovered_from_sha256": meta.get("checkpoint_sha256", ""),
+            "recovery_check": check,
+        },
+    )
     print(json.dumps({"out": str(args.out), **check}))
     return 0
 

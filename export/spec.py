@@ -110,7 +110,7 @@ class ExportSpec:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         return self.tolerances[precision]
 
-    def with_tolerance(self, precision: str, tolerance: Tolerance) -> "ExportSpec":
+    def with_tolerance(self, precision: str, tolerance: Tolerance) -> ExportSpec:
         return replace(self, tolerances={**self.tolerances, precision: tolerance})
 
 

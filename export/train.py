@@ -15,9 +15,9 @@ import ctypes
 import ctypes.util
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from limbseg_rt.export.augment import NO_APPEARANCE, AppearanceSpec, AugmentSpec, augment_appearance, augment_batch
 from limbseg_rt.export.datasets import SliceDataset
 from limbseg_rt.runtime.errors import EXIT_USAGE, LimbsegError
-from limbseg_rt.runtime.model.labels import default_label_table
-from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
 from limbseg_rt.runtime.inference.preprocess import resize_bilinear
+from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
+from limbseg_rt.runtime.model.labels import default_label_table
 from limbseg_rt.runtime.report.metrics import LabelCounts, confusion_matrix, label_counts
 
 
@@ -67,7 +67,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise TrainSettingError(f"--epochs and --batch-size must be 1 or more (got {self.epochs}, {self.batch_size})")
+            raise TrainSettingError(
+                f"--epochs and --batch-size must be 1 or more (got {self.epochs}, {self.batch_size})"
+            )
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise TrainSettingError(f"--max-minutes must be above 0 (got {self.max_minutes:g})")
         if self.loss not in ("ce", "ce+dice"):
@@ -79,11 +81,14 @@ class TrainConfig:
         if not self.position_lr_scale > 0:
             raise TrainSettingError(f"--position-lr-scale must be above 0 (got {self.position_lr_scale:g})")
         if self.position_lr_scale != 1.0 and self.arch != "sc-unet":
-            raise TrainSettingError(f"--position-lr-scale is for sc-unet's position layer; {self.arch} has none "
-                                    "(drop the option)")
+            raise TrainSettingError(
+                f"--position-lr-scale is for sc-unet's position layer; {self.arch} has none (drop the option)"
+            )
         if self.channels_last and self.arch == "attention-unet":
             # torch 2.13 CPU segfaults in the backward pass of this model in channels-last (measured).
-            raise TrainSettingError("--channels-last crashes PyTorch's backward pass for attention-unet; drop the option")
+            raise TrainSettingError(
+                "--channels-last crashes PyTorch's backward pass for attention-unet; drop the option"
+            )
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,9 @@ def mean_muscle_dice(conf: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def validate(model, arch: str, data: SliceDataset, *, classes: int, batch_size: int = 8,
-             channels_last: bool = False) -> tuple[float, float]:
+def validate(
+    model, arch: str, data: SliceDataset, *, classes: int, batch_size: int = 8, channels_last: bool = False
+) -> tuple[float, float]:
     """``(mean cross-entropy, mean over subjects of the 3D mean muscle Dice)`` at the model's input size."""
     model.eval()
     loss_sum, n_pix, dices = 0.0, 0, []
@@ -344,10 +350,15 @@ def checkpoint_extra(config: TrainConfig, *, epoch: int, val_loss, val_dice, tra
         "input_hw": list(MODEL_INPUT_HW),
         "normalisation": NormalisationSpec().to_dict(),
         "resampling": config.resampling,
-        "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                         if k not in ("augment", "appearance")}
-        | {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(getattr(config, name)).items()}
-           for name in ("augment", "appearance")},
+        "train_config": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(config).items()
+            if k not in ("augment", "appearance")
+        }
+        | {
+            name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(getattr(config, name)).items()}
+            for name in ("augment", "appearance")
+        },
     }
 
 
@@ -391,9 +402,11 @@ def train(
     if resumed is not None and resumed.get("optimizer"):
         saved_groups = len(resumed["optimizer"].get("param_groups", ()))
         if saved_groups != len(opt.param_groups):
-            raise TrainSettingError(f"{Path(resume).name}: its optimiser state has {saved_groups} parameter group(s), "
-                                    f"this run {len(opt.param_groups)} (--position-lr-scale changed); "
-                                    "warm-start from it instead (--init-from)")
+            raise TrainSettingError(
+                f"{Path(resume).name}: its optimiser state has {saved_groups} parameter group(s), "
+                f"this run {len(opt.param_groups)} (--position-lr-scale changed); "
+                "warm-start from it instead (--init-from)"
+            )
         opt.load_state_dict(resumed["optimizer"])  # replaces the groups' settings with the saved ones
         for group, wanted in zip(opt.param_groups, groups):
             group["lr_scale"] = wanted["lr_scale"]
@@ -436,7 +449,7 @@ def train(
             lr = _lr_at(config, progress)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            index = order[k * bs:(k + 1) * bs]
+            index = order[k * bs : (k + 1) * bs]
             img, lab, pos = train_data.batch(index)
             centres = None
             if config.augment.crop_hw is not None and config.crop_foreground > 0:
@@ -467,8 +480,9 @@ def train(
         last = stopped or epoch == config.epochs
         if val_data is not None and (epoch % config.val_every == 0 or last):
             t_val = clock()
-            val_loss, val_dice = validate(model, config.arch, val_data, classes=config.classes,
-                                          batch_size=bs, channels_last=config.channels_last)
+            val_loss, val_dice = validate(
+                model, config.arch, val_data, classes=config.classes, batch_size=bs, channels_last=config.channels_last
+            )
             val_seconds = clock() - t_val
         if val_data is not None and val_dice is None:
             score = -math.inf  # not validated this epoch: keep the best validated checkpoint
@@ -476,8 +490,14 @@ def train(
             score = val_dice if val_dice is not None and math.isfinite(val_dice) else -train_loss
         if score > best_score:
             best_score, best_epoch = score, epoch
-            save_checkpoint(model, out, optimizer=opt, extra=checkpoint_extra(
-                config, epoch=epoch, val_loss=val_loss, val_dice=val_dice, train_loss=train_loss))
+            save_checkpoint(
+                model,
+                out,
+                optimizer=opt,
+                extra=checkpoint_extra(
+                    config, epoch=epoch, val_loss=val_loss, val_dice=val_dice, train_loss=train_loss
+                ),
+            )
         log = EpochLog(epoch, len(losses), train_loss, val_loss, val_dice, lr, clock() - t_epoch)
         history.append(log)
         if on_epoch:
@@ -489,11 +509,18 @@ def train(
 
 # --- evaluation at the native grid ---------------------------------------------------------------
 
+
 @torch.no_grad()
 def predict_volume(
-    model, arch: str, image: np.ndarray, *, positions: np.ndarray | None = None,
-    input_hw: tuple[int, int] = MODEL_INPUT_HW, spec: NormalisationSpec = NormalisationSpec(),
-    batch_size: int = 8, resampling: str = "exact",
+    model,
+    arch: str,
+    image: np.ndarray,
+    *,
+    positions: np.ndarray | None = None,
+    input_hw: tuple[int, int] = MODEL_INPUT_HW,
+    spec: NormalisationSpec = NormalisationSpec(),
+    batch_size: int = 8,
+    resampling: str = "exact",
 ) -> np.ndarray:
     """Labels uint8 ``[X, Y, Z]`` for a RAS+ canonical volume ``[X, Y, Z]`` (z = 0 most inferior).
 
@@ -501,8 +528,8 @@ def predict_volume(
     ``[X, Y]`` grid (``runtime.preprocess.resize_bilinear``) and argmax-ed there. ``positions``
     (float32 ``[Z]``) default to ``slice_positions(Z, proximal_first=False)``.
     """
-    from limbseg_rt.runtime.model.position import slice_positions
     from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.model.position import slice_positions
 
     model.eval()
     x, y, z = image.shape

@@ -57,7 +57,7 @@ def check_features(features, in_channels: int, classes: int) -> tuple[int, ...]:
     return feats
 
 
-def build_encoder(features: tuple[int, ...], in_channels: int) -> tuple[nn.ModuleList, "DoubleConv"]:
+def build_encoder(features: tuple[int, ...], in_channels: int) -> tuple[nn.ModuleList, DoubleConv]:
     """The contracting path shared by every architecture: ``(downs, deepest_conv)``, one DoubleConv
     per level and the bottleneck DoubleConv(features[-1] -> 2 * features[-1]). The caller stores
     them as ``self.downs`` / ``self.deepest_conv`` so checkpoint keys keep the authors' names."""

@@ -86,7 +86,7 @@ def read_checkpoint(path) -> dict:
         raise ModelError(f"{path.name} is not a checkpoint: no 'state_dict' entry (found keys: {keys or 'none'})")
     state = dict(state)
     if state and all(isinstance(k, str) and k.startswith(_PREFIX) for k in state):
-        state = {k[len(_PREFIX):]: v for k, v in state.items()}
+        state = {k[len(_PREFIX) :]: v for k, v in state.items()}
     ckpt["state_dict"] = state
     return ckpt
 
@@ -115,10 +115,7 @@ def check_state_dict(model: nn.Module, state: Mapping, *, source: str = "checkpo
         name = type(model).__name__
         feats = getattr(model, "features", None)
         hint = f"{name}(features={tuple(feats)})" if feats is not None else name
-        raise ModelError(
-            f"{source} does not fit {hint}: " + "; ".join(parts)
-            + " (wrong architecture or --features?)"
-        )
+        raise ModelError(f"{source} does not fit {hint}: " + "; ".join(parts) + " (wrong architecture or --features?)")
 
 
 def load_checkpoint(model: nn.Module, path) -> dict:

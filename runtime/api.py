@@ -16,15 +16,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError, OutputError
 from limbseg_rt.runtime.hashing import sha256_file
-from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, check_limb_range, segment_canonical
+from limbseg_rt.runtime.inference.pipeline import (
+    DEFAULT_MAX_BATCH,
+    PipelineOptions,
+    check_limb_range,
+    segment_canonical,
+)
 from limbseg_rt.runtime.report.run_report import (
     Report,
     muscle_stats,
@@ -87,7 +93,9 @@ class SegmentationResult:
             out.check()
             return self.write_outputs(out, split_sides=split_sides)
 
-    def write_outputs(self, out, *, before_commit: Callable | None = None, split_sides: bool = False) -> dict[str, Path]:
+    def write_outputs(
+        self, out, *, before_commit: Callable | None = None, split_sides: bool = False
+    ) -> dict[str, Path]:
         """Write this result into a declared, checked ``OutputSet`` and publish it (report last).
 
         ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``measures_csv``, ``report``
@@ -107,7 +115,8 @@ class SegmentationResult:
         stage_labels(out, labels, self.props, table=table)
         outputs = {k: str(v) for k, v in out.paths.items()}
         self.report = dataclasses.replace(
-            self.report, manifest=self.report.manifest.saved(outputs, time.perf_counter() - t0, peak_rss_mib()))
+            self.report, manifest=self.report.manifest.saved(outputs, time.perf_counter() - t0, peak_rss_mib())
+        )
         if "measures_csv" in out:
             out.write_text("measures_csv", self.report.to_measures_csv() or "")
         if "csv" in out:
@@ -136,8 +145,12 @@ class SegmentationResult:
         algo = AlgorithmInfo(f"limbseg-rt {model['metadata']['architecture']}", str(version), model["sha256"], demo)
         out = write_seg(self.labels_canonical, self.props, path, table=self.table, algorithm=algo, seg_type=seg_type)
         recorded = (record_as or out) if out else None
-        self.report = dataclasses.replace(self.report, manifest=self.report.manifest.with_extra(
-            "dicom_seg", {"path": str(recorded) if recorded else None, "type": seg_type, "demo_model": demo}))
+        self.report = dataclasses.replace(
+            self.report,
+            manifest=self.report.manifest.with_extra(
+                "dicom_seg", {"path": str(recorded) if recorded else None, "type": seg_type, "demo_model": demo}
+            ),
+        )
         return out
 
 
@@ -186,21 +199,35 @@ class Segmenter:
         from limbseg_rt.runtime.engine.runners import create_runner
 
         self._options = PipelineOptions(
-            fit=fit, batch_size=batch_size, memory_budget_mb=memory_budget_mb, max_batch=max_batch,
+            fit=fit,
+            batch_size=batch_size,
+            memory_budget_mb=memory_budget_mb,
+            max_batch=max_batch,
             tile_overlap=tile_overlap,
         )
         t0 = time.perf_counter()
         # Precision is resolved by create_runner after the provider (fp16 on TensorRT = its fp16 mode).
         self._runner = create_runner(
-            model, provider=provider, allow_fallback=allow_fallback, threads=threads, device_id=device_id,
-            cache_dir=cache_dir, precision=precision,
+            model,
+            provider=provider,
+            allow_fallback=allow_fallback,
+            threads=threads,
+            device_id=device_id,
+            cache_dir=cache_dir,
+            precision=precision,
             max_batch=max(max_batch, batch_size if isinstance(batch_size, int) else 1),
         )
         self.load_seconds = time.perf_counter() - t0
         self.model_path = Path(self._runner.model_path)
         self.model_sha256 = self._runner.model_sha256
-        self._requested = {"model": str(model), "provider": provider, "precision": precision,
-                           "allow_fallback": allow_fallback, "threads": threads, "device_id": device_id}
+        self._requested = {
+            "model": str(model),
+            "provider": provider,
+            "precision": precision,
+            "allow_fallback": allow_fallback,
+            "threads": threads,
+            "device_id": device_id,
+        }
 
     # ------------------------------------------------------------------ properties
     @property
@@ -225,7 +252,7 @@ class Segmenter:
         if runner is not None:
             runner.close()
 
-    def __enter__(self) -> "Segmenter":
+    def __enter__(self) -> Segmenter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -266,8 +293,12 @@ class Segmenter:
         pipe_options = dataclasses.replace(self._options, limb_range=limb_range)
         t1 = time.perf_counter()
         run = segment_canonical(
-            canon, md, self._runner.predict, spacing_xy_mm=props.canonical_spacing[:2],
-            options=pipe_options, progress=progress,
+            canon,
+            md,
+            self._runner.predict,
+            spacing_xy_mm=props.canonical_spacing[:2],
+            options=pipe_options,
+            progress=progress,
         )
         t_slices = time.perf_counter() - t1
 
@@ -280,8 +311,9 @@ class Segmenter:
             labels_c, analysis_settings = analysis_result.labels, options_summary(analysis)
         labels_img = labels_image(labels_c, props, md.labels)
         axis = props.slice_axis
-        stats = muscle_stats(labels_c, canon, md.labels, props.voxel_volume_mm3, input_axis=axis,
-                             input_flipped=props.ornt[axis][1] == -1)
+        stats = muscle_stats(
+            labels_c, canon, md.labels, props.voxel_volume_mm3, input_axis=axis, input_flipped=props.ornt[axis][1] == -1
+        )
         t_post_extra = time.perf_counter() - t2
 
         engine_info = self._runner.describe()
@@ -523,14 +555,16 @@ def segment_file(
     if is_dicom:
         out_set.add("seg", Path(seg) if seg is not None else defaults["seg"], what="DICOM SEG")
     if not out_set.paths["labels"].name.lower().endswith((".nii.gz", ".nii")):
-        raise OutputError(f"{out_set.paths['labels']}: a label file name must end in .nii.gz or .nii; "
-                          "choose another output name")
+        raise OutputError(
+            f"{out_set.paths['labels']}: a label file name must end in .nii.gz or .nii; choose another output name"
+        )
     out_set.check()  # every output location is usable before the segmentation starts
     own = segmenter is None
     engine = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
-        result = engine.segment(scan, limb_range=limb_range, read_options=read_options, progress=progress,
-                                series=series, analysis=analysis)
+        result = engine.segment(
+            scan, limb_range=limb_range, read_options=read_options, progress=progress, series=series, analysis=analysis
+        )
     finally:
         if own:
             engine.close()
@@ -547,9 +581,18 @@ def segment_file(
             from limbseg_rt.runtime.io.nifti import ReadOptions
 
             # the QC pictures need the intensities again: read the same series
-            canon, props, _ = read_dicom(scan, series, options=read_options if read_options is not None else ReadOptions())
-            stage_qc_files(o, canon, result.labels_canonical, props.canonical_spacing, result.table,
-                           result.report.to_dict(), o.paths["labels"])
+            canon, props, _ = read_dicom(
+                scan, series, options=read_options if read_options is not None else ReadOptions()
+            )
+            stage_qc_files(
+                o,
+                canon,
+                result.labels_canonical,
+                props.canonical_spacing,
+                result.table,
+                result.report.to_dict(),
+                o.paths["labels"],
+            )
 
     with out_set:
         if "seg" in out_set:  # staged before the report is written, so the report names it
@@ -558,6 +601,7 @@ def segment_file(
             else:
                 out_set.drop("seg")
                 result.report = result.report.with_warning(
-                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
+                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)"
+                )
         written = result.write_outputs(out_set, before_commit=stage_qc, split_sides=split_sides)
     return result, written

@@ -7,18 +7,18 @@ with ``exit_code`` (traceback only with ``--debug``). Exit codes are documented 
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1      # a bug: unexpected exception
-EXIT_USAGE = 2         # bad command line (argparse's own code)
-EXIT_INPUT = 3         # the input image cannot be used (corrupt, wrong kind, bad geometry)
-EXIT_MODEL = 4         # the model / checkpoint cannot be used
-EXIT_PROVIDER = 5      # requested execution provider unavailable or silently dropped
-EXIT_EMPTY = 6         # input is empty/constant: an all-background result was written and flagged
-EXIT_PARITY = 7        # export parity checks failed; no model file written
-EXIT_OUTPUT = 8        # output cannot be written where asked (or would overwrite the input)
-EXIT_ENGINE = 9        # the inference engine (ONNX Runtime, OpenVINO) failed while running
-EXIT_MEMORY = 10       # the inference engine ran out of memory
+EXIT_INTERNAL = 1  # a bug: unexpected exception
+EXIT_USAGE = 2  # bad command line (argparse's own code)
+EXIT_INPUT = 3  # the input image cannot be used (corrupt, wrong kind, bad geometry)
+EXIT_MODEL = 4  # the model / checkpoint cannot be used
+EXIT_PROVIDER = 5  # requested execution provider unavailable or silently dropped
+EXIT_EMPTY = 6  # input is empty/constant: an all-background result was written and flagged
+EXIT_PARITY = 7  # export parity checks failed; no model file written
+EXIT_OUTPUT = 8  # output cannot be written where asked (or would overwrite the input)
+EXIT_ENGINE = 9  # the inference engine (ONNX Runtime, OpenVINO) failed while running
+EXIT_MEMORY = 10  # the inference engine ran out of memory
 EXIT_SCANS_FAILED = 11  # batch: at least one scan of the cohort failed (the others were written)
-EXIT_DEPENDENCY = 12   # a feature needs an optional extra that is not installed (e.g. [dicom])
+EXIT_DEPENDENCY = 12  # a feature needs an optional extra that is not installed (e.g. [dicom])
 
 
 class LimbsegError(Exception):
@@ -70,9 +70,7 @@ class ParityError(LimbsegError):
 
     def __init__(self, failures: list[str]):
         self.failures = list(failures)
-        super().__init__(
-            f"{len(self.failures)} parity check(s) failed: " + "; ".join(self.failures)
-        )
+        super().__init__(f"{len(self.failures)} parity check(s) failed: " + "; ".join(self.failures))
 
 
 class MissingDependencyError(LimbsegError):

@@ -49,8 +49,12 @@ class TuneResult:
 def candidates(provider: str, files: dict, cpu: CpuInfo, available) -> list[str]:
     """Precisions ``provider`` can run from ``files`` (precision -> path) on this machine, fp32 first."""
     out = [p for p in ("fp32", "int8") if p in files]
-    if (provider == "openvino" and "fp32" in files and pp.has_bf16(cpu)
-            and engine_for(provider, available) == ENGINE_OPENVINO):
+    if (
+        provider == "openvino"
+        and "fp32" in files
+        and pp.has_bf16(cpu)
+        and engine_for(provider, available) == ENGINE_OPENVINO
+    ):
         out.append("bf16")
     return out
 
@@ -66,8 +70,16 @@ def _mean_agreement(labels, reference) -> float:
     return float(np.mean([dice(labels == c, reference == c) for c in codes])) if codes else 1.0
 
 
-def measure(provider: str, arch: str, *, slices: int = 24, repeats: int = 3, threads: int | None = None,
-            progress: Callable[[str], None] | None = None, cpu: CpuInfo | None = None) -> TuneResult:
+def measure(
+    provider: str,
+    arch: str,
+    *,
+    slices: int = 24,
+    repeats: int = 3,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    cpu: CpuInfo | None = None,
+) -> TuneResult:
     """Measure every candidate of bundled ``arch`` on ``provider`` (see the module docstring)."""
     from limbseg_rt.runtime.api import Segmenter
     from limbseg_rt.runtime.phantom.generate import make_phantom
@@ -86,8 +98,11 @@ def measure(provider: str, arch: str, *, slices: int = 24, repeats: int = 3, thr
     for precision in cands:
         with Segmenter(arch, provider=provider, precision=precision, threads=threads) as seg:
             if seg.precision != precision:  # never record what did not run
-                measured[precision] = {"s_per_slice": None, "agreement": 0.0,
-                                       "note": f"asked {precision}, engine ran {seg.precision}"}
+                measured[precision] = {
+                    "s_per_slice": None,
+                    "agreement": 0.0,
+                    "note": f"asked {precision}, engine ran {seg.precision}",
+                }
                 continue
             seg.segment(image)  # warm-up: first-call allocations and kernel selection
             best, labels = float("inf"), None
@@ -101,14 +116,24 @@ def measure(provider: str, arch: str, *, slices: int = 24, repeats: int = 3, thr
         agreement = 1.0 if precision == "fp32" else _mean_agreement(labels, reference)
         measured[precision] = {"s_per_slice": round(best / slices, 5), "agreement": round(agreement, 5)}
         if progress:
-            progress(f"{provider:<9} {arch:<15} {precision:<5} {best / slices * 1000:8.1f} ms/slice  "
-                     f"agreement {agreement:.4f}")
+            progress(
+                f"{provider:<9} {arch:<15} {precision:<5} {best / slices * 1000:8.1f} ms/slice  "
+                f"agreement {agreement:.4f}"
+            )
     usable = {p: m for p, m in measured.items() if m["s_per_slice"] is not None}
     return TuneResult(provider, arch, pp.pick(usable), measured)
 
 
-def tune(archs=ARCHITECTURES, providers=None, *, slices: int = 24, repeats: int = 3, threads: int | None = None,
-         progress: Callable[[str], None] | None = None, save: bool = True) -> list[TuneResult]:
+def tune(
+    archs=ARCHITECTURES,
+    providers=None,
+    *,
+    slices: int = 24,
+    repeats: int = 3,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    save: bool = True,
+) -> list[TuneResult]:
     """Measure ``archs`` x ``providers`` (default: the CPU providers that run here) and, with
     ``save``, write the chosen precisions into the profile (``precision_profile.profile_path()``)."""
     cpu = detect()
@@ -122,8 +147,11 @@ def tune(archs=ARCHITECTURES, providers=None, *, slices: int = 24, repeats: int 
             if r.skipped is None and r.chosen is not None:
                 _, files = bundled_files(arch)
                 entries[pp.entry_key(provider, arch)] = {
-                    "precision": r.chosen, "measured": r.measured, "min_agreement": pp.MIN_AGREEMENT,
-                    "signature": pp.signature(files, cpu), "tuned_at": stamp,
+                    "precision": r.chosen,
+                    "measured": r.measured,
+                    "min_agreement": pp.MIN_AGREEMENT,
+                    "signature": pp.signature(files, cpu),
+                    "tuned_at": stamp,
                     "phantom": {"seed": TUNE_PHANTOM_SEED, "slices": slices, "repeats": repeats},
                 }
     if save and entries:

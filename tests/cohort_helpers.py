@@ -12,7 +12,9 @@ SMALL_SLICES = 12
 SMALL_SPACING = (3.0, 3.0, 10.0)  # 192 x 168 mm field of view: both legs, coarse
 
 
-def write_phantom(path: Path, seed: int, *, slices: int = SMALL_SLICES, shape=SMALL_SHAPE, spacing=SMALL_SPACING) -> Path:
+def write_phantom(
+    path: Path, seed: int, *, slices: int = SMALL_SLICES, shape=SMALL_SHAPE, spacing=SMALL_SPACING
+) -> Path:
     """A phantom scan (int16, RAS, qform = sform code 1) at ``path``."""
     from limbseg_rt.runtime.phantom.generate import make_phantom
 

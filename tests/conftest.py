@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 from limbseg_rt.runtime.model.labels import default_label_table
 from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -41,7 +41,9 @@ TINY_PIXEL_SPACING_MM = (2.0, 2.0)
 TINY_KERNEL = np.array([[0.20, 0.15, 0.05], [0.15, 0.30, 0.02], [0.08, 0.03, 0.02]], dtype=np.float32)
 
 
-def tiny_model_proto(arch: str = "unet", *, classes: int = 38, input_hw=TINY_INPUT_HW, pixel_spacing_mm=TINY_PIXEL_SPACING_MM):
+def tiny_model_proto(
+    arch: str = "unet", *, classes: int = 38, input_hw=TINY_INPUT_HW, pixel_spacing_mm=TINY_PIXEL_SPACING_MM
+):
     """An ``onnx.ModelProto`` with limbseg-rt metadata; ``arch`` is ``"unet"`` or ``"sc-unet"``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper

@@ -66,8 +66,12 @@ def dcm2niix(folder: Path, out: Path) -> list[Path]:
     if exe is None:
         pytest.skip("dcm2niix is not installed (bash .ci/setup-debian.sh)")
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([exe, "-z", "n", "-b", "n", "-f", "%s_%p", "-o", str(out), str(folder)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [exe, "-z", "n", "-b", "n", "-f", "%s_%p", "-o", str(out), str(folder)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return sorted(out.glob("*.nii"))
 
 

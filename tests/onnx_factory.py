@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 from limbseg_rt.runtime.model.labels import Label, LabelTable, default_label_table
 from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 
 
 def small_label_table(n: int) -> LabelTable:
@@ -26,7 +26,9 @@ def small_label_table(n: int) -> LabelTable:
     return LabelTable(tuple(labels))
 
 
-def tiny_metadata(*, classes: int, hw: tuple[int, int], position: bool, labels_output: bool, precision: str) -> ModelMetadata:
+def tiny_metadata(
+    *, classes: int, hw: tuple[int, int], position: bool, labels_output: bool, precision: str
+) -> ModelMetadata:
     table = default_label_table() if classes == 38 else small_label_table(classes)
     return ModelMetadata(
         architecture="sc-unet" if position else "unet",
@@ -117,7 +119,12 @@ def _quantize(src: Path, dst: Path, *, hw, position: bool, rng) -> None:
             return next(self._it, None)
 
     quantize_static(
-        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
         op_types_to_quantize=["Conv"],
     )

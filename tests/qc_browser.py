@@ -34,10 +34,22 @@ def require_chromium() -> str:
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     exe = require_chromium()
     with tempfile.TemporaryDirectory(prefix="limbseg-chromium-") as profile:
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-               "--disable-extensions", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--metrics-recording-only", "--hide-scrollbars",
-               f"--user-data-dir={profile}", *args]
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--metrics-recording-only",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
@@ -52,7 +64,13 @@ def screenshot(page: Path, out: Path, *, width: int = 1280, height: int = 4000) 
     """RGB uint8 ``[H, W, 3]`` screenshot of the page at the given window size."""
     from PIL import Image
 
-    proc = _run([f"--window-size={width},{height}", "--virtual-time-budget=3000", f"--screenshot={out}",
-                 Path(page).resolve().as_uri()])
+    proc = _run(
+        [
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=3000",
+            f"--screenshot={out}",
+            Path(page).resolve().as_uri(),
+        ]
+    )
     assert proc.returncode == 0 and Path(out).is_file(), proc.stderr[-2000:]
     return np.asarray(Image.open(out).convert("RGB"))

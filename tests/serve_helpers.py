@@ -34,8 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_series(folder: Path, *, slices: int = 3, size: int = 16, seed: int = 0, series_uid: str | None = None,
-                study_uid: str | None = None) -> tuple[str, list[Path]]:
+def make_series(
+    folder: Path,
+    *,
+    slices: int = 3,
+    size: int = 16,
+    seed: int = 0,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+) -> tuple[str, list[Path]]:
     """Write an axial MR series (uint16 ``size x size`` x ``slices``, 1 mm pixels, 4 mm slices); returns (uid, files)."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
@@ -87,18 +94,33 @@ def threshold_seg(series_dir: Path, out_dir: Path) -> list[Path]:
     from pydicom import dcmread
     from pydicom.sr.codedict import codes
 
-    sources = sorted((dcmread(p) for p in Path(series_dir).glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2]))
+    sources = sorted(
+        (dcmread(p) for p in Path(series_dir).glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2])
+    )
     mask = np.stack([d.pixel_array > 400 for d in sources]).astype(bool)
     desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="bright", segmented_property_category=codes.SCT.Tissue,
-        segmented_property_type=codes.SCT.Muscle, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(name="threshold", version="1", family=codes.DCM.ArtificialIntelligence),
+        segment_number=1,
+        segment_label="bright",
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Muscle,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="threshold", version="1", family=codes.DCM.ArtificialIntelligence
+        ),
     )
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="limbseg-rt tests", manufacturer_model_name="threshold",
-        software_versions="1", device_serial_number="0",
+        source_images=sources,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc],
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="limbseg-rt tests",
+        manufacturer_model_name="threshold",
+        software_versions="1",
+        device_serial_number="0",
     )
     out = Path(out_dir) / "seg.dcm"
     seg.save_as(out)
@@ -128,8 +150,11 @@ def storescu(port: int, files, *, calling: str = "SCANNER", called: str = "LIMBS
 def storescp(folder: Path, port: int, ae: str = "PACS", extra=()):
     """dcmtk storescp as the PACS on 127.0.0.1:port, writing what it receives into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["storescp", "-aet", ae, "-od", str(folder), "-fe", ".dcm", "--fork", *extra, str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["storescp", "-aet", ae, "-od", str(folder), "-fe", ".dcm", "--fork", *extra, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: _port_open(port), 10, f"storescp on port {port}")
         yield proc
@@ -161,9 +186,17 @@ def received(folder: Path) -> list[Path]:
 def node_config(tmp: Path, port: int, *, pacs_port: int | None = None, **overrides):
     from limbseg_rt.runtime.service.config import Destination, ServeConfig
 
-    kw = dict(ae_title="LIMBSEG", port=port, bind="127.0.0.1", allowed_calling_ae=("SCANNER", "SCANNER2"),
-              spool=tmp / "spool", stable_seconds=1.0, backoff_seconds=0.5, backoff_max_seconds=1.0,
-              shutdown_grace_seconds=20.0)
+    kw = dict(
+        ae_title="LIMBSEG",
+        port=port,
+        bind="127.0.0.1",
+        allowed_calling_ae=("SCANNER", "SCANNER2"),
+        spool=tmp / "spool",
+        stable_seconds=1.0,
+        backoff_seconds=0.5,
+        backoff_max_seconds=1.0,
+        shutdown_grace_seconds=20.0,
+    )
     if pacs_port is not None:
         kw["destinations"] = (Destination("pacs", "127.0.0.1", pacs_port, "PACS"),)
     kw.update(overrides)
@@ -172,15 +205,34 @@ def node_config(tmp: Path, port: int, *, pacs_port: int | None = None, **overrid
 
 def write_toml(path: Path, config) -> Path:
     """The TOML a user would write for ``config`` (what the subprocess runner and the CLI read)."""
-    lines = ["[node]", f'ae_title = "{config.ae_title}"', f"port = {config.port}", f'bind = "{config.bind}"',
-             "allowed_calling_ae = " + json.dumps(list(config.allowed_calling_ae)),
-             "[spool]", f'folder = "{config.spool}"', f"quota_mb = {config.quota_mb}", f"stable_seconds = {config.stable_seconds}",
-             "[delivery]", f"backoff_seconds = {config.backoff_seconds}", f"backoff_max_seconds = {config.backoff_max_seconds}",
-             "[status]", f"shutdown_grace_seconds = {config.shutdown_grace_seconds}"]
+    lines = [
+        "[node]",
+        f'ae_title = "{config.ae_title}"',
+        f"port = {config.port}",
+        f'bind = "{config.bind}"',
+        "allowed_calling_ae = " + json.dumps(list(config.allowed_calling_ae)),
+        "[spool]",
+        f'folder = "{config.spool}"',
+        f"quota_mb = {config.quota_mb}",
+        f"stable_seconds = {config.stable_seconds}",
+        "[delivery]",
+        f"backoff_seconds = {config.backoff_seconds}",
+        f"backoff_max_seconds = {config.backoff_max_seconds}",
+        "[status]",
+        f"shutdown_grace_seconds = {config.shutdown_grace_seconds}",
+    ]
     if config.tls is not None:
-        lines += ["[tls]", f'cert = "{config.tls.cert}"', f'key = "{config.tls.key}"'] + ([f'ca = "{config.tls.ca}"'] if config.tls.ca else [])
+        lines += ["[tls]", f'cert = "{config.tls.cert}"', f'key = "{config.tls.key}"'] + (
+            [f'ca = "{config.tls.ca}"'] if config.tls.ca else []
+        )
     for d in config.destinations:
-        lines += ["[[destination]]", f'name = "{d.name}"', f'host = "{d.host}"', f"port = {d.port}", f'ae_title = "{d.ae_title}"']
+        lines += [
+            "[[destination]]",
+            f'name = "{d.name}"',
+            f'host = "{d.host}"',
+            f"port = {d.port}",
+            f'ae_title = "{d.ae_title}"',
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -212,8 +264,12 @@ def start_node_process(toml: Path, log_path: Path, *, delay: float = 0.0) -> sub
     """The node (threshold model) in its own process, so a test can SIGKILL it; waits until it listens."""
     code = RUNNER.format(tests=str(Path(__file__).parent))
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(toml)], stdout=subprocess.PIPE, stderr=log,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVE_TEST_DELAY": str(delay)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(toml)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVE_TEST_DELAY": str(delay)},
+    )
     line = proc.stdout.readline()
     if b"READY" not in line:
         proc.kill()

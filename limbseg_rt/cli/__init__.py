@@ -50,8 +50,15 @@ def error_line(message: str) -> None:
 
 # Optional packages -> the extra that installs them (a missing one is exit 12 with this hint).
 OPTIONAL_EXTRAS = {
-    "torch": "export", "onnx": "export", "onnxscript": "export", "onnxconverter_common": "export",
-    "scipy": "export", "PIL": "export", "tqdm": "export", "openvino": "openvino", "ray": "cluster",
+    "torch": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxconverter_common": "export",
+    "scipy": "export",
+    "PIL": "export",
+    "tqdm": "export",
+    "openvino": "openvino",
+    "ray": "cluster",
     "pyarrow": "cluster",
 }
 _ENV_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG"}
@@ -156,8 +163,10 @@ def _call(args) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        error_line(f"interrupted ({signal.Signals(signum).name}); outputs are complete from this run or as they "
-                   "were before it; rerun the command")
+        error_line(
+            f"interrupted ({signal.Signals(signum).name}); outputs are complete from this run or as they "
+            "were before it; rerun the command"
+        )
         return 128 + int(signum)
     except BrokenPipeError:
         # The reader of our output went away (`limbseg-rt info | head`): not an error of ours. Point
@@ -173,7 +182,9 @@ def _call(args) -> int:
             raise
         from limbseg_rt.runtime.errors import EXIT_MEMORY
 
-        error_line("ran out of memory; close other programs, use a smaller --batch-size, or use a machine with more memory")
+        error_line(
+            "ran out of memory; close other programs, use a smaller --batch-size, or use a machine with more memory"
+        )
         return EXIT_MEMORY
     except (ImportError, OSError) as exc:
         mapped = environment_error(exc)
@@ -184,5 +195,7 @@ def _call(args) -> int:
     except Exception as exc:  # a bug, not a user error: say so, keep it on one line
         if args.debug:
             raise
-        error_line(f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); rerun with --debug and report it")
+        error_line(
+            f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); rerun with --debug and report it"
+        )
         return EXIT_INTERNAL

@@ -46,7 +46,7 @@ class ProgressBar:
             self.stream.write(("\r" if self.tty else "") + self._line() + "\n")
             self.stream.flush()
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc) -> None:

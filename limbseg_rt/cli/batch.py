@@ -37,21 +37,55 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "DIR/cohort.csv, scans.csv and summary.json. A rerun skips completed scans and redoes changed ones. "
         "A failed scan is listed and the others go on; the exit code is 11 if any scan failed.",
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="NIfTI files (.nii, .nii.gz) or scan folders; the id is the file name")
-    p.add_argument("--manifest", default=None, metavar="CSV", help="CSV with columns id,path[,limb_range,dixon_fat,dixon_water,fat_fraction] instead of INPUTs")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="NIfTI files (.nii, .nii.gz) or scan folders; the id is the file name",
+    )
+    p.add_argument(
+        "--manifest",
+        default=None,
+        metavar="CSV",
+        help="CSV with columns id,path[,limb_range,dixon_fat,dixon_water,fat_fraction] instead of INPUTs",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="cohort output folder (created if missing)")
-    p.add_argument("--engine", default="local", choices=("local", "ray"), help="local worker processes (default) or a Ray cluster")
-    p.add_argument("--workers", type=_workers, default=None, metavar="N",
-                   help="local: worker processes (default: one per core, at most 4); ray: actors (default: what the cluster holds)")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="Ray cluster to use (e.g. auto, or ray://head:10001); default: start Ray on this machine")
-    p.add_argument("--gpus-per-worker", type=_gpus, default=None, metavar="G",
-                   help="ray: GPUs each actor requests (default: 1 for --provider cuda/tensorrt, else 0)")
+    p.add_argument(
+        "--engine", default="local", choices=("local", "ray"), help="local worker processes (default) or a Ray cluster"
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="local: worker processes (default: one per core, at most 4); ray: actors (default: what the cluster holds)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to use (e.g. auto, or ray://head:10001); default: start Ray on this machine",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=_gpus,
+        default=None,
+        metavar="G",
+        help="ray: GPUs each actor requests (default: 1 for --provider cuda/tensorrt, else 0)",
+    )
     p.add_argument("--force", action="store_true", help="redo every scan, even those complete from an earlier run")
-    p.add_argument("--limb-range", type=_limb_range, default=None, metavar="A:B",
-                   help="part of the limb every scan covers (SC-UNet); a manifest's limb_range column wins")
-    p.add_argument("--qc", action="store_true",
-                   help="also write each scan's QC page (DIR/<id>/<id>_report.html + PNGs) and DIR/cohort.html (needs the qc extra)")
+    p.add_argument(
+        "--limb-range",
+        type=_limb_range,
+        default=None,
+        metavar="A:B",
+        help="part of the limb every scan covers (SC-UNet); a manifest's limb_range column wins",
+    )
+    p.add_argument(
+        "--qc",
+        action="store_true",
+        help="also write each scan's QC page (DIR/<id>/<id>_report.html + PNGs) and DIR/cohort.html (needs the qc extra)",
+    )
     add_engine_arguments(p)
     add_read_arguments(p)
     add_batch_analysis_arguments(p)
@@ -60,16 +94,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_batch_analysis_arguments(p: argparse.ArgumentParser) -> None:
     """Issue 22: ``run``'s analysis options for every scan; Dixon images are per scan (manifest columns)."""
-    g = p.add_argument_group("analysis and DICOM outputs (as in run; the analysis needs pip install \"limbseg-rt[analysis]\")")
-    g.add_argument("--analysis", action="store_true",
-                   help="per muscle x side measures for every scan (DIR/<id>/<id>_muscles.csv); cohort.csv then has a row per muscle x side")
+    g = p.add_argument_group(
+        'analysis and DICOM outputs (as in run; the analysis needs pip install "limbseg-rt[analysis]")'
+    )
+    g.add_argument(
+        "--analysis",
+        action="store_true",
+        help="per muscle x side measures for every scan (DIR/<id>/<id>_muscles.csv); cohort.csv then has a row per muscle x side",
+    )
     g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
-    g.add_argument("--split-sides", action="store_true", help="label maps with a right and a left label per muscle (implies --analysis)")
-    g.add_argument("--ff-erode", type=_positive_int, default=0, metavar="N",
-                   help="erode each muscle N voxels in-plane before Dixon FF (default 0); Dixon images: manifest columns "
-                        "dixon_fat,dixon_water or fat_fraction")
-    g.add_argument("--seg-type", default="binary", choices=("binary", "labelmap"),
-                   help="DICOM inputs: kind of DIR/<id>/<id>_seg.dcm, binary (default) or labelmap")
+    g.add_argument(
+        "--split-sides",
+        action="store_true",
+        help="label maps with a right and a left label per muscle (implies --analysis)",
+    )
+    g.add_argument(
+        "--ff-erode",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="erode each muscle N voxels in-plane before Dixon FF (default 0); Dixon images: manifest columns "
+        "dixon_fat,dixon_water or fat_fraction",
+    )
+    g.add_argument(
+        "--seg-type",
+        default="binary",
+        choices=("binary", "labelmap"),
+        help="DICOM inputs: kind of DIR/<id>/<id>_seg.dcm, binary (default) or labelmap",
+    )
 
 
 def batch_analysis_from_args(args) -> dict | None:
@@ -97,7 +149,9 @@ class BatchProgress:
         if outcome["status"] == "failed":
             self.failed += 1
             if not self.tty:
-                self.stream.write(f"limbseg-rt: warning: scan {outcome['id']} failed (exit {outcome['exit_code']}): {outcome['message']}\n")
+                self.stream.write(
+                    f"limbseg-rt: warning: scan {outcome['id']} failed (exit {outcome['exit_code']}): {outcome['message']}\n"
+                )
         elif outcome["status"] == "skipped":
             self.reused += 1
         if self.tty:
@@ -124,7 +178,13 @@ class BatchProgress:
 
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+        if s >= 60
+        else f"{seconds:.1f}s"
+    )
 
 
 def _interrupt_on_sigterm() -> dict:
@@ -162,18 +222,30 @@ def main(args) -> int:
     state = _interrupt_on_sigterm()
     try:
         result = run_batch(
-            jobs, args.out, segmenter_kwargs=segmenter_kwargs_from_args(args), read_options=read_options_from_args(args),
-            engine=args.engine, workers=args.workers, force=args.force, ray_address=args.ray_address,
-            gpus_per_worker=args.gpus_per_worker, progress=progress.update,
-            analysis=analysis, split_sides=bool(args.split_sides), seg_type=args.seg_type,
+            jobs,
+            args.out,
+            segmenter_kwargs=segmenter_kwargs_from_args(args),
+            read_options=read_options_from_args(args),
+            engine=args.engine,
+            workers=args.workers,
+            force=args.force,
+            ray_address=args.ray_address,
+            gpus_per_worker=args.gpus_per_worker,
+            progress=progress.update,
+            analysis=analysis,
+            split_sides=bool(args.split_sides),
+            seg_type=args.seg_type,
         )
     except KeyboardInterrupt:
         if progress.tty:
             progress.stream.write("\n")
         signum = state["signal"] or signal.SIGINT
         complete = sum(1 for j in jobs if (Path(args.out) / j.id / "completed.json").is_file())  # on disk, any engine
-        print(f"limbseg-rt: error: interrupted ({signal.Signals(signum).name}) with {complete} of {len(jobs)} scans "
-              f"complete in {args.out}; rerun the same command to finish", file=sys.stderr)
+        print(
+            f"limbseg-rt: error: interrupted ({signal.Signals(signum).name}) with {complete} of {len(jobs)} scans "
+            f"complete in {args.out}; rerun the same command to finish",
+            file=sys.stderr,
+        )
         return 128 + int(signum)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -195,18 +267,28 @@ def render(result, out=None) -> None:
     s = result.summary
     c, t, e = s["counts"], s["throughput"], s["engine"]
     rate = f" ({t['scans_per_hour']:.0f} scans/hour)" if t.get("scans_per_hour") and c["segmented"] else ""
-    print(f"{c['scans']} scans: {c['segmented']} segmented, {c['reused']} reused from an earlier run, {c['failed']} failed"
-          f" in {_duration(t['wall_s'])}{rate}", file=out)
+    print(
+        f"{c['scans']} scans: {c['segmented']} segmented, {c['reused']} reused from an earlier run, {c['failed']} failed"
+        f" in {_duration(t['wall_s'])}{rate}",
+        file=out,
+    )
     for r in e.get("ready", [])[:1]:
-        where = f"{e['workers']} worker(s)" + (f" x {e['threads_per_worker']} thread(s)" if e.get("threads_per_worker") else "")
+        where = f"{e['workers']} worker(s)" + (
+            f" x {e['threads_per_worker']} thread(s)" if e.get("threads_per_worker") else ""
+        )
         if e["engine"] == "ray":
             where = f"Ray {e['ray_version']} ({e['address']}), {e['workers']} actor(s)"
-        print(f"engine {e['engine']}: {where}; provider {r['provider']}, precision {r['precision']}, "
-              f"model {r['model_file']} (sha256 {r['model_sha256'][:12]})", file=out)
+        print(
+            f"engine {e['engine']}: {where}; provider {r['provider']}, precision {r['precision']}, "
+            f"model {r['model_file']} (sha256 {r['model_sha256'][:12]})",
+            file=out,
+        )
     print("wrote " + ", ".join(str(p) for p in result.written), file=out)
     if result.failed:
-        print(f"limbseg-rt: error: {len(result.failed)} of {c['scans']} scans failed (listed in scans.csv and cohort.csv):",
-              file=sys.stderr)
+        print(
+            f"limbseg-rt: error: {len(result.failed)} of {c['scans']} scans failed (listed in scans.csv and cohort.csv):",
+            file=sys.stderr,
+        )
         for f in s["failures"][:20]:
             print(f"  {f['id']}: exit {f['exit_code']}: {f['message']}", file=sys.stderr)
         if len(s["failures"]) > 20:

@@ -19,11 +19,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Generate a phantom lower-limb scan (with ground-truth labels), segment it with "
         "the same code path as 'run', print the muscle volumes and the mean DSC against the truth.",
     )
-    p.add_argument("--out-dir", default="limbseg-demo", help="folder for the phantom and the results (default: ./limbseg-demo)")
+    p.add_argument(
+        "--out-dir", default="limbseg-demo", help="folder for the phantom and the results (default: ./limbseg-demo)"
+    )
     p.add_argument("--seed", type=int, default=0, help="phantom random seed (default: 0)")
     p.add_argument("--slices", type=int, default=60, help="axial slices of the phantom, hip to ankle (default: 60)")
-    p.add_argument("--no-qc", dest="qc", action="store_false",
-                   help="skip the QC overlays and HTML report (written by default when Pillow is installed)")
+    p.add_argument(
+        "--no-qc",
+        dest="qc",
+        action="store_false",
+        help="skip the QC overlays and HTML report (written by default when Pillow is installed)",
+    )
     add_engine_arguments(p)
     return p
 

@@ -40,26 +40,30 @@ def render_table(result) -> str:
     head = ("#", "code", "name", "DSC", "RVE %", "HD mm", "HD95 mm", "ASSD mm", "pred mL", "ref mL", "flag")
     lines = []
     for row in result.table_rows():
-        lines.append((
-            "" if row["index"] is None else str(row["index"]),
-            row["code"],
-            row["name"],
-            _fmt(row["dsc"], 3),
-            _fmt(row["rve_percent"], 1),
-            _fmt(row["hd_mm"], 1),
-            _fmt(row["hd95_mm"], 1),
-            _fmt(row["assd_mm"], 2),
-            _fmt(row["vol_pred_ml"], 1),
-            _fmt(row["vol_ref_ml"], 1),
-            "" if row["flag"] == "ok" else row["flag"],
-        ))
+        lines.append(
+            (
+                "" if row["index"] is None else str(row["index"]),
+                row["code"],
+                row["name"],
+                _fmt(row["dsc"], 3),
+                _fmt(row["rve_percent"], 1),
+                _fmt(row["hd_mm"], 1),
+                _fmt(row["hd95_mm"], 1),
+                _fmt(row["assd_mm"], 2),
+                _fmt(row["vol_pred_ml"], 1),
+                _fmt(row["vol_ref_ml"], 1),
+                "" if row["flag"] == "ok" else row["flag"],
+            )
+        )
     mean_flag = lines[-1][-1]
     lines[-1] = lines[-1][:-1] + ("",)
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(head)]
     right = {0, 3, 4, 5, 6, 7, 8, 9}
 
     def fmt_line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out = [fmt_line(head), fmt_line(["-" * w for w in widths])]
     out += [fmt_line(r) for r in lines[:-1]]
@@ -104,4 +108,3 @@ def main(args: argparse.Namespace) -> int:
     print(f"grid {' x '.join(str(n) for n in result.shape)} voxels of {sp} mm; distances in mm, volumes in mL")
     print(render_table(result))
     return 0
-

@@ -17,10 +17,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Without MODEL: versions, execution providers and bundled models. "
         "With MODEL (a .onnx file or a bundled name such as unet): its metadata and inputs/outputs.",
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", help=".onnx file or bundled model name (unet, attention-unet, sc-unet), "
-                   "or a DICOM folder / .zip / file to list its series")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8", "bf16"),
-                   help="which bundled file a name refers to (default: the CPU choice, int8 when bundled)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help=".onnx file or bundled model name (unet, attention-unet, sc-unet), "
+        "or a DICOM folder / .zip / file to list its series",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "bf16"),
+        help="which bundled file a name refers to (default: the CPU choice, int8 when bundled)",
+    )
     return p
 
 
@@ -41,8 +50,8 @@ def _versions() -> list[tuple[str, str]]:
 
 
 def _print_installation() -> None:
-    from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
     from limbseg_rt.runtime.engine.providers import INSTALL_HINT, PRIORITY, available_engines, probe_providers
+    from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
 
     print("versions:")
     for name, version in _versions():
@@ -98,7 +107,10 @@ def _print_model(path) -> None:
         ("classes", f"{md.classes} (background + {md.classes - 1} muscles)"),
         ("label table", _label_summary(md.labels)),
         ("input size", f"{md.input_hw[0]} x {md.input_hw[1]} pixels (H x W), {md.in_channels} channel(s)"),
-        ("pixel spacing", f"{md.pixel_spacing_mm[0]} x {md.pixel_spacing_mm[1]} mm" if md.pixel_spacing_mm else "not recorded"),
+        (
+            "pixel spacing",
+            f"{md.pixel_spacing_mm[0]} x {md.pixel_spacing_mm[1]} mm" if md.pixel_spacing_mm else "not recorded",
+        ),
         ("normalisation", f"{norm.method} {norm.lower_percentile}-{norm.upper_percentile} per {norm.scope}"),
         ("position", f"{md.position.bins} bins, {md.position.direction}" if md.position else "none"),
         ("precision", md.precision),
@@ -121,16 +133,22 @@ def _print_dicom(path) -> None:
     from limbseg_rt.runtime.io.dicom import list_series
 
     found, series = list_series(path)
-    print(f"{path}: {len(found.instances)} DICOM file(s), {found.skipped_non_dicom} non-DICOM file(s) skipped"
-          + (f", {found.skipped_dicomdir} DICOMDIR skipped" if found.skipped_dicomdir else ""))
-    print(f"  {'series':>6}  {'modality':<8} {'orientation':<22} {'slices':>6}  {'spacing (mm)':<20} {'run':<4} description")
+    print(
+        f"{path}: {len(found.instances)} DICOM file(s), {found.skipped_non_dicom} non-DICOM file(s) skipped"
+        + (f", {found.skipped_dicomdir} DICOMDIR skipped" if found.skipped_dicomdir else "")
+    )
+    print(
+        f"  {'series':>6}  {'modality':<8} {'orientation':<22} {'slices':>6}  {'spacing (mm)':<20} {'run':<4} description"
+    )
     for s in series:
         sp = "x".join(f"{v:.3g}" for v in s.spacing) if s.spacing else "-"
         run = "yes" if s.skip_reason is None else "no"
         why = f" [{s.skip_reason}]" if s.skip_reason else ""
         notes = "".join(f" [{n}]" for n in s.notes)
         number = s.number if s.number is not None else "?"
-        print(f"  {number:>6}  {s.modality:<8} {s.orientation:<22} {len(s.main):>6}  {sp:<20} {run:<4} {s.description}{why}{notes}")
+        print(
+            f"  {number:>6}  {s.modality:<8} {s.orientation:<22} {len(s.main):>6}  {sp:<20} {run:<4} {s.description}{why}{notes}"
+        )
     print("  UIDs: " + "; ".join(f"{s.number}: {s.uid}" for s in series))
 
 

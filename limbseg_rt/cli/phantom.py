@@ -11,7 +11,9 @@ def _axis_code(text: str) -> str:
     try:
         ornt_from_axcodes(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one letter of each pair L/R, A/P, S/I (e.g. RAS, LPS, ASL)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give one letter of each pair L/R, A/P, S/I (e.g. RAS, LPS, ASL)"
+        ) from None
     return text.upper()
 
 
@@ -26,17 +28,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="label image to write (.nii or .nii.gz), uint8")
     p.add_argument("--seed", type=int, required=True, help="subject seed")
     p.add_argument("--slices", type=int, default=150, help="axial slices, hip to ankle (default 150)")
-    p.add_argument("--shape", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
-                   help="in-plane size: voxels along x (right-left) and y (anterior-posterior); default 256 256")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
-                   help="voxel size in mm (default 1.75 1.75 5.0: a 448 mm field of view)")
-    p.add_argument("--orientation", default="RAS", type=_axis_code,
-                   help="axis code of the stored arrays, e.g. RAS, LPS, LAS or a permutation like ASR (default RAS)")
-    p.add_argument("--dicom", default=None, metavar="DIR",
-                   help="also write the image as a DICOM MR series into DIR (an empty or new folder; needs the dicom extra)")
-    p.add_argument("--dixon", default=None, metavar="PREFIX",
-                   help="also write PREFIX_water.nii.gz, PREFIX_fat.nii.gz, PREFIX_ff.nii.gz (true voxel fat fraction) "
-                   "and PREFIX_sides.nii.gz (true side of each muscle voxel: 1 R, 2 L)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        default=[256, 256],
+        metavar=("H", "W"),
+        help="in-plane size: voxels along x (right-left) and y (anterior-posterior); default 256 256",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("SX", "SY", "SZ"),
+        help="voxel size in mm (default 1.75 1.75 5.0: a 448 mm field of view)",
+    )
+    p.add_argument(
+        "--orientation",
+        default="RAS",
+        type=_axis_code,
+        help="axis code of the stored arrays, e.g. RAS, LPS, LAS or a permutation like ASR (default RAS)",
+    )
+    p.add_argument(
+        "--dicom",
+        default=None,
+        metavar="DIR",
+        help="also write the image as a DICOM MR series into DIR (an empty or new folder; needs the dicom extra)",
+    )
+    p.add_argument(
+        "--dixon",
+        default=None,
+        metavar="PREFIX",
+        help="also write PREFIX_water.nii.gz, PREFIX_fat.nii.gz, PREFIX_ff.nii.gz (true voxel fat fraction) "
+        "and PREFIX_sides.nii.gz (true side of each muscle voxel: 1 R, 2 L)",
+    )
     return p
 
 
@@ -67,11 +93,22 @@ def main(args) -> int:
         if args.dixon:
             from limbseg_rt.runtime.phantom.dixon import make_dixon_phantom
 
-            imgs = make_dixon_phantom(args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing,
-                                      orientation=args.orientation)
+            imgs = make_dixon_phantom(
+                args.seed, slices=args.slices, shape=tuple(args.shape), spacing=spacing, orientation=args.orientation
+            )
         else:
-            imgs = dict(zip(("image", "labels"), make_phantom(args.seed, slices=args.slices, shape=tuple(args.shape),
-                                                              spacing=spacing, orientation=args.orientation)))
+            imgs = dict(
+                zip(
+                    ("image", "labels"),
+                    make_phantom(
+                        args.seed,
+                        slices=args.slices,
+                        shape=tuple(args.shape),
+                        spacing=spacing,
+                        orientation=args.orientation,
+                    ),
+                )
+            )
         image = imgs["image"]
         for key in outs.paths:
             with outs.writing(key):
@@ -84,10 +121,13 @@ def main(args) -> int:
         from limbseg_rt.runtime.io.dicom.write_series import write_mr_series
 
         dicom_dir.mkdir(parents=True, exist_ok=True)
-        files = write_mr_series(np.asarray(image.dataobj), image.affine, dicom_dir,
-                                description=f"limbseg-rt phantom seed {args.seed}")
+        files = write_mr_series(
+            np.asarray(image.dataobj), image.affine, dicom_dir, description=f"limbseg-rt phantom seed {args.seed}"
+        )
         print(f"wrote {len(files)} DICOM files to {dicom_dir}")
     sx, sy, sz = spacing
-    print(f"wrote {out} and {lab}: {image.shape[0]}x{image.shape[1]}x{image.shape[2]} voxels, "
-          f"{sx:g}x{sy:g}x{sz:g} mm, orientation {''.join(nib.aff2axcodes(image.affine))}, seed {args.seed}")
+    print(
+        f"wrote {out} and {lab}: {image.shape[0]}x{image.shape[1]}x{image.shape[2]} voxels, "
+        f"{sx:g}x{sy:g}x{sz:g} mm, orientation {''.join(nib.aff2axcodes(image.affine))}, seed {args.seed}"
+    )
     return 0

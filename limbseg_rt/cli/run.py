@@ -50,8 +50,10 @@ def _threads(text: str) -> int:
     value = _positive_int(text)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if value > 4 * cpus:
-        raise argparse.ArgumentTypeError(f"{value} threads for {cpus} CPU(s) would only slow the machine down; "
-                                         f"use at most {4 * cpus} (or leave it out)")
+        raise argparse.ArgumentTypeError(
+            f"{value} threads for {cpus} CPU(s) would only slow the machine down; "
+            f"use at most {4 * cpus} (or leave it out)"
+        )
     return value
 
 
@@ -67,16 +69,35 @@ def _orientation(text: str) -> str:
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Model and engine options shared by ``run`` and ``demo``."""
-    p.add_argument("--model", default="unet", help="unet | attention-unet | sc-unet (bundled) or PATH.onnx (default: unet)")
-    p.add_argument("--provider", default="auto", choices=PROVIDERS, help="execution provider (default: auto = best available)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="model precision (default: auto: the measured choice of `limbseg-rt tune`, else int8 on CPU; bf16: the fp32 file in bf16 on OpenVINO)")
-    p.add_argument("--allow-fallback", action="store_true", help="accept a slower provider if the requested one is unavailable (reported)")
-    p.add_argument("--threads", type=_threads, default=None, help="CPU threads for inference (default: engine's choice)")
+    p.add_argument(
+        "--model", default="unet", help="unet | attention-unet | sc-unet (bundled) or PATH.onnx (default: unet)"
+    )
+    p.add_argument(
+        "--provider", default="auto", choices=PROVIDERS, help="execution provider (default: auto = best available)"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="model precision (default: auto: the measured choice of `limbseg-rt tune`, else int8 on CPU; bf16: the fp32 file in bf16 on OpenVINO)",
+    )
+    p.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="accept a slower provider if the requested one is unavailable (reported)",
+    )
+    p.add_argument(
+        "--threads", type=_threads, default=None, help="CPU threads for inference (default: engine's choice)"
+    )
     p.add_argument("--device-id", type=_positive_int, default=0, help="GPU index for cuda/tensorrt (default: 0)")
-    p.add_argument("--fit", default="auto", choices=("auto", "resize", "tile"),
-                   help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the "
-                        "model's pixel spacing; auto (default): resize when the scan's field of view matches the "
-                        "model's trained scale, else tile (the report says which and why)")
+    p.add_argument(
+        "--fit",
+        default="auto",
+        choices=("auto", "resize", "tile"),
+        help="resize: each slice resized to the model's input (paper); tile: overlapping windows at the "
+        "model's pixel spacing; auto (default): resize when the scan's field of view matches the "
+        "model's trained scale, else tile (the report says which and why)",
+    )
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="slices per model call, or auto (default)")
 
 
@@ -87,15 +108,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Segment one NIfTI scan or DICOM series (folder, .zip, Enhanced MR file; DICOM also gets <name>_seg.dcm). Writes <stem>_labels.nii.gz, <stem>_report.json and "
         "<stem>_volumes.csv next to the scan unless told otherwise; never overwrites the scan.",
     )
-    p.add_argument("scan", help="input scan: .nii / .nii.gz, or DICOM (a series folder, a .zip of one, an Enhanced MR file)")
+    p.add_argument(
+        "scan", help="input scan: .nii / .nii.gz, or DICOM (a series folder, a .zip of one, an Enhanced MR file)"
+    )
     add_engine_arguments(p)
     p.add_argument("--out", default=None, help="label file (default: <stem>_labels.nii.gz next to the scan)")
     p.add_argument("--report", default=None, help="JSON report (default: <stem>_report.json)")
     p.add_argument("--csv", default=None, help="per-muscle volume CSV (default: <stem>_volumes.csv)")
-    p.add_argument("--limb-range", type=_limb_range, default=None, metavar="A:B",
-                   help="part of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions), e.g. 0:0.5 for a thigh")
-    p.add_argument("--qc", action="store_true",
-                   help="also write QC overlays (<stem>_qc_*.png) and <stem>_report.html beside the labels (needs the qc extra)")
+    p.add_argument(
+        "--limb-range",
+        type=_limb_range,
+        default=None,
+        metavar="A:B",
+        help="part of the limb the scan covers, 0 = hip, 1 = ankle (SC-UNet positions), e.g. 0:0.5 for a thigh",
+    )
+    p.add_argument(
+        "--qc",
+        action="store_true",
+        help="also write QC overlays (<stem>_qc_*.png) and <stem>_report.html beside the labels (needs the qc extra)",
+    )
     add_read_arguments(p)
     add_dicom_arguments(p)
     add_analysis_arguments(p)
@@ -103,28 +134,75 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_dicom_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("DICOM input and output (pip install \"limbseg-rt[dicom]\"; docs/dicom.md)")
-    g.add_argument("--series", default=None, metavar="NUMBER|UID",
-                   help="which series of a DICOM input to segment when it holds several (limbseg-rt info DIR lists them)")
-    g.add_argument("--seg", default=None, metavar="PATH", help="DICOM SEG to write for a DICOM input (default: <name>_seg.dcm beside the input)")
-    g.add_argument("--seg-type", default="binary", choices=("binary", "labelmap"),
-                   help="SEG kind: binary (default, what most viewers show) or labelmap (the newer Label Map SOP class)")
+    g = p.add_argument_group('DICOM input and output (pip install "limbseg-rt[dicom]"; docs/dicom.md)')
+    g.add_argument(
+        "--series",
+        default=None,
+        metavar="NUMBER|UID",
+        help="which series of a DICOM input to segment when it holds several (limbseg-rt info DIR lists them)",
+    )
+    g.add_argument(
+        "--seg",
+        default=None,
+        metavar="PATH",
+        help="DICOM SEG to write for a DICOM input (default: <name>_seg.dcm beside the input)",
+    )
+    g.add_argument(
+        "--seg-type",
+        default="binary",
+        choices=("binary", "labelmap"),
+        help="SEG kind: binary (default, what most viewers show) or labelmap (the newer Label Map SOP class)",
+    )
 
 
 def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
     """Issue 19: sides, 3D clean-up, per muscle x side geometry and fat (docs/analysis.md)."""
-    g = p.add_argument_group("analysis (per muscle and side; needs pip install \"limbseg-rt[analysis]\")")
-    g.add_argument("--analysis", action="store_true",
-                   help="add left/right, ACSA, length, IMAT estimate, asymmetry; writes <stem>_muscles.csv")
+    g = p.add_argument_group('analysis (per muscle and side; needs pip install "limbseg-rt[analysis]")')
+    g.add_argument(
+        "--analysis",
+        action="store_true",
+        help="add left/right, ACSA, length, IMAT estimate, asymmetry; writes <stem>_muscles.csv",
+    )
     g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
-    g.add_argument("--measures-csv", default=None, metavar="PATH", help="per muscle x side CSV (default: <stem>_muscles.csv)")
-    g.add_argument("--split-sides", action="store_true", help="label map with a right and a left label per muscle (implies --analysis)")
-    g.add_argument("--measures-wide", action="store_true",
-                   help="the per muscle x side CSV in wide form: one row per muscle, each measure as _R and _L columns")
-    g.add_argument("--dixon-fat", "--fat", dest="dixon_fat", default=None, metavar="FAT.nii.gz", help="Dixon fat image on the scan's grid (with --dixon-water)")
-    g.add_argument("--dixon-water", "--water", dest="dixon_water", default=None, metavar="WATER.nii.gz", help="Dixon water image on the scan's grid")
-    g.add_argument("--fat-fraction", default=None, metavar="FF.nii.gz", help="fat-fraction map (0..1 or %%) on the scan's grid")
-    g.add_argument("--ff-erode", type=_positive_int, default=0, metavar="N", help="erode each muscle N voxels in-plane before Dixon FF (default 0)")
+    g.add_argument(
+        "--measures-csv", default=None, metavar="PATH", help="per muscle x side CSV (default: <stem>_muscles.csv)"
+    )
+    g.add_argument(
+        "--split-sides",
+        action="store_true",
+        help="label map with a right and a left label per muscle (implies --analysis)",
+    )
+    g.add_argument(
+        "--measures-wide",
+        action="store_true",
+        help="the per muscle x side CSV in wide form: one row per muscle, each measure as _R and _L columns",
+    )
+    g.add_argument(
+        "--dixon-fat",
+        "--fat",
+        dest="dixon_fat",
+        default=None,
+        metavar="FAT.nii.gz",
+        help="Dixon fat image on the scan's grid (with --dixon-water)",
+    )
+    g.add_argument(
+        "--dixon-water",
+        "--water",
+        dest="dixon_water",
+        default=None,
+        metavar="WATER.nii.gz",
+        help="Dixon water image on the scan's grid",
+    )
+    g.add_argument(
+        "--fat-fraction", default=None, metavar="FF.nii.gz", help="fat-fraction map (0..1 or %%) on the scan's grid"
+    )
+    g.add_argument(
+        "--ff-erode",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="erode each muscle N voxels in-plane before Dixon FF (default 0)",
+    )
 
 
 class AnalysisUsageError(LimbsegError):
@@ -146,22 +224,45 @@ def analysis_options_from_args(args):
         raise AnalysisUsageError("give --fat-fraction or --dixon-fat/--dixon-water, not both")
     from limbseg_rt.runtime.analysis.measures import AnalysisOptions
 
-    return AnalysisOptions(clean=not args.no_clean, fat=args.dixon_fat, water=args.dixon_water,
-                           fat_fraction=args.fat_fraction, ff_erode=args.ff_erode,
-                           csv_form="wide" if args.measures_wide else "long")
+    return AnalysisOptions(
+        clean=not args.no_clean,
+        fat=args.dixon_fat,
+        water=args.dixon_water,
+        fat_fraction=args.fat_fraction,
+        ff_erode=args.ff_erode,
+        csv_form="wide" if args.measures_wide else "long",
+    )
 
 
 def add_read_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input geometry")
-    g.add_argument("--volume", type=_positive_int, default=None, metavar="N", help="which volume of a 4D scan to use (0-based)")
+    g.add_argument(
+        "--volume", type=_positive_int, default=None, metavar="N", help="which volume of a 4D scan to use (0-based)"
+    )
     g.add_argument("--allow-2d", action="store_true", help="accept a single-slice (2D) image")
     form = g.add_mutually_exclusive_group()
-    form.add_argument("--prefer-sform", dest="prefer", action="store_const", const="sform", default=None,
-                      help="use the sform when qform and sform disagree")
-    form.add_argument("--prefer-qform", dest="prefer", action="store_const", const="qform",
-                      help="use the qform when qform and sform disagree")
-    g.add_argument("--assume-orientation", type=_orientation, default=None, metavar="RAS",
-                   help="orientation to assume when the file has no usable geometry (e.g. RAS, LPS)")
+    form.add_argument(
+        "--prefer-sform",
+        dest="prefer",
+        action="store_const",
+        const="sform",
+        default=None,
+        help="use the sform when qform and sform disagree",
+    )
+    form.add_argument(
+        "--prefer-qform",
+        dest="prefer",
+        action="store_const",
+        const="qform",
+        help="use the qform when qform and sform disagree",
+    )
+    g.add_argument(
+        "--assume-orientation",
+        type=_orientation,
+        default=None,
+        metavar="RAS",
+        help="orientation to assume when the file has no usable geometry (e.g. RAS, LPS)",
+    )
 
 
 def read_options_from_args(args):
@@ -199,8 +300,14 @@ def render_summary(result, written: dict | None = None, *, out=None) -> None:
     print(f"{'muscle':<{width}}  {'code':<5} {'mL':>9} {'voxels':>9}  {'slices (z)':<11} FOV", file=out)
     for m in found:
         cut = "cut" if (m.touches_first_slice or m.touches_last_slice) else ""
-        print(f"{m.name:<{width}}  {m.code:<5} {m.volume_ml:>9.2f} {m.voxels:>9d}  {f'{m.z_first}-{m.z_last}':<11} {cut}", file=out)
-    print(f"{'total':<{width}}  {'':<5} {report.total_volume_ml:>9.2f}  ({len(found)} of {len(report.muscles)} muscles found)", file=out)
+        print(
+            f"{m.name:<{width}}  {m.code:<5} {m.volume_ml:>9.2f} {m.voxels:>9d}  {f'{m.z_first}-{m.z_last}':<11} {cut}",
+            file=out,
+        )
+    print(
+        f"{'total':<{width}}  {'':<5} {report.total_volume_ml:>9.2f}  ({len(found)} of {len(report.muscles)} muscles found)",
+        file=out,
+    )
     engine = report.manifest["engine"]
     model = report.manifest["model"]
     print(
@@ -238,14 +345,20 @@ def render_sides(analysis, *, out=None) -> None:
     for c in codes:
         r, left = by.get((c, "R")), by.get((c, "L"))
         a = asym[c].volume_percent
-        line = (f"{c:<5} {cell(r, 'volume_ml')} {cell(left, 'volume_ml')} {a:8.1f} " if a is not None else
-                f"{c:<5} {cell(r, 'volume_ml')} {cell(left, 'volume_ml')} {'-':>8} ")
+        line = (
+            f"{c:<5} {cell(r, 'volume_ml')} {cell(left, 'volume_ml')} {a:8.1f} "
+            if a is not None
+            else f"{c:<5} {cell(r, 'volume_ml')} {cell(left, 'volume_ml')} {'-':>8} "
+        )
         line += f"{cell(r, 'max_acsa_mm2', 0.01)} {cell(left, 'max_acsa_mm2', 0.01)} {cell(r, 'imat_percent')} {cell(left, 'imat_percent')}"
         if dixon:
             line += f" {cell(r, 'ff_mean', 100)} {cell(left, 'ff_mean', 100)}"
         print(line, file=out)
-    print(f"legs: {analysis.side_info['legs']}; ACSA in cm^2 (max, slice plane); IMAT = T1w estimate (%), not a fat "
-          f"fraction; asymmetry {analysis.to_dict()['asymmetry_formula']}", file=out)
+    print(
+        f"legs: {analysis.side_info['legs']}; ACSA in cm^2 (max, slice plane); IMAT = T1w estimate (%), not a fat "
+        f"fraction; asymmetry {analysis.to_dict()['asymmetry_formula']}",
+        file=out,
+    )
 
 
 def main(args) -> int:
@@ -256,10 +369,21 @@ def main(args) -> int:
     analysis = analysis_options_from_args(args)
     with ProgressBar("segmenting") as bar:
         result, written = segment_file(
-            args.scan, out=args.out, report_json=args.report, csv=args.csv, limb_range=args.limb_range,
-            read_options=read_options_from_args(args), progress=bar.update, qc=bool(getattr(args, "qc", False)),
-            **segmenter_kwargs_from_args(args), series=args.series, seg=args.seg, seg_type=args.seg_type,
-            analysis=analysis, measures_csv=args.measures_csv, split_sides=args.split_sides,
+            args.scan,
+            out=args.out,
+            report_json=args.report,
+            csv=args.csv,
+            limb_range=args.limb_range,
+            read_options=read_options_from_args(args),
+            progress=bar.update,
+            qc=bool(getattr(args, "qc", False)),
+            **segmenter_kwargs_from_args(args),
+            series=args.series,
+            seg=args.seg,
+            seg_type=args.seg_type,
+            analysis=analysis,
+            measures_csv=args.measures_csv,
+            split_sides=args.split_sides,
         )
     render_summary(result, written)
     if result.report.analysis is not None:

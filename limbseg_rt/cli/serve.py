@@ -79,11 +79,17 @@ def _check(config) -> int:
     finally:
         processor.close()
     print(f"config {config.source}: OK")
-    print(f"  node {config.ae_title} on {config.bind}:{config.port}{' (TLS)' if config.tls else ''}; "
-          f"callers {', '.join(config.allowed_calling_ae)}"
-          + (f" from {', '.join(config.allowed_addresses)}" if config.allowed_addresses else ""))
-    print(f"  spool {config.spool} (quota {config.quota_mb:g} MB), stable after {config.stable_seconds:g} s, queue {config.queue_size}")
-    print(f"  model {config.model.model} ({ident['model_sha256'][:12]}) on {config.model.provider}, settings {ident['settings']}")
+    print(
+        f"  node {config.ae_title} on {config.bind}:{config.port}{' (TLS)' if config.tls else ''}; "
+        f"callers {', '.join(config.allowed_calling_ae)}"
+        + (f" from {', '.join(config.allowed_addresses)}" if config.allowed_addresses else "")
+    )
+    print(
+        f"  spool {config.spool} (quota {config.quota_mb:g} MB), stable after {config.stable_seconds:g} s, queue {config.queue_size}"
+    )
+    print(
+        f"  model {config.model.model} ({ident['model_sha256'][:12]}) on {config.model.provider}, settings {ident['settings']}"
+    )
     for d in config.destinations:
         print(f"  destination {d.name}: {d.ae_title}@{d.host}:{d.port}")
     if not config.destinations:

@@ -35,10 +35,10 @@ def export_tiny(arch: str, path: Path, seed: int) -> None:
     import torch
 
     from limbseg_rt.models import create_model
+    from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
+    from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
     from limbseg_rt.runtime.model.labels import default_label_table
     from limbseg_rt.runtime.model.metadata import METADATA_KEY, ModelMetadata, PositionSpec
-    from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, NormalisationSpec
-    from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
 
     torch.manual_seed(seed)
     torch.set_num_threads(2)
@@ -78,13 +78,29 @@ def export_tiny(arch: str, path: Path, seed: int) -> None:
     if needs_position:
         dyn["position"] = {0: "n"}
     buf = io.BytesIO()
-    torch.onnx.export(model, args, buf, input_names=list(inputs), output_names=["logits"],
-                      dynamic_axes=dyn, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        args,
+        buf,
+        input_names=list(inputs),
+        output_names=["logits"],
+        dynamic_axes=dyn,
+        opset_version=17,
+        dynamo=False,
+    )
     proto = onnx.load_from_string(buf.getvalue())
     md = ModelMetadata(
-        architecture=arch, features=FEATURES, in_channels=1, labels=table, input_hw=MODEL_INPUT_HW,
-        normalisation=NormalisationSpec(), precision="fp32", inputs=inputs, outputs=("logits",),
-        position=PositionSpec() if needs_position else None, exporter="native/tests/make_fixtures.py",
+        architecture=arch,
+        features=FEATURES,
+        in_channels=1,
+        labels=table,
+        input_hw=MODEL_INPUT_HW,
+        normalisation=NormalisationSpec(),
+        precision="fp32",
+        inputs=inputs,
+        outputs=("logits",),
+        position=PositionSpec() if needs_position else None,
+        exporter="native/tests/make_fixtures.py",
     )
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, md.to_json()
@@ -127,8 +143,20 @@ def synthetic_volume(shape: tuple[int, int, int], seed: int, dtype) -> np.ndarra
     return vol.astype(dtype)
 
 
-def write_case(cases: Path, name: str, *, model: Path, volume: np.ndarray, layout: str, spacing, batch_c: int,
-               batch_ref: int, positions: np.ndarray | None = None, expect: int = 0, min_labels: int = 3) -> None:
+def write_case(
+    cases: Path,
+    name: str,
+    *,
+    model: Path,
+    volume: np.ndarray,
+    layout: str,
+    spacing,
+    batch_c: int,
+    batch_ref: int,
+    positions: np.ndarray | None = None,
+    expect: int = 0,
+    min_labels: int = 3,
+) -> None:
     ref = reference_labels(str(model), volume, positions=positions, batch=batch_ref)
     if expect == 0 and len(np.unique(ref)) < min_labels:
         raise SystemExit(f"case {name}: the reference has only labels {np.unique(ref)}; the comparison would be weak")
@@ -137,16 +165,25 @@ def write_case(cases: Path, name: str, *, model: Path, volume: np.ndarray, layou
     (cases / f"{name}.volume.raw").write_bytes(volume.astype(volume.dtype.newbyteorder("<")).tobytes(order=order))
     (cases / f"{name}.labels.raw").write_bytes(ref.tobytes(order=order))
     classes = len(json.loads(_meta_text(model))["labels"])
-    ml = np.bincount(ref.ravel(), minlength=classes).astype(np.float64) * (spacing[0] * spacing[1] * spacing[2] / 1000.0)
+    ml = np.bincount(ref.ravel(), minlength=classes).astype(np.float64) * (
+        spacing[0] * spacing[1] * spacing[2] / 1000.0
+    )
     (cases / f"{name}.volumes.raw").write_bytes(ml.astype("<f8").tobytes())
     pos_file = "-"
     if positions is not None:
         pos_file = f"{name}.positions.raw"
         (cases / pos_file).write_bytes(np.asarray(positions, dtype="<f4").tobytes())
     lines = {
-        "model": str(model), "dtype": dtype, "layout": layout, "dims": " ".join(map(str, volume.shape)),
-        "spacing": " ".join(repr(float(s)) for s in spacing), "positions": pos_file, "batch": batch_c,
-        "expect": expect, "volume": f"{name}.volume.raw", "labels": f"{name}.labels.raw",
+        "model": str(model),
+        "dtype": dtype,
+        "layout": layout,
+        "dims": " ".join(map(str, volume.shape)),
+        "spacing": " ".join(repr(float(s)) for s in spacing),
+        "positions": pos_file,
+        "batch": batch_c,
+        "expect": expect,
+        "volume": f"{name}.volume.raw",
+        "labels": f"{name}.labels.raw",
         "volumes": f"{name}.volumes.raw",
     }
     (cases / f"{name}.txt").write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
@@ -168,16 +205,32 @@ def phantom_cases(cases: Path, models: Path, bundled: Path | None) -> None:
     from limbseg_rt.runtime.phantom.generate import phantom_arrays
 
     ph = phantom_arrays(7, slices=6, shape=(96, 80))
-    write_case(cases, "phantom-sc-unet", model=models / "sc-unet.onnx", volume=np.asarray(ph.image), layout="f",
-               spacing=ph.spacing, batch_c=3, batch_ref=3)
+    write_case(
+        cases,
+        "phantom-sc-unet",
+        model=models / "sc-unet.onnx",
+        volume=np.asarray(ph.image),
+        layout="f",
+        spacing=ph.spacing,
+        batch_c=3,
+        batch_ref=3,
+    )
     if bundled is None:
         return
     ph = phantom_arrays(11, slices=3, shape=(192, 160))
     for arch in ARCHS:
         model = next((f for f in (bundled / f"{arch}-fp32.onnx", bundled / f"{arch}-int8.onnx") if f.is_file()), None)
         if model is not None:
-            write_case(cases, f"bundled-{arch}", model=model, volume=np.asarray(ph.image), layout="f",
-                       spacing=ph.spacing, batch_c=1, batch_ref=1)
+            write_case(
+                cases,
+                f"bundled-{arch}",
+                model=model,
+                volume=np.asarray(ph.image),
+                layout="f",
+                spacing=ph.spacing,
+                batch_c=1,
+                batch_ref=1,
+            )
 
 
 def main() -> int:
@@ -196,24 +249,73 @@ def main() -> int:
 
     unet, att, sc = models / "unet.onnx", models / "attention-unet.onnx", models / "sc-unet.onnx"
     v1 = synthetic_volume((70, 62, 5), seed=1, dtype=np.int16)
-    write_case(cases, "unet-int16-c", model=unet, volume=v1, layout="c", spacing=(1.2, 1.3, 5.0), batch_c=1, batch_ref=1)
-    write_case(cases, "unet-int16-f-batch3", model=unet, volume=v1, layout="f", spacing=(1.2, 1.3, 5.0), batch_c=3, batch_ref=1)
+    write_case(
+        cases, "unet-int16-c", model=unet, volume=v1, layout="c", spacing=(1.2, 1.3, 5.0), batch_c=1, batch_ref=1
+    )
+    write_case(
+        cases, "unet-int16-f-batch3", model=unet, volume=v1, layout="f", spacing=(1.2, 1.3, 5.0), batch_c=3, batch_ref=1
+    )
     v2 = synthetic_volume((300, 250, 3), seed=2, dtype=np.float32)
     v2[5, 7, 0], v2[100, 100, 1], v2[200, 10, 2] = np.nan, np.inf, -np.inf  # ignored by the window
-    write_case(cases, "attention-float32-f", model=att, volume=v2, layout="f", spacing=(0.8, 0.8, 4.0), batch_c=2, batch_ref=2)
+    write_case(
+        cases, "attention-float32-f", model=att, volume=v2, layout="f", spacing=(0.8, 0.8, 4.0), batch_c=2, batch_ref=2
+    )
     v3 = synthetic_volume((64, 64, 7), seed=3, dtype=np.int16)
-    write_case(cases, "sc-unet-default-positions", model=sc, volume=v3, layout="c", spacing=(1.5, 1.5, 6.0), batch_c=4, batch_ref=4)
+    write_case(
+        cases,
+        "sc-unet-default-positions",
+        model=sc,
+        volume=v3,
+        layout="c",
+        spacing=(1.5, 1.5, 6.0),
+        batch_c=4,
+        batch_ref=4,
+    )
     edge = np.array([0.004, 0.01, 0.5, 0.999, 1.0, 0.0, 1.2], dtype=np.float32)  # see runtime/model/position.py
-    write_case(cases, "sc-unet-given-positions", model=sc, volume=v3, layout="f", spacing=(1.5, 1.5, 6.0), batch_c=1, batch_ref=1, positions=edge)
+    write_case(
+        cases,
+        "sc-unet-given-positions",
+        model=sc,
+        volume=v3,
+        layout="f",
+        spacing=(1.5, 1.5, 6.0),
+        batch_c=1,
+        batch_ref=1,
+        positions=edge,
+    )
     thin = synthetic_volume((2, 300, 3), seed=4, dtype=np.int16)  # 2 -> 272 up, 300 -> 240 down, and back
-    write_case(cases, "unet-thin", model=unet, volume=thin, layout="c", spacing=(2.0, 0.5, 3.0), batch_c=2, batch_ref=1, min_labels=2)
+    write_case(
+        cases,
+        "unet-thin",
+        model=unet,
+        volume=thin,
+        layout="c",
+        spacing=(2.0, 0.5, 3.0),
+        batch_c=2,
+        batch_ref=1,
+        min_labels=2,
+    )
     flat = np.full((40, 30, 2), 123, dtype=np.int16)
-    write_case(cases, "unet-constant", model=unet, volume=flat, layout="c", spacing=(1.0, 1.0, 1.0), batch_c=1, batch_ref=1, expect=6)
+    write_case(
+        cases,
+        "unet-constant",
+        model=unet,
+        volume=flat,
+        layout="c",
+        spacing=(1.0, 1.0, 1.0),
+        batch_c=1,
+        batch_ref=1,
+        expect=6,
+    )
     # Antialias resampling (runtime/inference/preprocess.py): both axes shrink, by ~1.1x and by > 2x.
     aa = models / "unet-antialias.onnx"
-    write_case(cases, "unet-antialias", model=aa, volume=v2, layout="f", spacing=(0.8, 0.8, 4.0), batch_c=2, batch_ref=1)
+    write_case(
+        cases, "unet-antialias", model=aa, volume=v2, layout="f", spacing=(0.8, 0.8, 4.0), batch_c=2, batch_ref=1
+    )
     v4 = synthetic_volume((600, 530, 2), seed=5, dtype=np.int16)
-    write_case(cases, "unet-antialias-512", model=aa, volume=v4, layout="c", spacing=(0.7, 0.7, 5.0), batch_c=1, batch_ref=1)
+    write_case(
+        cases, "unet-antialias-512", model=aa, volume=v4, layout="c", spacing=(0.7, 0.7, 5.0), batch_c=1, batch_ref=1
+    )
     if a.phantom:
         phantom_cases(cases, models, a.bundled)
     return 0

@@ -18,9 +18,9 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from limbseg_rt.runtime.model.position import slice_positions
-from limbseg_rt.runtime.model.input_spec import NormalisationSpec
 from limbseg_rt.runtime.inference.preprocess import intensity_window, is_constant, preprocess_slices, resize_bilinear
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.model.position import slice_positions
 
 METADATA_KEY = "limbseg_rt.metadata"
 
@@ -39,7 +39,9 @@ def default_positions(n_slices: int, meta: dict) -> np.ndarray:
     return slice_positions(n_slices, proximal_first=(direction != "proximal_to_distal"))
 
 
-def reference_labels(model_path: str, volume: np.ndarray, *, positions: np.ndarray | None = None, batch: int = 1) -> np.ndarray:
+def reference_labels(
+    model_path: str, volume: np.ndarray, *, positions: np.ndarray | None = None, batch: int = 1
+) -> np.ndarray:
     """uint8 labels ``[X, Y, Z]`` of a canonical volume ``[X, Y, Z]`` (any real dtype)."""
     sess, meta = open_session(model_path)
     spec = NormalisationSpec.from_dict(meta["normalisation"])
@@ -55,7 +57,9 @@ def reference_labels(model_path: str, volume: np.ndarray, *, positions: np.ndarr
         positions = default_positions(nz, meta)
     for start in range(0, nz, batch):
         stop = min(nz, start + batch)
-        x = preprocess_slices(np.moveaxis(vol[:, :, start:stop], 2, 0), lo, hi, input_hw, meta.get("resampling", "exact"))
+        x = preprocess_slices(
+            np.moveaxis(vol[:, :, start:stop], 2, 0), lo, hi, input_hw, meta.get("resampling", "exact")
+        )
         feeds = {"image": x}
         if needs_position:
             feeds["position"] = np.asarray(positions[start:stop], dtype=np.float32)

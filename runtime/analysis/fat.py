@@ -75,7 +75,7 @@ def _smooth(values: np.ndarray) -> np.ndarray:
     out = np.full(values.size, np.nan)
     half = REF_SMOOTH_SLICES // 2
     for i in range(values.size):
-        w = values[max(0, i - half): i + half + 1]
+        w = values[max(0, i - half) : i + half + 1]
         w = w[np.isfinite(w)]
         if w.size:
             out[i] = float(np.median(w))
@@ -109,7 +109,7 @@ def t1w_references(image: np.ndarray, labels: np.ndarray, sides: np.ndarray, bod
             if other.any():
                 ox = np.flatnonzero(other.any(axis=1))
                 if ox.mean() < xs.mean():
-                    band[(ox.max() + xs.min()) // 2:] = True
+                    band[(ox.max() + xs.min()) // 2 :] = True
                 else:
                     band[: (ox.min() + xs.max()) // 2 + 1] = True
             else:

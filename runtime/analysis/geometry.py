@@ -60,7 +60,7 @@ def muscle_geometry(
         return Geometry(0, 0.0, None, None, (), None, None, None, None, None, None, False, False, False)
     zs = np.flatnonzero(counts)
     z0, z1 = int(zs[0]), int(zs[-1])
-    profile = counts[z0:z1 + 1][::-1] * (sx * sy)  # proximal (z1) first
+    profile = counts[z0 : z1 + 1][::-1] * (sx * sy)  # proximal (z1) first
     k = int(np.argmax(profile))  # the most proximal slice of equal maxima
     zmax = z1 - k
     length = (z1 - z0 + 1) * sz
@@ -99,8 +99,12 @@ def per_slice_counts(labels: np.ndarray, sides: np.ndarray, n_classes: int) -> t
         c = np.bincount(key, minlength=n_classes * 3)[: n_classes * 3].reshape(n_classes, 3)
         counts[z] = c
         if c[1:].any():
-            sums[:, :, 0] += np.bincount(key, weights=xi, minlength=n_classes * 3)[: n_classes * 3].reshape(n_classes, 3)
-            sums[:, :, 1] += np.bincount(key, weights=yi, minlength=n_classes * 3)[: n_classes * 3].reshape(n_classes, 3)
+            sums[:, :, 0] += np.bincount(key, weights=xi, minlength=n_classes * 3)[: n_classes * 3].reshape(
+                n_classes, 3
+            )
+            sums[:, :, 1] += np.bincount(key, weights=yi, minlength=n_classes * 3)[: n_classes * 3].reshape(
+                n_classes, 3
+            )
             sums[:, :, 2] += c * float(z)
     return counts, sums
 

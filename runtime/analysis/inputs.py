@@ -28,4 +28,3 @@ def read_on_grid(path: str | os.PathLike, props, what: str) -> np.ndarray:
             "or another position/orientation); give the Dixon images of the same acquisition, resampled onto the scan"
         )
     return np.asarray(canon, np.float32)
-

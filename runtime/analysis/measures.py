@@ -20,13 +20,33 @@ from limbseg_rt.runtime.analysis.geometry import asymmetry_percent, muscle_geome
 from limbseg_rt.runtime.analysis.sides import BODY_FRACTION, SIDE_CODES, SIDE_LEFT, SIDE_RIGHT, assign_sides
 
 ASYMMETRY_FORMULA = "(R - L) / ((R + L) / 2) x 100 %, signed: positive when the right side is larger"
-IMAT_NOTE = ("T1w estimate of intramuscular fat from the subject's own muscle and fat reference intensities "
-             "(two-class partial-volume model, docs/analysis.md); not a fat fraction")
+IMAT_NOTE = (
+    "T1w estimate of intramuscular fat from the subject's own muscle and fat reference intensities "
+    "(two-class partial-volume model, docs/analysis.md); not a fat fraction"
+)
 CSV_COLUMNS = (
-    "index", "code", "name", "side", "voxels", "volume_ml", "max_acsa_mm2", "max_acsa_position_mm",
-    "max_acsa_position_fraction", "length_mm", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "volume_lower_bound", "length_lower_bound", "max_acsa_unreliable", "imat_percent", "imat_ml",
-    "cleanup_removed_voxels", "ff_mean", "ff_median", "ff_weighted",
+    "index",
+    "code",
+    "name",
+    "side",
+    "voxels",
+    "volume_ml",
+    "max_acsa_mm2",
+    "max_acsa_position_mm",
+    "max_acsa_position_fraction",
+    "length_mm",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "volume_lower_bound",
+    "length_lower_bound",
+    "max_acsa_unreliable",
+    "imat_percent",
+    "imat_ml",
+    "cleanup_removed_voxels",
+    "ff_mean",
+    "ff_median",
+    "ff_weighted",
 )
 
 
@@ -141,14 +161,28 @@ class Analysis:
         asym = {a.index: a for a in self.asymmetry}
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["index", "code", "name", *[f"{c}_{s}" for c in measures for s in ("R", "L")],
-                    "volume_asymmetry_percent", "max_acsa_asymmetry_percent"])
+        w.writerow(
+            [
+                "index",
+                "code",
+                "name",
+                *[f"{c}_{s}" for c in measures for s in ("R", "L")],
+                "volume_asymmetry_percent",
+                "max_acsa_asymmetry_percent",
+            ]
+        )
         for index in sorted(by_muscle):
             sides = by_muscle[index]
             a = asym.get(index)
-            w.writerow([index, *names[index],
-                        *[_cell(sides[s][c]) if s in sides else "" for c in measures for s in ("R", "L")],
-                        _cell(a.volume_percent if a else None), _cell(a.max_acsa_percent if a else None)])
+            w.writerow(
+                [
+                    index,
+                    *names[index],
+                    *[_cell(sides[s][c]) if s in sides else "" for c in measures for s in ("R", "L")],
+                    _cell(a.volume_percent if a else None),
+                    _cell(a.max_acsa_percent if a else None),
+                ]
+            )
         return buf.getvalue()
 
     def to_long_csv(self) -> str:
@@ -206,13 +240,15 @@ def analyse(
         lab = res.labels
         sides = np.where(lab > 0, sides, 0).astype(np.uint8)
         removed = res.removed
-        cleanup.update({
-            "rule": f"per muscle and side, keep the 3D components (26-connected) with >= {options.min_fraction:g} "
-                    "of the voxels of that muscle-side's largest component, or whose bounding box lies within "
-                    f"{options.near_mm:g} mm of the largest one's; the others become background",
-            "library": "connected-components-3d",
-            "voxels_removed": int(sum(removed.values())),
-        })
+        cleanup.update(
+            {
+                "rule": f"per muscle and side, keep the 3D components (26-connected) with >= {options.min_fraction:g} "
+                "of the voxels of that muscle-side's largest component, or whose bounding box lies within "
+                f"{options.near_mm:g} mm of the largest one's; the others become background",
+                "library": "connected-components-3d",
+                "voxels_removed": int(sum(removed.values())),
+            }
+        )
     n_classes = len(table)
     counts, sums = per_slice_counts(lab, sides, n_classes)
     caff = np.asarray(canonical_affine, np.float64)
@@ -265,37 +301,69 @@ def analyse(
                     wts = ff_weight[:, :, z0:z1] if ff_weight is not None else None
                     st = fatmod.region_stats(ff_map[:, :, z0:z1], wts, sel_f)
                     fat_vals.update(ff_mean=st["mean"], ff_median=st["median"], ff_weighted=st["weighted"])
-            records.append(MuscleSide(
-                index=lb.index, code=lb.code, name=lb.name, side=SIDE_CODES[side], voxels=g.voxels,
-                volume_ml=g.volume_ml, z_first=g.z_first, z_last=g.z_last, acsa_profile_mm2=g.acsa_profile_mm2,
-                max_acsa_mm2=g.max_acsa_mm2, max_acsa_z=g.max_acsa_z, max_acsa_position_mm=g.max_acsa_position_mm,
-                max_acsa_position_fraction=g.max_acsa_position_fraction, length_mm=g.length_mm,
-                centroid_mm=g.centroid_mm, volume_lower_bound=g.volume_lower_bound,
-                length_lower_bound=g.length_lower_bound, max_acsa_unreliable=g.max_acsa_unreliable,
-                cleanup_removed_voxels=int(removed.get((lb.index, side), 0)), **fat_vals,
-            ))
+            records.append(
+                MuscleSide(
+                    index=lb.index,
+                    code=lb.code,
+                    name=lb.name,
+                    side=SIDE_CODES[side],
+                    voxels=g.voxels,
+                    volume_ml=g.volume_ml,
+                    z_first=g.z_first,
+                    z_last=g.z_last,
+                    acsa_profile_mm2=g.acsa_profile_mm2,
+                    max_acsa_mm2=g.max_acsa_mm2,
+                    max_acsa_z=g.max_acsa_z,
+                    max_acsa_position_mm=g.max_acsa_position_mm,
+                    max_acsa_position_fraction=g.max_acsa_position_fraction,
+                    length_mm=g.length_mm,
+                    centroid_mm=g.centroid_mm,
+                    volume_lower_bound=g.volume_lower_bound,
+                    length_lower_bound=g.length_lower_bound,
+                    max_acsa_unreliable=g.max_acsa_unreliable,
+                    cleanup_removed_voxels=int(removed.get((lb.index, side), 0)),
+                    **fat_vals,
+                )
+            )
     by_key = {(r.index, r.side): r for r in records}
     asym = []
     for lb in table.muscles:
         r, left = by_key.get((lb.index, "R")), by_key.get((lb.index, "L"))
         if r is None and left is None:
             continue
-        asym.append(Asymmetry(
-            index=lb.index, code=lb.code, name=lb.name,
-            volume_percent=asymmetry_percent(r and r.volume_ml, left and left.volume_ml),
-            max_acsa_percent=asymmetry_percent(r and r.max_acsa_mm2, left and left.max_acsa_mm2),
-        ))
+        asym.append(
+            Asymmetry(
+                index=lb.index,
+                code=lb.code,
+                name=lb.name,
+                volume_percent=asymmetry_percent(r and r.volume_ml, left and left.volume_ml),
+                max_acsa_percent=asymmetry_percent(r and r.max_acsa_mm2, left and left.max_acsa_mm2),
+            )
+        )
     geometry_info = {
-        "acsa_plane": "areas are in the slice plane" + (
-            f", tilted {tilt_deg:.1f} degrees from the scanner's axial plane (oblique acquisition)" if tilt_deg > 0.5 else ""),
+        "acsa_plane": "areas are in the slice plane"
+        + (
+            f", tilted {tilt_deg:.1f} degrees from the scanner's axial plane (oblique acquisition)"
+            if tilt_deg > 0.5
+            else ""
+        ),
         "tilt_deg": float(tilt_deg),
         "slice_spacing_mm": float(spacing[2]),
         "length": "(z_last - z_first + 1) x slice spacing, along the slice normal",
         "position": "max_acsa_position_mm from the muscle's most proximal slice; fraction of (length - one slice)",
         "centroid": "world (scanner RAS+) mm",
     }
-    return Analysis(lab, sides, tuple(records), tuple(asym), sa.to_dict(), cleanup, fat_info, geometry_info,
-                    csv_form=options.csv_form)
+    return Analysis(
+        lab,
+        sides,
+        tuple(records),
+        tuple(asym),
+        sa.to_dict(),
+        cleanup,
+        fat_info,
+        geometry_info,
+        csv_form=options.csv_form,
+    )
 
 
 def analyse_scan(labels: np.ndarray, canon: np.ndarray, props, table, options: AnalysisOptions) -> Analysis:
@@ -314,8 +382,16 @@ def analyse_scan(labels: np.ndarray, canon: np.ndarray, props, table, options: A
             resolved[name] = read_on_grid(v, props, what)
     if resolved:
         options = dataclasses.replace(options, **resolved)
-    return analyse(labels, canon, props.canonical_spacing, props.canonical_affine, props.voxel_volume_mm3, table,
-                   options, tilt_deg=float(props.tilt_deg))
+    return analyse(
+        labels,
+        canon,
+        props.canonical_spacing,
+        props.canonical_affine,
+        props.voxel_volume_mm3,
+        table,
+        options,
+        tilt_deg=float(props.tilt_deg),
+    )
 
 
 def options_summary(options: AnalysisOptions, dixon_paths: dict | None = None) -> dict:
@@ -326,7 +402,13 @@ def options_summary(options: AnalysisOptions, dixon_paths: dict | None = None) -
         return str(v) if isinstance(v, (str, os.PathLike)) else ("array" if v is not None else None)
 
     return {
-        "clean": options.clean, "min_fraction": options.min_fraction, "near_mm": options.near_mm, "imat": options.imat,
-        "imat_erode": options.imat_erode, "ff_erode": options.ff_erode,
-        "dixon_fat": src(options.fat), "dixon_water": src(options.water), "fat_fraction": src(options.fat_fraction),
+        "clean": options.clean,
+        "min_fraction": options.min_fraction,
+        "near_mm": options.near_mm,
+        "imat": options.imat,
+        "imat_erode": options.imat_erode,
+        "ff_erode": options.ff_erode,
+        "dixon_fat": src(options.fat),
+        "dixon_water": src(options.water),
+        "fat_fraction": src(options.fat_fraction),
     }

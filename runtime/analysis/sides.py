@@ -69,7 +69,7 @@ def _median_filter_1d(values: np.ndarray, width: int) -> np.ndarray:
     out = np.full(n, np.nan)
     half = width // 2
     for i in range(n):
-        win = values[max(0, i - half): i + half + 1]
+        win = values[max(0, i - half) : i + half + 1]
         win = win[np.isfinite(win)]
         if win.size:
             out[i] = float(np.median(win))
@@ -157,31 +157,44 @@ def assign_sides(
     elif two_sided == 0:
         # No slice shows the legs apart with muscle in both. Touching legs still have lateral
         # muscles toward +x on the right half and toward -x on the left; one leg has not.
-        halves = [_lateral_votes(lab, sides == SIDE_RIGHT, table, 1), _lateral_votes(lab, sides == SIDE_LEFT, table, -1)]
+        halves = [
+            _lateral_votes(lab, sides == SIDE_RIGHT, table, 1),
+            _lateral_votes(lab, sides == SIDE_LEFT, table, -1),
+        ]
         if all(h["agree"] > h["disagree"] for h in halves):
             notes.append("the legs touch in every slice; the split follows the midsagittal line")
         else:
             votes = _lateral_votes(lab, lab > 0, table, 1)
             if votes["agree"] + votes["disagree"] == 0:
-                notes.append("the legs never appear apart and no lateral/medial muscle pair decides; "
-                             "sides come from the midsagittal line only")
+                notes.append(
+                    "the legs never appear apart and no lateral/medial muscle pair decides; "
+                    "sides come from the midsagittal line only"
+                )
             else:
                 legs = "right" if votes["agree"] >= votes["disagree"] else "left"
                 sides[lab > 0] = SIDE_RIGHT if legs == "right" else SIDE_LEFT
-                notes.append(f"one leg in the scan: the {legs} leg (from {votes['agree'] + votes['disagree']} "
-                             "lateral/medial muscle pair(s)); only that side is reported")
+                notes.append(
+                    f"one leg in the scan: the {legs} leg (from {votes['agree'] + votes['disagree']} "
+                    "lateral/medial muscle pair(s)); only that side is reported"
+                )
     check = {}
     if legs == "both":
         for code, name in ((SIDE_RIGHT, "R"), (SIDE_LEFT, "L")):
             check[name] = _lateral_votes(lab, sides == code, table, 1 if code == SIDE_RIGHT else -1)
         bad = [k for k, v in check.items() if v["disagree"] > v["agree"]]
         if bad:
-            notes.append(f"anatomy check failed on side(s) {', '.join(bad)}: lateral muscles lie medial of "
-                         "their partners there, so the split between the legs looks wrong; check the side labels")
+            notes.append(
+                f"anatomy check failed on side(s) {', '.join(bad)}: lateral muscles lie medial of "
+                "their partners there, so the split between the legs looks wrong; check the side labels"
+            )
     return SideAssignment(
-        sides=sides, legs=legs, midline_x_mm=tuple(split_x),
+        sides=sides,
+        legs=legs,
+        midline_x_mm=tuple(split_x),
         angle_deg=tuple(None if not np.isfinite(v) else float(v) for v in ang_s),
-        separate_slices=separate, anatomy_check=check, notes=tuple(notes),
+        separate_slices=separate,
+        anatomy_check=check,
+        notes=tuple(notes),
     )
 
 

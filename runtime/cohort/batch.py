@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from limbseg_rt.runtime.cohort import store, tables
 from limbseg_rt.runtime.cohort.jobs import ManifestError, ScanJob
@@ -74,7 +74,9 @@ def check_out_dir(out_dir: Path, jobs: list[ScanJob]) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder {out_dir} ({exc.strerror or exc}); choose another --out") from None
+        raise OutputError(
+            f"cannot create the output folder {out_dir} ({exc.strerror or exc}); choose another --out"
+        ) from None
     root = out_dir.resolve()
     reserved = {Path(n).stem for n in store.COHORT_FILES} | set(store.COHORT_FILES)
     for job in jobs:
@@ -83,8 +85,10 @@ def check_out_dir(out_dir: Path, jobs: list[ScanJob]) -> Path:
         src = Path(job.source).expanduser().resolve()
         folder = root / job.id
         if src == folder or folder in src.parents:
-            raise OutputError(f"scan {job.source} lies inside its own output folder {folder}, which a rerun replaces; "
-                              "move the scan or choose another --out")
+            raise OutputError(
+                f"scan {job.source} lies inside its own output folder {folder}, which a rerun replaces; "
+                "move the scan or choose another --out"
+            )
     return out_dir
 
 
@@ -121,7 +125,9 @@ def run_batch(
     if split_sides and analysis is None:
         raise ValueError("split_sides needs analysis")
     if analysis is None and any(j.dixon for j in jobs):
-        raise ManifestError("the manifest gives Dixon images (dixon_fat, dixon_water, fat_fraction); add --analysis to use them")
+        raise ManifestError(
+            "the manifest gives Dixon images (dixon_fat, dixon_water, fat_fraction); add --analysis to use them"
+        )
     if analysis is not None and analysis.get("clean", True):  # fail before segmenting, as run does
         from limbseg_rt.runtime.analysis.cleanup import check_available
 
@@ -146,17 +152,31 @@ def run_batch(
                     workers = min(default_workers(), kwargs.get("threads") or default_workers())
                 n = max(1, min(workers, len(jobs)))
                 kwargs["threads"] = split_threads(kwargs.get("threads"), n)
-                config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force, analysis, split_sides, seg_type)
+                config = WorkerConfig(
+                    str(out_dir.resolve()), kwargs, read_options, force, analysis, split_sides, seg_type
+                )
                 info = LocalPool(config, workers=n).run(jobs, on_outcome)
             else:
                 from limbseg_rt.runtime.cohort.ray_engine import run_ray
 
                 kwargs["threads"] = kwargs.get("threads") or 1
-                gpus = gpus_per_worker if gpus_per_worker is not None else (
-                    1.0 if kwargs.get("provider") in ("cuda", "tensorrt") else 0.0)
-                config = WorkerConfig(str(out_dir.resolve()), kwargs, read_options, force, analysis, split_sides, seg_type)
-                info = run_ray(jobs, config, on_outcome, workers=workers, address=ray_address,
-                               cpus_per_worker=float(kwargs["threads"]), gpus_per_worker=gpus)
+                gpus = (
+                    gpus_per_worker
+                    if gpus_per_worker is not None
+                    else (1.0 if kwargs.get("provider") in ("cuda", "tensorrt") else 0.0)
+                )
+                config = WorkerConfig(
+                    str(out_dir.resolve()), kwargs, read_options, force, analysis, split_sides, seg_type
+                )
+                info = run_ray(
+                    jobs,
+                    config,
+                    on_outcome,
+                    workers=workers,
+                    address=ray_address,
+                    cpus_per_worker=float(kwargs["threads"]),
+                    gpus_per_worker=gpus,
+                )
         finally:
             store.recover(out_dir)  # after the engine stopped: nothing is writing any more
         wall = time.perf_counter() - t0
@@ -196,8 +216,9 @@ def _summary(jobs, outcomes, info, kwargs, read_options, force, wall, started, r
             "ok": status.count(STATUS_OK) + sum(1 for o in reused if o["exit_code"] == EXIT_OK),
             "empty": status.count(STATUS_EMPTY) + sum(1 for o in reused if o["exit_code"] != EXIT_OK),
         },
-        "failures": [{"id": o["id"], "source": o["source"], "exit_code": o["exit_code"], "message": o["message"]}
-                     for o in failed],
+        "failures": [
+            {"id": o["id"], "source": o["source"], "exit_code": o["exit_code"], "message": o["message"]} for o in failed
+        ],
         "throughput": {
             "wall_s": wall,
             "scans_segmented": len(segmented),
@@ -205,14 +226,21 @@ def _summary(jobs, outcomes, info, kwargs, read_options, force, wall, started, r
             "slices_per_s": slices / wall if wall > 0 else None,
             "note": "scans segmented in this run over the batch's wall time (model loads included); reused scans not counted",
         },
-        "memory": {"max_worker_peak_rss_mib": max((o["peak_rss_mib"] for o in segmented if o.get("peak_rss_mib")),
-                                                  default=None),
-                   "note": "peak resident memory of the busiest worker process (VmHWM); the batch holds at most "
-                           "workers x (one scan in inference + one being written)"},
+        "memory": {
+            "max_worker_peak_rss_mib": max(
+                (o["peak_rss_mib"] for o in segmented if o.get("peak_rss_mib")), default=None
+            ),
+            "note": "peak resident memory of the busiest worker process (VmHWM); the batch holds at most "
+            "workers x (one scan in inference + one being written)",
+        },
         "engine": info,
-        "settings": {"segmenter": kwargs, "force": force,
-                     "read_options": None if ro is None else {k: getattr(ro, k) for k in
-                                                              ("volume_index", "allow_2d", "prefer", "assume_orientation")}},
+        "settings": {
+            "segmenter": kwargs,
+            "force": force,
+            "read_options": None
+            if ro is None
+            else {k: getattr(ro, k) for k in ("volume_index", "allow_2d", "prefer", "assume_orientation")},
+        },
         "recovered_at_start": recovered,
         "versions": versions,
     }

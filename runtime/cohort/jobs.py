@@ -60,11 +60,15 @@ class ScanJob:
         return {c: getattr(self, c) for c in DIXON_COLUMNS if getattr(self, c)}
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "source": self.source,
-                "limb_range": list(self.limb_range) if self.limb_range else None, **self.dixon}
+        return {
+            "id": self.id,
+            "source": self.source,
+            "limb_range": list(self.limb_range) if self.limb_range else None,
+            **self.dixon,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScanJob":
+    def from_dict(cls, d: dict) -> ScanJob:
         lr = d.get("limb_range")
         limb_range = (float(lr[0]), float(lr[1])) if lr is not None and len(lr) == 2 else None
         return cls(str(d["id"]), str(d["source"]), limb_range, **{c: str(d[c]) for c in DIXON_COLUMNS if d.get(c)})
@@ -135,10 +139,14 @@ def load_manifest(path: str | os.PathLike) -> list[ScanJob]:
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise ManifestError(f"manifest {path}: missing column(s) {', '.join(missing)}; the header needs id,path[,limb_range,dixon_fat,dixon_water,fat_fraction]")
+        raise ManifestError(
+            f"manifest {path}: missing column(s) {', '.join(missing)}; the header needs id,path[,limb_range,dixon_fat,dixon_water,fat_fraction]"
+        )
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
-        raise ManifestError(f"manifest {path}: unknown column(s) {', '.join(unknown)}; known: {', '.join(MANIFEST_COLUMNS)}")
+        raise ManifestError(
+            f"manifest {path}: unknown column(s) {', '.join(unknown)}; known: {', '.join(MANIFEST_COLUMNS)}"
+        )
     jobs: list[ScanJob] = []
     seen: dict[str, int] = {}
     for lineno, row in enumerate(reader, start=2):
@@ -152,8 +160,14 @@ def load_manifest(path: str | os.PathLike) -> list[ScanJob]:
         seen[sid] = lineno
         if not row.get("path"):
             raise ManifestError(f"{where}: scan {sid!r} has no path")
-        jobs.append(ScanJob(sid, _manifest_path(path, row["path"]), parse_limb_range(row.get("limb_range", ""), where),
-                            **_dixon_columns(path, row, where)))
+        jobs.append(
+            ScanJob(
+                sid,
+                _manifest_path(path, row["path"]),
+                parse_limb_range(row.get("limb_range", ""), where),
+                **_dixon_columns(path, row, where),
+            )
+        )
     if not jobs:
         raise ManifestError(f"manifest {path} lists no scans")
     return jobs
@@ -197,8 +211,7 @@ def input_sha256(source: str | os.PathLike) -> str:
         return sha256_file(p)
     h = hashlib.sha256()
     files = sorted(
-        f for f in p.rglob("*")
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
     )
     for f in files:
         h.update(f.relative_to(p).as_posix().encode("utf-8") + b"\0")

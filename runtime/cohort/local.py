@@ -25,8 +25,9 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable
+from typing import Any
 
 from limbseg_rt.runtime.cohort.jobs import ScanJob
 from limbseg_rt.runtime.cohort.worker import STATUS_FAILED, ScanPipeline, WorkerConfig, make_outcome, remote_error
@@ -68,9 +69,17 @@ def _worker_main(index: int, config: WorkerConfig, conn) -> None:
             code = exc.exit_code if isinstance(exc, LimbsegError) else EXIT_INTERNAL
             send("init_failed", (type(exc).__name__, code, (str(exc).splitlines() or [""])[0]))
             return
-        send("ready", {"pid": os.getpid(), "provider": seg.provider, "precision": seg.precision,
-                       "model_sha256": seg.model_sha256, "model_file": seg.model_path.name,
-                       "load_seconds": seg.load_seconds})
+        send(
+            "ready",
+            {
+                "pid": os.getpid(),
+                "provider": seg.provider,
+                "precision": seg.precision,
+                "model_sha256": seg.model_sha256,
+                "model_file": seg.model_path.name,
+                "load_seconds": seg.load_seconds,
+            },
+        )
 
         def next_job() -> ScanJob | None:
             send("want")
@@ -97,9 +106,14 @@ class LocalPool:
             raise ValueError("workers must be at least 1")
         self.config, self.workers = config, workers
         self.ctx: Any = mp.get_context(START_METHOD)  # a SpawnContext/ForkContext (mypy sees a BaseContext)
-        self.info: dict = {"engine": "local", "workers": workers, "start_method": START_METHOD,
-                           "threads_per_worker": config.segmenter_kwargs.get("threads"), "worker_restarts": 0,
-                           "ready": []}
+        self.info: dict = {
+            "engine": "local",
+            "workers": workers,
+            "start_method": START_METHOD,
+            "threads_per_worker": config.segmenter_kwargs.get("threads"),
+            "worker_restarts": 0,
+            "ready": [],
+        }
 
     def run(self, jobs: list[ScanJob], on_outcome: Callable[[dict], None]) -> dict:
         todo = deque(jobs)
@@ -229,5 +243,6 @@ def _death(exitcode: int | None) -> str:
 
 
 def _died(job: ScanJob, why: str) -> dict:
-    return make_outcome(job, STATUS_FAILED, EXIT_INTERNAL, f"{why} while this scan was in progress",
-                        error_type="WorkerDied")
+    return make_outcome(
+        job, STATUS_FAILED, EXIT_INTERNAL, f"{why} while this scan was in progress", error_type="WorkerDied"
+    )

@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from limbseg_rt.runtime.cohort.jobs import ScanJob
 from limbseg_rt.runtime.cohort.worker import WorkerConfig, process_scan, remote_error
@@ -73,8 +73,12 @@ class ScanActor:
                 continue
             assert self.seg is not None  # built when init_error is None
             outcome = process_scan(self.seg, job, self.config)
-            outcome["engine"] = {"provider": self.seg.provider, "precision": self.seg.precision,
-                                 "model_sha256": self.seg.model_sha256, "model_file": self.seg.model_path.name}
+            outcome["engine"] = {
+                "provider": self.seg.provider,
+                "precision": self.seg.precision,
+                "model_sha256": self.seg.model_sha256,
+                "model_file": self.seg.model_path.name,
+            }
             out.append(outcome)
         return {"outcome": np.array([json.dumps(o, default=str) for o in out], dtype=object)}
 
@@ -106,11 +110,14 @@ def run_ray(
         # caller's, so an interrupted batch still stops cleanly and recovers its folder.
         previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)  # the CLI owns the terminal
+            ray.init(
+                address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+            )  # the CLI owns the terminal
         except ConnectionError as exc:
-            raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}; check --ray-address "
-                               "(ray status on the head node shows it)") from None
+            raise ClusterError(
+                f"cannot reach the Ray cluster at {address}: {exc}; check --ray-address "
+                "(ray status on the head node shows it)"
+            ) from None
         started_here = True
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -118,21 +125,34 @@ def run_ray(
         logging.getLogger(name).setLevel(logging.ERROR)
     resources = ray.cluster_resources()
     if workers is None:  # as many actors as the cluster can hold at once
-        workers = int(resources.get("GPU", 0) // gpus_per_worker) if gpus_per_worker else int(
-            resources.get("CPU", 1) // max(cpus_per_worker, 1e-9))
+        workers = (
+            int(resources.get("GPU", 0) // gpus_per_worker)
+            if gpus_per_worker
+            else int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-9))
+        )
     workers = max(1, min(workers, len(jobs)))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    info = {"engine": "ray", "ray_version": ray.__version__, "workers": workers, "cpus_per_worker": cpus_per_worker,
-            "gpus_per_worker": gpus_per_worker, "address": address or ("local" if started_here else "existing"),
-            "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
-            "nodes": sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}),
-            "ready": []}
+    info = {
+        "engine": "ray",
+        "ray_version": ray.__version__,
+        "workers": workers,
+        "cpus_per_worker": cpus_per_worker,
+        "gpus_per_worker": gpus_per_worker,
+        "address": address or ("local" if started_here else "existing"),
+        "cluster_resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
+        "nodes": sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}),
+        "ready": [],
+    }
     try:
         ds = ray.data.from_items([{"job": json.dumps(j.to_dict())} for j in jobs], override_num_blocks=len(jobs))
         out = ds.map_batches(
-            ScanActor, fn_constructor_kwargs={"config": config}, batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+            ScanActor,
+            fn_constructor_kwargs={"config": config},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker or None,
         )
         seen_engines = set()

@@ -86,9 +86,11 @@ def record_matches(record: dict | None, *, input_sha256: str, model_sha256: str,
     """True if ``record`` was made from the same input bytes, model file and output-affecting settings."""
     if not record:
         return False
-    return (record.get("input", {}).get("sha256") == input_sha256
-            and record.get("model", {}).get("sha256") == model_sha256
-            and _canon(record.get("settings")) == _canon(settings))
+    return (
+        record.get("input", {}).get("sha256") == input_sha256
+        and record.get("model", {}).get("sha256") == model_sha256
+        and _canon(record.get("settings")) == _canon(settings)
+    )
 
 
 def _canon(obj) -> str:
@@ -144,7 +146,7 @@ class BatchLock:
         self.path = Path(root) / LOCK_NAME
         self._fd: int | None = None
 
-    def __enter__(self) -> "BatchLock":
+    def __enter__(self) -> BatchLock:
         import fcntl
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

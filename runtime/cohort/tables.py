@@ -25,7 +25,20 @@ from limbseg_rt.runtime.cohort.worker import STATUS_FAILED, STATUS_SKIPPED
 from limbseg_rt.runtime.io.outputs import OutputSet
 
 LEAD_COLUMNS = ("scan_id", "status", "exit_code", "message")
-SCAN_COLUMNS = ("id", "source", "status", "this_run", "exit_code", "message", "input_sha256", "seconds", "slices", "worker", "peak_rss_mib", "folder")
+SCAN_COLUMNS = (
+    "id",
+    "source",
+    "status",
+    "this_run",
+    "exit_code",
+    "message",
+    "input_sha256",
+    "seconds",
+    "slices",
+    "worker",
+    "peak_rss_mib",
+    "folder",
+)
 TEXT_COLUMNS = ("scan_id", "status", "message", "code", "name", "side")
 # cohort.csv column -> key of the report's analysis.asymmetry entries: (R - L) / ((R + L) / 2) x 100 %
 ASYMMETRY_COLUMNS = {"asymmetry_volume_percent": "volume_percent", "asymmetry_max_acsa_percent": "max_acsa_percent"}
@@ -81,6 +94,7 @@ def write_cohort_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict])
     for job in jobs:  # first pass: the union of the per-scan columns
         _, cols, _ = _scan_rows(root, job, outcomes[job.id])
         columns.extend(c for c in cols if c not in columns)
+
     def write(tmp: Path) -> None:
         with _text(tmp) as fh:
             w = csv.writer(fh, lineterminator="\n")
@@ -110,7 +124,9 @@ def write_parquet(csv_path: Path) -> Path | None:
     with open(csv_path, encoding="utf-8", newline="") as fh:
         header = next(csv.reader(fh))
     types = {c: pa.string() for c in header if c in TEXT_COLUMNS}
-    table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False))
+    table = pacsv.read_csv(
+        csv_path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+    )
     return _publish(csv_path.with_suffix(".parquet"), lambda tmp: pq.write_table(table, tmp), "cohort table")
 
 
@@ -128,9 +144,22 @@ def write_scans_csv(root: Path, jobs: list[ScanJob], outcomes: dict[str, dict]) 
                 record = store.read_record(Path(root), job.id) if o["status"] != STATUS_FAILED else None
                 status = record["status"] if record else STATUS_FAILED
                 slices = o.get("slices") if o.get("slices") is not None else (record or {}).get("slices", "")
-                w.writerow([job.id, job.source, status, this_run(o), o["exit_code"], o["message"], o["input_sha256"],
-                            f"{o['seconds']:.3f}", slices, o.get("worker") or "",
-                            "" if o.get("peak_rss_mib") is None else f"{o['peak_rss_mib']:.1f}", job.id if record else ""])
+                w.writerow(
+                    [
+                        job.id,
+                        job.source,
+                        status,
+                        this_run(o),
+                        o["exit_code"],
+                        o["message"],
+                        o["input_sha256"],
+                        f"{o['seconds']:.3f}",
+                        slices,
+                        o.get("worker") or "",
+                        "" if o.get("peak_rss_mib") is None else f"{o['peak_rss_mib']:.1f}",
+                        job.id if record else "",
+                    ]
+                )
 
     return _publish(Path(root) / "scans.csv", write, "scan table")
 

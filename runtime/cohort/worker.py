@@ -25,9 +25,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from limbseg_rt.runtime.cohort import store
 from limbseg_rt.runtime.cohort.jobs import ScanJob, input_kind, input_sha256
@@ -70,7 +70,11 @@ def output_settings(config: WorkerConfig, job: ScanJob) -> dict:
     """
     kw = config.segmenter_kwargs
     ro = config.read_options
-    read = {k: getattr(ro, k) for k in ("volume_index", "allow_2d", "prefer", "assume_orientation")} if ro is not None else None
+    read = (
+        {k: getattr(ro, k) for k in ("volume_index", "allow_2d", "prefer", "assume_orientation")}
+        if ro is not None
+        else None
+    )
     settings = {
         "fit": kw.get("fit", "auto"),
         "tile_overlap": kw.get("tile_overlap", 0.5),
@@ -80,10 +84,12 @@ def output_settings(config: WorkerConfig, job: ScanJob) -> dict:
     # Issue 22: the analysis options are output settings too. Keys are added only when set, so the
     # records of batches without them still match. Dixon inputs count by content (SHA-256).
     if config.analysis is not None:
-        settings["analysis"] = {"clean": bool(config.analysis.get("clean", True)),
-                                "ff_erode": int(config.analysis.get("ff_erode", 0)),
-                                "split_sides": bool(config.split_sides),
-                                "dixon": {c: _file_sha256(p) for c, p in job.dixon.items()}}
+        settings["analysis"] = {
+            "clean": bool(config.analysis.get("clean", True)),
+            "ff_erode": int(config.analysis.get("ff_erode", 0)),
+            "split_sides": bool(config.split_sides),
+            "dixon": {c: _file_sha256(p) for c, p in job.dixon.items()},
+        }
     if config.seg_type != "binary":
         settings["seg_type"] = config.seg_type
     return settings
@@ -106,8 +112,13 @@ def analysis_options(config: WorkerConfig, job: ScanJob):
     from limbseg_rt.runtime.analysis.measures import AnalysisOptions
 
     d = job.dixon
-    return AnalysisOptions(clean=bool(config.analysis.get("clean", True)), ff_erode=int(config.analysis.get("ff_erode", 0)),
-                           fat=d.get("dixon_fat"), water=d.get("dixon_water"), fat_fraction=d.get("fat_fraction"))
+    return AnalysisOptions(
+        clean=bool(config.analysis.get("clean", True)),
+        ff_erode=int(config.analysis.get("ff_erode", 0)),
+        fat=d.get("dixon_fat"),
+        water=d.get("dixon_water"),
+        fat_fraction=d.get("fat_fraction"),
+    )
 
 
 def failure(job: ScanJob, exc: BaseException, *, t0: float | None = None, sha: str | None = None) -> dict:
@@ -115,22 +126,48 @@ def failure(job: ScanJob, exc: BaseException, *, t0: float | None = None, sha: s
     if isinstance(exc, LimbsegError):
         code, msg = exc.exit_code, (str(exc).splitlines() or [type(exc).__name__])[0]
     elif isinstance(exc, MemoryError):
-        code, msg = EXIT_INTERNAL, "out of memory while segmenting this scan; use fewer --workers or a smaller --batch-size"
+        code, msg = (
+            EXIT_INTERNAL,
+            "out of memory while segmenting this scan; use fewer --workers or a smaller --batch-size",
+        )
     elif isinstance(exc, OSError):
-        code, msg = EXIT_OUTPUT, f"cannot write the outputs ({exc.strerror or exc}); check the folder's free space and permissions"
+        code, msg = (
+            EXIT_OUTPUT,
+            f"cannot write the outputs ({exc.strerror or exc}); check the folder's free space and permissions",
+        )
     else:
         first = (str(exc).splitlines() or [""])[0]
-        code, msg = EXIT_INTERNAL, f"internal error ({type(exc).__name__}: {first}); rerun this scan with limbseg-rt run --debug and report it"
+        code, msg = (
+            EXIT_INTERNAL,
+            f"internal error ({type(exc).__name__}: {first}); rerun this scan with limbseg-rt run --debug and report it",
+        )
     return make_outcome(job, STATUS_FAILED, code, msg, error_type=type(exc).__name__, sha=sha, t0=t0)
 
 
-def make_outcome(job: ScanJob, status: str, code: int, message: str = "", *, error_type: str = "", sha: str | None = None,
-             t0: float | None = None, slices: int | None = None, timings: dict | None = None) -> dict:
+def make_outcome(
+    job: ScanJob,
+    status: str,
+    code: int,
+    message: str = "",
+    *,
+    error_type: str = "",
+    sha: str | None = None,
+    t0: float | None = None,
+    slices: int | None = None,
+    timings: dict | None = None,
+) -> dict:
     return {
-        "id": job.id, "source": job.source, "status": status, "exit_code": int(code), "message": message,
-        "error_type": error_type, "input_sha256": sha or "",
+        "id": job.id,
+        "source": job.source,
+        "status": status,
+        "exit_code": int(code),
+        "message": message,
+        "error_type": error_type,
+        "input_sha256": sha or "",
         "seconds": time.perf_counter() - t0 if t0 is not None else 0.0,
-        "slices": slices, "timings_s": timings or {}, "worker": os.getpid(),
+        "slices": slices,
+        "timings_s": timings or {},
+        "worker": os.getpid(),
     }
 
 
@@ -154,23 +191,39 @@ def prepare(job: ScanJob, config: WorkerConfig, model_sha256: str) -> Prepared |
     t0 = time.perf_counter()
     kind = input_kind(job.source)
     if kind == "missing":
-        return make_outcome(job, STATUS_FAILED, EXIT_INPUT, f"input not found: {job.source}", error_type="InputError", t0=t0)
+        return make_outcome(
+            job, STATUS_FAILED, EXIT_INPUT, f"input not found: {job.source}", error_type="InputError", t0=t0
+        )
     try:
         sha = input_sha256(job.source)
     except OSError as exc:
-        return make_outcome(job, STATUS_FAILED, EXIT_INPUT, f"{job.source}: cannot be read ({exc.strerror or exc})",
-                        error_type="InputError", t0=t0)
+        return make_outcome(
+            job,
+            STATUS_FAILED,
+            EXIT_INPUT,
+            f"{job.source}: cannot be read ({exc.strerror or exc})",
+            error_type="InputError",
+            t0=t0,
+        )
     if not config.force:
         record = store.read_record(Path(config.out_dir), job.id)
-        if store.record_matches(record, input_sha256=sha, model_sha256=model_sha256, settings=output_settings(config, job)):
-            return make_outcome(job, STATUS_SKIPPED, record.get("exit_code", EXIT_OK), "complete from an earlier run", sha=sha, t0=t0)
+        if store.record_matches(
+            record, input_sha256=sha, model_sha256=model_sha256, settings=output_settings(config, job)
+        ):
+            return make_outcome(
+                job, STATUS_SKIPPED, record.get("exit_code", EXIT_OK), "complete from an earlier run", sha=sha, t0=t0
+            )
     return Prepared(job, kind, sha, t0)
 
 
 def segment(seg, prepared: Prepared, config: WorkerConfig):
     """Run the model on one prepared scan (``SegmentationResult``); exceptions propagate."""
-    return seg.segment(prepared.job.source, limb_range=prepared.job.limb_range, read_options=config.read_options,
-                       analysis=analysis_options(config, prepared.job))
+    return seg.segment(
+        prepared.job.source,
+        limb_range=prepared.job.limb_range,
+        read_options=config.read_options,
+        analysis=analysis_options(config, prepared.job),
+    )
 
 
 def publish_result(seg, prepared: Prepared, result, config: WorkerConfig) -> dict:
@@ -183,27 +236,41 @@ def publish_result(seg, prepared: Prepared, result, config: WorkerConfig) -> dic
         status, code = (STATUS_EMPTY, EXIT_EMPTY) if result.empty else (STATUS_OK, EXIT_OK)
         timings = {k: manifest["timings_s"].get(k) for k in ("read", "preprocess", "infer", "postprocess", "write")}
         slices = int(manifest["input"]["geometry"]["canonical_shape"][2])
-        store.write_record(staging, {
-            "id": job.id,
-            "status": status,
-            "exit_code": code,
-            "input": {"source": job.source, "kind": prepared.kind, "sha256": prepared.sha256},
-            "model": {"sha256": seg.model_sha256, "file": seg.model_path.name},
-            "settings": output_settings(config, job),
-            "engine": {"provider": seg.provider, "precision": seg.precision,
-                       "threads": config.segmenter_kwargs.get("threads"),
-                       "batch_size": manifest["pipeline"]["batch_size"]},
-            "outputs": {k: Path(p).name for k, p in written.items()},
-            "slices": slices,
-            "timings_s": timings,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
+        store.write_record(
+            staging,
+            {
+                "id": job.id,
+                "status": status,
+                "exit_code": code,
+                "input": {"source": job.source, "kind": prepared.kind, "sha256": prepared.sha256},
+                "model": {"sha256": seg.model_sha256, "file": seg.model_path.name},
+                "settings": output_settings(config, job),
+                "engine": {
+                    "provider": seg.provider,
+                    "precision": seg.precision,
+                    "threads": config.segmenter_kwargs.get("threads"),
+                    "batch_size": manifest["pipeline"]["batch_size"],
+                },
+                "outputs": {k: Path(p).name for k, p in written.items()},
+                "slices": slices,
+                "timings_s": timings,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
         store.publish(staging, root, job.id)
     except BaseException:
         store.discard(staging)
         raise
-    outcome = make_outcome(job, status, code, "image empty or constant: all-background labels written" if code else "",
-                           sha=prepared.sha256, t0=prepared.t0, slices=slices, timings=timings)
+    outcome = make_outcome(
+        job,
+        status,
+        code,
+        "image empty or constant: all-background labels written" if code else "",
+        sha=prepared.sha256,
+        t0=prepared.t0,
+        slices=slices,
+        timings=timings,
+    )
     outcome["peak_rss_mib"] = manifest.get("peak_rss_mib")  # this worker's high-water mark so far
     return outcome
 
@@ -218,8 +285,13 @@ def _write_outputs(result, prepared: Prepared, staging: Path, config: WorkerConf
     job = prepared.job
     names = store.output_names(job.id)
     with OutputSet(inputs=[job.source]) as out:
-        declare_outputs(out, staging / names["labels"], staging / names["report"], staging / names["csv"],
-                        measures_csv=staging / names["measures_csv"] if result.report.analysis is not None else None)
+        declare_outputs(
+            out,
+            staging / names["labels"],
+            staging / names["report"],
+            staging / names["csv"],
+            measures_csv=staging / names["measures_csv"] if result.report.analysis is not None else None,
+        )
         dicom = looks_like_dicom(Path(job.source))
         if dicom:
             out.add("seg", staging / names["seg"], what="DICOM SEG")
@@ -230,7 +302,8 @@ def _write_outputs(result, prepared: Prepared, staging: Path, config: WorkerConf
             else:
                 out.drop("seg")
                 result.report = result.report.with_warning(
-                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)")
+                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)"
+                )
         return result.write_outputs(out, split_sides=config.split_sides)
 
 

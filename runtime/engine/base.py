@@ -97,8 +97,19 @@ class Runner:
 
     engine: str = ""  # "onnxruntime" | "openvino"
 
-    def __init__(self, *, metadata: ModelMetadata, model_path: Path, model_sha256: str, provider: str,
-                 precision: str, requested: str, threads: int, max_batch: int, fallback: str | None = None):
+    def __init__(
+        self,
+        *,
+        metadata: ModelMetadata,
+        model_path: Path,
+        model_sha256: str,
+        provider: str,
+        precision: str,
+        requested: str,
+        threads: int,
+        max_batch: int,
+        fallback: str | None = None,
+    ):
         self.metadata = metadata
         self.model_path = Path(model_path)
         self.model_sha256 = model_sha256

@@ -57,8 +57,12 @@ class CpuInfo:
         return f"{self.model}, {self.cores} cores, ISA class {self.isa} ({names})"
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "cores": self.cores, "isa": self.isa,
-                "flags": [FLAGS[f] for f in FLAGS if f in self.flags]}
+        return {
+            "model": self.model,
+            "cores": self.cores,
+            "isa": self.isa,
+            "flags": [FLAGS[f] for f in FLAGS if f in self.flags],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> CpuInfo:

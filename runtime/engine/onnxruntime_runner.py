@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from limbseg_rt.runtime.engine import providers as prov
-from limbseg_rt.runtime.engine.base import Runner, check_model_graph, fallback_note, run_failure
+from limbseg_rt.runtime.engine.base import Runner, fallback_note, run_failure
 from limbseg_rt.runtime.errors import ModelError, ProviderError
 from limbseg_rt.runtime.model.metadata import GraphTensor, ModelMetadata
 
@@ -40,8 +40,10 @@ def build_ort_session(path: Path, providers: list[tuple[str, dict]], *, threads:
             try:
                 cache.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ProviderError(f"cannot create the TensorRT engine cache folder {cache} ({exc.strerror}); "
-                                    "choose another cache folder") from None
+                raise ProviderError(
+                    f"cannot create the TensorRT engine cache folder {cache} ({exc.strerror}); "
+                    "choose another cache folder"
+                ) from None
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises several unrelated types for bad files/options
@@ -49,12 +51,19 @@ def build_ort_session(path: Path, providers: list[tuple[str, dict]], *, threads:
         raise ModelError(f"ONNX Runtime cannot load {path.name}: {msg}") from None
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
-              "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
 
 
 def session_graph(session) -> tuple[list[GraphTensor], list[GraphTensor]]:
     """(inputs, outputs) of an ONNX Runtime session as ``GraphTensor`` (symbolic axes -> None)."""
+
     def conv(t) -> GraphTensor:
         dims = tuple(d if isinstance(d, int) and d > 0 else None for d in (t.shape or []))
         return GraphTensor(t.name, dims, _ORT_TYPES.get(t.type, t.type))
@@ -75,16 +84,34 @@ class OrtRunner(Runner):
 
     engine = "onnxruntime"
 
-    def __init__(self, session, *, metadata: ModelMetadata, model_path: Path, model_sha256: str,
-                 requested: str, providers: list[tuple[str, dict]], threads: int, max_batch: int,
-                 fallback: str | None = None):
+    def __init__(
+        self,
+        session,
+        *,
+        metadata: ModelMetadata,
+        model_path: Path,
+        model_sha256: str,
+        requested: str,
+        providers: list[tuple[str, dict]],
+        threads: int,
+        max_batch: int,
+        fallback: str | None = None,
+    ):
         self.session = session
         self.providers_requested = providers
         self.session_providers = list(session.get_providers())
         provider = prov.SHORT_NAME.get(self.session_providers[0], self.session_providers[0])
-        super().__init__(metadata=metadata, model_path=model_path, model_sha256=model_sha256, provider=provider,
-                         precision=self._precision(provider, metadata.precision), requested=requested,
-                         threads=threads, max_batch=max_batch, fallback=fallback)
+        super().__init__(
+            metadata=metadata,
+            model_path=model_path,
+            model_sha256=model_sha256,
+            provider=provider,
+            precision=self._precision(provider, metadata.precision),
+            requested=requested,
+            threads=threads,
+            max_batch=max_batch,
+            fallback=fallback,
+        )
 
     def _precision(self, provider: str, model: str) -> str:
         if provider == "tensorrt":
@@ -118,13 +145,32 @@ class OrtRunner(Runner):
         self.session = None
 
 
-def runner_from_session(session, *, metadata: ModelMetadata, model_path: Path, model_sha256: str, short: str,
-                        flexible: bool, allow_fallback: bool, providers: list[tuple[str, dict]], threads: int,
-                        max_batch: int, requested_label: str | None = None) -> OrtRunner:
+def runner_from_session(
+    session,
+    *,
+    metadata: ModelMetadata,
+    model_path: Path,
+    model_sha256: str,
+    short: str,
+    flexible: bool,
+    allow_fallback: bool,
+    providers: list[tuple[str, dict]],
+    threads: int,
+    max_batch: int,
+    requested_label: str | None = None,
+) -> OrtRunner:
     """Check what ``session`` actually runs on against ``short`` (see module docstring), then wrap it."""
     used = list(session.get_providers())
     got = prov.SHORT_NAME.get(used[0], used[0]) if used else "none"
     note = fallback_note(short, got, flexible, allow_fallback)
-    return OrtRunner(session, metadata=metadata, model_path=model_path, model_sha256=model_sha256,
-                     requested=requested_label or short, providers=providers, threads=threads,
-                     max_batch=max_batch, fallback=note)
+    return OrtRunner(
+        session,
+        metadata=metadata,
+        model_path=model_path,
+        model_sha256=model_sha256,
+        requested=requested_label or short,
+        providers=providers,
+        threads=threads,
+        max_batch=max_batch,
+        fallback=note,
+    )

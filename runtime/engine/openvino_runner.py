@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from limbseg_rt.runtime.engine import providers as prov
+from limbseg_rt.runtime.engine.base import Runner, check_model_graph, run_failure
 from limbseg_rt.runtime.errors import ModelError, ProviderError
 from limbseg_rt.runtime.model.metadata import GraphTensor, ModelMetadata, metadata_from_props
-from limbseg_rt.runtime.engine.base import Runner, check_model_graph, run_failure
 
 _OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 _CONV_TYPES = ("Convolution", "Deconvolution")
@@ -42,8 +42,10 @@ def build_openvino_model(path: Path, config: dict, *, static_hw: bool = True):
     try:
         import openvino as ov
     except Exception as exc:
-        raise ProviderError(f"the openvino package does not import ({type(exc).__name__}: {exc}); reinstall it: "
-                            f"{prov.INSTALL_HINT['openvino']}") from None
+        raise ProviderError(
+            f"the openvino package does not import ({type(exc).__name__}: {exc}); reinstall it: "
+            f"{prov.INSTALL_HINT['openvino']}"
+        ) from None
     core = ov.Core()
     try:
         model = core.read_model(str(path))
@@ -59,7 +61,9 @@ def build_openvino_model(path: Path, config: dict, *, static_hw: bool = True):
             model.reshape({"image": [-1, md.in_channels, *md.input_hw]})
         return core.compile_model(model, config["device"], dict(config["config"])), props, md
     except Exception as exc:  # device missing or refusing a property
-        raise ProviderError(f"OpenVINO cannot compile {path.name} for {config['device']}: {str(exc).splitlines()[0][:200]}") from None
+        raise ProviderError(
+            f"OpenVINO cannot compile {path.name} for {config['device']}: {str(exc).splitlines()[0][:200]}"
+        ) from None
 
 
 def openvino_precisions(compiled) -> tuple[str, dict[str, int]]:
@@ -86,14 +90,33 @@ class OpenVinoRunner(Runner):
 
     engine = "openvino"
 
-    def __init__(self, compiled, *, metadata: ModelMetadata, model_path: Path, model_sha256: str,
-                 requested: str, config: dict, threads: int, max_batch: int, fallback: str | None = None):
+    def __init__(
+        self,
+        compiled,
+        *,
+        metadata: ModelMetadata,
+        model_path: Path,
+        model_sha256: str,
+        requested: str,
+        config: dict,
+        threads: int,
+        max_batch: int,
+        fallback: str | None = None,
+    ):
         self.compiled = compiled
         self.config = config
         precision, self.conv_precisions = openvino_precisions(compiled)
-        super().__init__(metadata=metadata, model_path=model_path, model_sha256=model_sha256, provider="openvino",
-                         precision=precision, requested=requested, threads=threads, max_batch=max_batch,
-                         fallback=fallback)
+        super().__init__(
+            metadata=metadata,
+            model_path=model_path,
+            model_sha256=model_sha256,
+            provider="openvino",
+            precision=precision,
+            requested=requested,
+            threads=threads,
+            max_batch=max_batch,
+            fallback=fallback,
+        )
         self._outputs = {o.get_any_name(): o for o in compiled.outputs}
         self._request = compiled.create_infer_request()
         shape = compiled.input("image").get_partial_shape()

@@ -95,8 +95,13 @@ class AutoChoice:
     measured: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"asked": "auto", "chose": self.precision, "how": self.how, "why": self.why,
-                "measured": self.measured or None}
+        return {
+            "asked": "auto",
+            "chose": self.precision,
+            "how": self.how,
+            "why": self.why,
+            "measured": self.measured or None,
+        }
 
 
 def load_profile(path: Path | None = None) -> dict:
@@ -118,8 +123,9 @@ def save_entries(new: dict, path: Path | None = None) -> Path:
     entries.update(new)
     from limbseg_rt.runtime.io.outputs import write_text_file  # one owner of output files
 
-    return write_text_file(path, json.dumps({"entries": entries}, indent=2, sort_keys=True) + "\n",
-                           what="precision profile")
+    return write_text_file(
+        path, json.dumps({"entries": entries}, indent=2, sort_keys=True) + "\n", what="precision profile"
+    )
 
 
 def entry_key(provider: str, arch: str) -> str:
@@ -143,8 +149,9 @@ def rule_choice(provider: str, have: set[str], cpu: CpuInfo, stale: str | None =
     return AutoChoice(p, "rule", why)
 
 
-def auto_precision(provider: str, arch: str, files: dict[str, Path], *, profile: dict | None = None,
-                   cpu: CpuInfo | None = None) -> AutoChoice:
+def auto_precision(
+    provider: str, arch: str, files: dict[str, Path], *, profile: dict | None = None, cpu: CpuInfo | None = None
+) -> AutoChoice:
     """What ``--precision auto`` runs for bundled ``arch`` on ``provider``. ``files``: the bundled
     candidate files (precision -> path). ``profile``: entries as ``load_profile()`` (injectable)."""
     cpu = cpu or detect()
@@ -160,16 +167,20 @@ def auto_precision(provider: str, arch: str, files: dict[str, Path], *, profile:
     changed = [k for k in ("cpu", "flags", "cores", "engines", "files") if now.get(k) != then.get(k)]
     chosen = entry.get("precision")
     if changed or (chosen not in have and not (chosen == "bf16" and "fp32" in have)):
-        return rule_choice(provider, have, cpu, stale=f"the profile entry is stale ({', '.join(changed) or 'file gone'} changed)")
+        return rule_choice(
+            provider, have, cpu, stale=f"the profile entry is stale ({', '.join(changed) or 'file gone'} changed)"
+        )
     measured = entry.get("measured", {})
     best = measured.get(chosen, {})
     ref = measured.get("fp32", {})
     speed = ""
     if ref.get("s_per_slice") and best.get("s_per_slice") and chosen != "fp32":
         speed = f", {ref['s_per_slice'] / best['s_per_slice']:.2f}x fp32's speed"
-    why = (f"measured by `limbseg-rt tune` on this CPU ({cpu.isa}) {entry.get('tuned_at', '')}: fastest with "
-           f"agreement >= {entry.get('min_agreement', MIN_AGREEMENT)} vs fp32 "
-           f"({best.get('s_per_slice', float('nan')) * 1000:.0f} ms/slice{speed})")
+    why = (
+        f"measured by `limbseg-rt tune` on this CPU ({cpu.isa}) {entry.get('tuned_at', '')}: fastest with "
+        f"agreement >= {entry.get('min_agreement', MIN_AGREEMENT)} vs fp32 "
+        f"({best.get('s_per_slice', float('nan')) * 1000:.0f} ms/slice{speed})"
+    )
     return AutoChoice(chosen, "measured", why, measured)
 
 

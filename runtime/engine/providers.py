@@ -98,7 +98,9 @@ def default_threads() -> int:
 
 def _unavailable(name: str, available: Sequence[str]) -> ProviderError:
     have = ", ".join(short_available(available)) or "none"
-    return ProviderError(f"execution provider {name!r} is not available (available: {have}); to add it: {INSTALL_HINT[name]}")
+    return ProviderError(
+        f"execution provider {name!r} is not available (available: {have}); to add it: {INSTALL_HINT[name]}"
+    )
 
 
 def choose_provider(requested: str | Sequence[str], available: Sequence[str]) -> tuple[str, bool]:
@@ -147,7 +149,10 @@ def gpu_name(device_id: int = 0) -> str:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name", "--format=csv,noheader", "-i", str(device_id)],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown-gpu"
@@ -189,8 +194,15 @@ def _shape(name: str, batch: int, rest: tuple[int, ...]) -> str:
 
 
 def tensorrt_options(
-    *, device_id: int, fp16: bool, cache_dir: Path, max_batch: int, opt_batch: int,
-    input_hw: tuple[int, int], in_channels: int = 1, needs_position: bool = False,
+    *,
+    device_id: int,
+    fp16: bool,
+    cache_dir: Path,
+    max_batch: int,
+    opt_batch: int,
+    input_hw: tuple[int, int],
+    in_channels: int = 1,
+    needs_position: bool = False,
 ) -> dict:
     """TensorRT EP options (names per ONNX Runtime's TensorRT EP documentation).
 
@@ -307,8 +319,13 @@ def resolve_providers(
 
     key = trt_cache_key(model_sha256, gpu or gpu_name(device_id), ort.__version__, tensorrt_version(), fp16)
     trt = tensorrt_options(
-        device_id=device_id, fp16=fp16, cache_dir=Path(cache_dir or default_cache_root()) / "trt" / key,
-        max_batch=max_batch, opt_batch=opt_batch, input_hw=input_hw, in_channels=in_channels,
+        device_id=device_id,
+        fp16=fp16,
+        cache_dir=Path(cache_dir or default_cache_root()) / "trt" / key,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        input_hw=input_hw,
+        in_channels=in_channels,
         needs_position=needs_position,
     )
     # CUDA after TensorRT takes any node TensorRT cannot (ONNX Runtime's recommended pairing).
@@ -340,13 +357,23 @@ def probe_providers(available: Sequence[str] | None = None) -> dict[str, tuple[b
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
         try:
-            sess = ort.InferenceSession(_PROBE_MODEL, sess_options=opts, providers=[ort_name] + ([CPU] if ort_name != CPU else []))
+            sess = ort.InferenceSession(
+                _PROBE_MODEL, sess_options=opts, providers=[ort_name] + ([CPU] if ort_name != CPU else [])
+            )
             got = sess.get_providers()[0]
         except Exception as exc:
-            result[short] = (False, f"{ort_name} failed: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+            result[short] = (
+                False,
+                f"{ort_name} failed: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}",
+            )
             continue
         ok = got == ort_name
-        result[short] = (ok, f"onnxruntime {ort_name}" if ok else f"listed by onnxruntime but dropped (libraries missing?): {INSTALL_HINT[short]}")
+        result[short] = (
+            ok,
+            f"onnxruntime {ort_name}"
+            if ok
+            else f"listed by onnxruntime but dropped (libraries missing?): {INSTALL_HINT[short]}",
+        )
     if OPENVINO_RUNTIME in available and "openvino" not in result:
         try:
             import openvino as ov
@@ -356,5 +383,8 @@ def probe_providers(available: Sequence[str] | None = None) -> dict[str, tuple[b
             result["openvino"] = (False, f"openvino runtime failed: {type(exc).__name__}")
         else:
             ok = "CPU" in devices
-            result["openvino"] = (ok, f"openvino runtime {ov.__version__.split('-')[0]}, devices: {', '.join(devices) or 'none'}")
+            result["openvino"] = (
+                ok,
+                f"openvino runtime {ov.__version__.split('-')[0]}, devices: {', '.join(devices) or 'none'}",
+            )
     return result

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from limbseg_rt.runtime.engine import providers as prov
 from limbseg_rt.runtime.engine.base import Runner, check_model_graph
-from limbseg_rt.runtime.engine.onnxruntime_runner import build_ort_session, runner_from_session, session_graph
 from limbseg_rt.runtime.engine.cpu import detect
+from limbseg_rt.runtime.engine.onnxruntime_runner import build_ort_session, runner_from_session, session_graph
 from limbseg_rt.runtime.engine.precision_profile import AutoChoice, auto_precision, has_bf16
 from limbseg_rt.runtime.errors import ModelError, ProviderError
-from limbseg_rt.runtime.model.bundled import bundled_files
 from limbseg_rt.runtime.hashing import sha256_file
+from limbseg_rt.runtime.model.bundled import bundled_files
 from limbseg_rt.runtime.model.metadata import metadata_from_props, read_metadata
 
 __all__ = ["Runner", "create_runner", "resolve_precision"]
@@ -91,12 +91,22 @@ def create_runner(
 
         config = prov.openvino_runtime_config(threads=threads, bf16=precision == "bf16")
         compiled, _, md = build_openvino_model(path, config)
-        runner: Runner = OpenVinoRunner(compiled, metadata=md, model_path=path, model_sha256=sha,
-                                        requested=requested_label, config=config, threads=threads, max_batch=max_batch)
+        runner: Runner = OpenVinoRunner(
+            compiled,
+            metadata=md,
+            model_path=path,
+            model_sha256=sha,
+            requested=requested_label,
+            config=config,
+            threads=threads,
+            max_batch=max_batch,
+        )
         if precision == "bf16" and runner.precision != "bf16":
             runner.close()
-            raise ProviderError(f"OpenVINO was asked for bf16 but compiled {path.name} for {runner.precision}; "
-                                "use --precision fp32 or int8")
+            raise ProviderError(
+                f"OpenVINO was asked for bf16 but compiled {path.name} for {runner.precision}; "
+                "use --precision fp32 or int8"
+            )
         runner.precision_choice = choice.to_dict()
         runner.fallback = runner.fallback or missing
         return runner
@@ -106,16 +116,34 @@ def create_runner(
         md = read_metadata(path)
         shapes = {"input_hw": md.input_hw, "in_channels": md.in_channels, "needs_position": md.needs_position}
     resolved = prov.resolve_providers(
-        short, device_id=device_id, threads=threads, fp16=trt_fp16, cache_dir=cache_dir, model_sha256=sha,
-        max_batch=max_batch, available=available, gpu=gpu, **shapes,
+        short,
+        device_id=device_id,
+        threads=threads,
+        fp16=trt_fp16,
+        cache_dir=cache_dir,
+        model_sha256=sha,
+        max_batch=max_batch,
+        available=available,
+        gpu=gpu,
+        **shapes,
     )
     session = build_ort_session(path, resolved, threads=threads)
     # Metadata from the engine's own load of the file: one load instead of two.
     md = md or metadata_from_props(dict(session.get_modelmeta().custom_metadata_map), path)
     check_model_graph(md, *session_graph(session), path)
-    runner = runner_from_session(session, metadata=md, model_path=path, model_sha256=sha, short=short,
-                                 flexible=flexible, allow_fallback=allow_fallback, providers=resolved,
-                                 threads=threads, max_batch=max_batch, requested_label=requested_label)
+    runner = runner_from_session(
+        session,
+        metadata=md,
+        model_path=path,
+        model_sha256=sha,
+        short=short,
+        flexible=flexible,
+        allow_fallback=allow_fallback,
+        providers=resolved,
+        threads=threads,
+        max_batch=max_batch,
+        requested_label=requested_label,
+    )
     runner.precision_choice = choice.to_dict()
     runner.fallback = runner.fallback or missing
     return runner
@@ -154,9 +182,13 @@ def choose_precision(model: str, precision: str, provider: str) -> AutoChoice:
 def _check_bf16(provider: str, available: Sequence[str]) -> None:
     """bf16 runs only on the OpenVINO engine, and only on a CPU with a bf16 instruction."""
     if provider != "openvino" or prov.engine_for(provider, available) != prov.ENGINE_OPENVINO:
-        raise ProviderError("bf16 runs only on the OpenVINO runtime engine: use --provider openvino "
-                            f"(with pip install openvino), not {provider}")
+        raise ProviderError(
+            "bf16 runs only on the OpenVINO runtime engine: use --provider openvino "
+            f"(with pip install openvino), not {provider}"
+        )
     cpu = detect()
     if not has_bf16(cpu):
-        raise ProviderError(f"this CPU has no bf16 instructions (ISA class {cpu.isa}: needs AVX512-BF16 or "
-                            "AMX-BF16); use --precision int8 or fp32")
+        raise ProviderError(
+            f"this CPU has no bf16 instructions (ISA class {cpu.isa}: needs AVX512-BF16 or "
+            "AMX-BF16); use --precision int8 or fp32"
+        )

@@ -18,22 +18,22 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError, ModelError
-from limbseg_rt.runtime.model.metadata import ModelMetadata
-from limbseg_rt.runtime.model.position import slice_positions
+from limbseg_rt.runtime.inference.postprocess import StrayResult, suppress_stray_runs
 from limbseg_rt.runtime.inference.preprocess import (
-    linear_axis,
     intensity_window,
     is_constant,
+    linear_axis,
     preprocess_slices,
 )
-from limbseg_rt.runtime.inference.postprocess import StrayResult, suppress_stray_runs
 from limbseg_rt.runtime.inference.tiling import TileCoord, sliding_window_logits
+from limbseg_rt.runtime.model.metadata import ModelMetadata
+from limbseg_rt.runtime.model.position import slice_positions
 
 FIT_MODES = ("auto", "resize", "tile")
 # --fit auto resizes while the resized slice's pixel spacing is within this factor of the model's
@@ -105,7 +105,9 @@ class SliceRun:
     strays: StrayResult | None = None
 
 
-def choose_fit(slice_hw: tuple[int, int], spacing_xy_mm: tuple[float, float], metadata: ModelMetadata) -> tuple[str, str]:
+def choose_fit(
+    slice_hw: tuple[int, int], spacing_xy_mm: tuple[float, float], metadata: ModelMetadata
+) -> tuple[str, str]:
     """``(fit, reason)`` for ``--fit auto``: ``"resize"`` or ``"tile"`` and one line saying why.
 
     ``slice_hw``: the canonical slice ``[X, Y]`` in pixels; ``spacing_xy_mm``: its pixel spacing (mm).
@@ -121,9 +123,11 @@ def choose_fit(slice_hw: tuple[int, int], spacing_xy_mm: tuple[float, float], me
     fov = (slice_hw[0] * float(spacing_xy_mm[0]), slice_hw[1] * float(spacing_xy_mm[1]))
     resized = (fov[0] / h, fov[1] / w)
     scale = max(max(r / t, t / r) for r, t in zip(resized, metadata.pixel_spacing_mm))
-    desc = (f"field of view {fov[0]:.0f} x {fov[1]:.0f} mm resized to {h} x {w} gives "
-            f"{resized[0]:.2f} x {resized[1]:.2f} mm pixels; trained at "
-            f"{metadata.pixel_spacing_mm[0]:.2f} x {metadata.pixel_spacing_mm[1]:.2f} mm")
+    desc = (
+        f"field of view {fov[0]:.0f} x {fov[1]:.0f} mm resized to {h} x {w} gives "
+        f"{resized[0]:.2f} x {resized[1]:.2f} mm pixels; trained at "
+        f"{metadata.pixel_spacing_mm[0]:.2f} x {metadata.pixel_spacing_mm[1]:.2f} mm"
+    )
     if scale <= AUTO_FIT_MAX_SCALE:
         return "resize", f"{desc} (within {AUTO_FIT_MAX_SCALE:g}x)"
     return "tile", f"{desc} ({scale:.2f}x off): resampled to the trained spacing and tiled"
@@ -341,8 +345,13 @@ def segment_canonical(
         )
     if options.batch_size == "auto":
         batch = auto_batch_size(
-            metadata.classes, metadata.input_hw, (nx, ny), fit=fit, resampled_hw=resampled_hw,
-            memory_budget_mb=options.memory_budget_mb, max_batch=options.max_batch,
+            metadata.classes,
+            metadata.input_hw,
+            (nx, ny),
+            fit=fit,
+            resampled_hw=resampled_hw,
+            memory_budget_mb=options.memory_budget_mb,
+            max_batch=options.max_batch,
         )
     else:
         batch = int(options.batch_size)
@@ -350,7 +359,9 @@ def segment_canonical(
     run = SliceRun(labels, batch, (float(lo), float(hi)), False, positions, timings, [], resampled_hw, fit, fit_reason)
     if is_constant(lo, hi):
         run.empty = True
-        run.notes.append("the image has no contrast (empty or constant): no muscle can be found; all labels are background")
+        run.notes.append(
+            "the image has no contrast (empty or constant): no muscle can be found; all labels are background"
+        )
         if progress:
             progress(nz, nz)
         return run
@@ -363,8 +374,9 @@ def segment_canonical(
             # Tile mode normalises the same way, then resamples to the trained pixel spacing instead.
             hw = metadata.input_hw if fit == "resize" else resampled_hw
             if per_slice:
-                x = np.concatenate([preprocess_slices(s[None], *intensity_window(s, spec), hw, metadata.resampling)
-                                    for s in slab])
+                x = np.concatenate(
+                    [preprocess_slices(s[None], *intensity_window(s, spec), hw, metadata.resampling) for s in slab]
+                )
             else:
                 x = preprocess_slices(slab, lo, hi, hw, metadata.resampling)
             timings["preprocess"] += time.perf_counter() - t
@@ -378,6 +390,7 @@ def segment_canonical(
             pos = positions[start:stop] if positions is not None else None
             logits = _check_logits(predict(x, pos), n, classes, metadata.input_hw)
         else:
+
             def predict_tiles(tiles: np.ndarray, coords: list[TileCoord], _start: int = start) -> np.ndarray:
                 pos = None
                 if positions is not None:

@@ -36,18 +36,19 @@ model was trained with, and the runtime feeds it the same):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from limbseg_rt.runtime.model.input_spec import MODEL_INPUT_HW, RESAMPLING_MODES, NormalisationSpec
+
 
 def _nearest_rank(sorted_or_partitioned: np.ndarray, q: float) -> int:
     n = sorted_or_partitioned.size
     return int(np.floor(q / 100.0 * (n - 1) + 0.5))
 
 
-def intensity_window(values: np.ndarray, spec: NormalisationSpec = NormalisationSpec()) -> tuple[np.float32, np.float32]:
+def intensity_window(
+    values: np.ndarray, spec: NormalisationSpec = NormalisationSpec()
+) -> tuple[np.float32, np.float32]:
     """``(lo, hi)`` float32 for an array of any shape (non-finite values are ignored).
 
     Returns ``(0, 0)`` when there is no finite value.
@@ -56,7 +57,7 @@ def intensity_window(values: np.ndarray, spec: NormalisationSpec = Normalisation
     # whole-volume mask plus filtered copy plus partition copy.
     flat = np.asarray(values, dtype=np.float32).ravel(order="K")
     chunk = 1 << 22
-    all_finite = all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+    all_finite = all(np.isfinite(flat[i : i + chunk]).all() for i in range(0, flat.size, chunk))
     work = flat.copy() if all_finite else flat[np.isfinite(flat)]
     if work.size == 0:
         return np.float32(0.0), np.float32(0.0)

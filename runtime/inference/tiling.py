@@ -13,8 +13,8 @@ Nothing here knows about sessions: the driver takes a callable
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -160,8 +160,8 @@ def sliding_window_logits(
     locations = list(splitter((h, w)))
     coords = [TileCoord(i, top, left, wh, ww) for i in range(n) for top, left in locations]
     for start in range(0, len(coords), batch_size):
-        chunk = coords[start:start + batch_size]
-        batch = np.stack([x[c.index, :, c.top:c.top + wh, c.left:c.left + ww] for c in chunk])
+        chunk = coords[start : start + batch_size]
+        batch = np.stack([x[c.index, :, c.top : c.top + wh, c.left : c.left + ww] for c in chunk])
         logits = np.asarray(predict(batch, chunk), dtype=np.float32)
         merger.aggregate(logits, chunk)
     return merger.finalize((h, w))

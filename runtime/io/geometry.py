@@ -82,9 +82,13 @@ def check_affine(affine: np.ndarray, *, source: str, form: str = "affine") -> np
     """
     a = np.array(affine, dtype=np.float64, copy=True)
     if a.shape != (4, 4):
-        raise InputError(f"{source}: the {form} is not a 4x4 matrix (shape {a.shape}); the header is damaged; export the image again")
+        raise InputError(
+            f"{source}: the {form} is not a 4x4 matrix (shape {a.shape}); the header is damaged; export the image again"
+        )
     if not np.all(np.isfinite(a)):
-        raise InputError(f"{source}: the {form} contains NaN or infinite numbers; the header is damaged; export the image again")
+        raise InputError(
+            f"{source}: the {form} contains NaN or infinite numbers; the header is damaged; export the image again"
+        )
     cols = a[:3, :3]
     lengths = np.linalg.norm(cols, axis=0)
     if np.any(lengths <= 0) or abs(np.linalg.det(cols)) <= 1e-12 * max(1.0, float(np.prod(lengths))):

@@ -29,8 +29,19 @@ from limbseg_rt.runtime.model.labels import LabelTable
 
 NIFTI_INTENT_LABEL = 1002
 # Header fields that place the grid in the world; the label file must carry them bit for bit.
-GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
-                   "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z")
+GEOMETRY_FIELDS = (
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+)
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ def itksnap_text(table: LabelTable) -> str:
         shown = 0 if lab.index == 0 else 1
         r, g, b = lab.colour
         name = lab.name.replace('"', "'")
-        lines.append(f"{lab.index:5d} {r:5d} {g:4d} {b:4d} {float(shown):8g} {shown:2d} {shown:2d}    \"{name}\"")
+        lines.append(f'{lab.index:5d} {r:5d} {g:4d} {b:4d} {float(shown):8g} {shown:2d} {shown:2d}    "{name}"')
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +163,7 @@ def slicer_text(table: LabelTable, filename: str = "labels.ctbl") -> str:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
 
 def _input_grid_labels(labels, props, table: LabelTable, grid: str) -> np.ndarray:
     arr = np.asarray(labels)
@@ -215,7 +227,9 @@ def _verify(tmp: Path, out: Path, data: np.ndarray, props, dtype) -> None:
     try:
         header, _, back, _ = read_raw(tmp)
     except InputError as exc:
-        raise OutputError(f"{out}: the written label file does not read back ({exc}); check the disk and try again") from None
+        raise OutputError(
+            f"{out}: the written label file does not read back ({exc}); check the disk and try again"
+        ) from None
     if tuple(back.shape) != tuple(props.shape):
         problems.append(f"shape {back.shape} != {props.shape}")
     elif back.dtype.kind != "u" or back.dtype.itemsize != np.dtype(dtype).itemsize or not np.array_equal(back, data):
@@ -234,4 +248,6 @@ def _verify(tmp: Path, out: Path, data: np.ndarray, props, dtype) -> None:
     if int(header["intent_code"]) != NIFTI_INTENT_LABEL:
         problems.append("intent is not NIFTI_INTENT_LABEL")
     if problems:
-        raise OutputError(f"{out}: the written label file failed its read-back check ({'; '.join(problems)}); nothing was written")
+        raise OutputError(
+            f"{out}: the written label file failed its read-back check ({'; '.join(problems)}); nothing was written"
+        )

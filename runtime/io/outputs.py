@@ -66,8 +66,10 @@ def os_error_line(exc: OSError, path, what: str = "output") -> str:
     if code == getattr(errno, "EDQUOT", -1):
         return f"the {what} {p} cannot be written: disk quota exceeded in {folder}; free space or choose another folder"
     if code == errno.EFBIG:
-        return (f"the {what} {p} cannot be written: file too large for this file system or the shell's "
-                "file size limit (ulimit -f); raise the limit or choose another folder")
+        return (
+            f"the {what} {p} cannot be written: file too large for this file system or the shell's "
+            "file size limit (ulimit -f); raise the limit or choose another folder"
+        )
     if code == errno.EROFS:
         return f"the {what} {p} cannot be written: {folder} is on a read-only file system; choose another output folder"
     if code in (errno.EACCES, errno.EPERM):
@@ -133,14 +135,14 @@ class _Target:
 class OutputSet:
     """The outputs of one run. Use as a context manager; ``commit()`` publishes, leaving discards.
 
-        with OutputSet(inputs=[scan]) as out:
-            out.add("labels", "a_labels.nii.gz", what="label file")
-            out.add("report", "a_report.json", what="report")     # added last: published last
-            out.check()                                             # before the work starts
-            ...
-            nib.save(img, out.temp("labels"))                       # or out.write_text(key, text)
-            out.write_text("report", text)
-            written = out.commit()                                  # {key: target path}
+    with OutputSet(inputs=[scan]) as out:
+        out.add("labels", "a_labels.nii.gz", what="label file")
+        out.add("report", "a_report.json", what="report")     # added last: published last
+        out.check()                                             # before the work starts
+        ...
+        nib.save(img, out.temp("labels"))                       # or out.write_text(key, text)
+        out.write_text("report", text)
+        written = out.commit()                                  # {key: target path}
     """
 
     def __init__(self, inputs=()):
@@ -162,8 +164,10 @@ class OutputSet:
         target = Path(os.path.realpath(raw)) if raw.is_symlink() else raw
         for other in self._targets.values():
             if _same(other.path, target) and not (other.in_place and _is_char_device(target)):
-                raise OutputError(f"the {what} {quote(raw)} and the {other.what} {quote(other.path)} are the same file; "
-                                  "give each output its own name")
+                raise OutputError(
+                    f"the {what} {quote(raw)} and the {other.what} {quote(other.path)} are the same file; "
+                    "give each output its own name"
+                )
         in_place, fd = self._check_target(raw, target, what)
         self._targets[key] = _Target(key, target, what, in_place, fd, last)
         return target
@@ -172,8 +176,10 @@ class OutputSet:
         """(written in place?, open write end of a FIFO); OutputError if unusable."""
         for src in self._inputs:
             if _same(src, target):
-                raise OutputError(f"the {what} {quote(raw)} would overwrite the input {quote(src)}; choose another "
-                                  "output name (inputs are never overwritten)")
+                raise OutputError(
+                    f"the {what} {quote(raw)} would overwrite the input {quote(src)}; choose another "
+                    "output name (inputs are never overwritten)"
+                )
         try:
             st = os.stat(target)
         except FileNotFoundError:
@@ -190,12 +196,15 @@ class OutputSet:
                 # Held open until the publish: closing it now would give the reader an early end of file.
                 return True, self._open_fifo(raw, target, what)
             if not stat.S_ISREG(mode):
-                raise OutputError(f"the {what} {quote(raw)} is not a regular file (a block device or socket); "
-                                  "choose a file name")
+                raise OutputError(
+                    f"the {what} {quote(raw)} is not a regular file (a block device or socket); choose a file name"
+                )
         folder = target.parent if str(target.parent) else Path(".")
         if not folder.is_dir():
-            raise OutputError(f"the {what} {quote(raw)} cannot be written: its output folder does not exist ({quote(folder)}); "
-                              "create it or choose another path")
+            raise OutputError(
+                f"the {what} {quote(raw)} cannot be written: its output folder does not exist ({quote(folder)}); "
+                "create it or choose another path"
+            )
         _check_name_length(target, what)
         return False, None
 
@@ -205,8 +214,10 @@ class OutputSet:
             fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
-                raise OutputError(f"the {what} {quote(raw)} is a named pipe with no reader; start the reader first "
-                                  "or give a file name") from None
+                raise OutputError(
+                    f"the {what} {quote(raw)} is a named pipe with no reader; start the reader first "
+                    "or give a file name"
+                ) from None
             raise OutputError(os_error_line(exc, raw, what)) from None
         os.set_blocking(fd, True)
         return fd
@@ -302,7 +313,10 @@ class OutputSet:
                 try:
                     if t.in_place:
                         fd, t.fd = t.fd, None
-                        with open(t.temp, "rb") as src, (os.fdopen(fd, "wb") if fd is not None else open(t.path, "wb")) as dst:
+                        with (
+                            open(t.temp, "rb") as src,
+                            os.fdopen(fd, "wb") if fd is not None else open(t.path, "wb") as dst,
+                        ):
                             shutil.copyfileobj(src, dst)
                         os.unlink(t.temp)
                     else:
@@ -365,8 +379,10 @@ def _check_name_length(path: Path, what: str) -> None:
     except (OSError, ValueError):
         name_max = 255
     if len(os.fsencode(path.name)) > name_max:
-        raise OutputError(f"the {what} {quote(path)} cannot be written: the name is longer than this file system "
-                          f"allows ({name_max} bytes); choose a shorter name")
+        raise OutputError(
+            f"the {what} {quote(path)} cannot be written: the name is longer than this file system "
+            f"allows ({name_max} bytes); choose a shorter name"
+        )
 
 
 def _is_char_device(path: Path) -> bool:

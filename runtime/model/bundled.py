@@ -66,7 +66,12 @@ def _normalise_name(name: str) -> str:
 
 
 def looks_like_path(name_or_path: str) -> bool:
-    return name_or_path.lower().endswith(".onnx") or "/" in name_or_path or "\\" in name_or_path or Path(name_or_path).is_file()
+    return (
+        name_or_path.lower().endswith(".onnx")
+        or "/" in name_or_path
+        or "\\" in name_or_path
+        or Path(name_or_path).is_file()
+    )
 
 
 def resolve_model(name_or_path: str, *, precision: str = "auto", provider: str, models_dir: Path | None = None) -> Path:

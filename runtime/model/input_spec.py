@@ -30,7 +30,7 @@ class NormalisationSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NormalisationSpec":
+    def from_dict(cls, d: dict) -> NormalisationSpec:
         spec = cls(
             method=str(d.get("method", "percentile")),
             lower_percentile=float(d.get("lower_percentile", 0.5)),

@@ -95,8 +95,13 @@ class LabelTable:
 
     def to_list(self) -> list[dict]:
         return [
-            {"index": lab.index, "name": lab.name, "code": lab.code, "colour": list(lab.colour),
-             **({"side": lab.side} if lab.side is not None else {})}
+            {
+                "index": lab.index,
+                "name": lab.name,
+                "code": lab.code,
+                "colour": list(lab.colour),
+                **({"side": lab.side} if lab.side is not None else {}),
+            }
             for lab in self.labels
         ]
 
@@ -104,17 +109,15 @@ class LabelTable:
         return json.dumps(self.to_list())
 
     @classmethod
-    def from_list(cls, items: list[dict]) -> "LabelTable":
+    def from_list(cls, items: list[dict]) -> LabelTable:
         return cls(
             tuple(
-                Label(int(d["index"]), str(d["name"]), str(d["code"]), _rgb(d["colour"]),
-                      d.get("side"))
-                for d in items
+                Label(int(d["index"]), str(d["name"]), str(d["code"]), _rgb(d["colour"]), d.get("side")) for d in items
             )
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "LabelTable":
+    def from_json(cls, text: str) -> LabelTable:
         return cls.from_list(json.loads(text))
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from limbseg_rt.runtime.errors import ModelError
-from limbseg_rt.runtime.model.labels import LabelTable
 from limbseg_rt.runtime.model.input_spec import RESAMPLING_MODES, NormalisationSpec
+from limbseg_rt.runtime.model.labels import LabelTable
 
 METADATA_KEY = "limbseg_rt.metadata"
 SCHEMA_VERSION = 1
@@ -37,7 +37,7 @@ class PositionSpec:
         return {"bins": self.bins, "rule": self.rule, "direction": self.direction}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PositionSpec":
+    def from_dict(cls, d: dict) -> PositionSpec:
         spec = cls(int(d["bins"]), str(d["rule"]), str(d["direction"]))
         if spec.direction not in ("proximal_to_distal", "distal_to_proximal"):
             raise ValueError(f"unknown position direction {spec.direction!r}")
@@ -111,7 +111,7 @@ class ModelMetadata:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelMetadata":
+    def from_dict(cls, d: dict) -> ModelMetadata:
         if int(d.get("schema_version", -1)) != SCHEMA_VERSION:
             raise ValueError(
                 f"metadata schema version {d.get('schema_version')!r}; this runtime reads version {SCHEMA_VERSION}"
@@ -128,7 +128,8 @@ class ModelMetadata:
             outputs=tuple(str(s) for s in d["outputs"]),
             position=PositionSpec.from_dict(d["position"]) if d.get("position") else None,
             pixel_spacing_mm=(float(d["pixel_spacing_mm"][0]), float(d["pixel_spacing_mm"][1]))
-            if d.get("pixel_spacing_mm") else None,
+            if d.get("pixel_spacing_mm")
+            else None,
             # Files exported before the entry existed were all trained with the exact linear resize.
             resampling=str(d.get("resampling", "exact")),
             slice_layout=str(d.get("slice_layout", SLICE_LAYOUT)),
@@ -151,7 +152,7 @@ class ModelMetadata:
         return md
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelMetadata":
+    def from_json(cls, text: str) -> ModelMetadata:
         return cls.from_dict(json.loads(text))
 
 
@@ -204,12 +205,18 @@ def check_graph(md: ModelMetadata, inputs: list[GraphTensor], outputs: list[Grap
     missing = [n for n in md.outputs if n not in have_out]
     if missing:
         raise ValueError(f"the graph has no output {missing[0]!r} (its outputs: {sorted(have_out)})")
-    fixed = {("image", 1): md.in_channels, ("image", 2): md.input_hw[0], ("image", 3): md.input_hw[1],
-             ("logits", 1): md.classes}
+    fixed = {
+        ("image", 1): md.in_channels,
+        ("image", 2): md.input_hw[0],
+        ("image", 3): md.input_hw[1],
+        ("logits", 1): md.classes,
+    }
     for t in [have_in[n] for n in md.inputs] + [have_out[n] for n in md.outputs]:
         rank, dtype = _EXPECTED.get(t.name, (len(t.shape), t.dtype))
         if len(t.shape) != rank or t.dtype != dtype:
-            raise ValueError(f"graph tensor {t.name!r} is {t.dtype} of rank {len(t.shape)}; expected {dtype} of rank {rank}")
+            raise ValueError(
+                f"graph tensor {t.name!r} is {t.dtype} of rank {len(t.shape)}; expected {dtype} of rank {rank}"
+            )
         for axis, dim in enumerate(t.shape):
             want = fixed.get((t.name, axis))
             if dim is not None and want is not None and dim != want:
@@ -221,7 +228,9 @@ def metadata_from_props(props: dict[str, str], path: Path) -> ModelMetadata:
     and messages as ``read_metadata``, prefixed with the file name)."""
     text = props.get(METADATA_KEY)
     if text is None:
-        raise ModelError(f"{path.name}: model has no limbseg-rt metadata (key {METADATA_KEY!r}); export it with 'limbseg-rt export'")
+        raise ModelError(
+            f"{path.name}: model has no limbseg-rt metadata (key {METADATA_KEY!r}); export it with 'limbseg-rt export'"
+        )
     try:
         return ModelMetadata.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
@@ -245,7 +254,9 @@ def read_metadata(model) -> ModelMetadata:
             opts.log_severity_level = 3
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-            raise ModelError(f"{path.name} is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+            raise ModelError(
+                f"{path.name} is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            ) from None
         props = sess.get_modelmeta().custom_metadata_map
         where = path.name
     else:
@@ -253,7 +264,9 @@ def read_metadata(model) -> ModelMetadata:
         where = "model"
     text = props.get(METADATA_KEY)
     if text is None:
-        raise ModelError(f"{where} has no limbseg-rt metadata (key {METADATA_KEY!r}); export it with 'limbseg-rt export'")
+        raise ModelError(
+            f"{where} has no limbseg-rt metadata (key {METADATA_KEY!r}); export it with 'limbseg-rt export'"
+        )
     try:
         return ModelMetadata.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:

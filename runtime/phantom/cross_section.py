@@ -10,8 +10,22 @@ import numpy as np
 
 from limbseg_rt.runtime.phantom import anatomy as A
 
-TISSUE_NAMES = ("air", "skin", "fat", "muscle", "other muscle", "cortical bone", "yellow marrow", "red marrow",
-                "fluid", "vessel", "nerve", "tendon", "bowel", "cartilage")
+TISSUE_NAMES = (
+    "air",
+    "skin",
+    "fat",
+    "muscle",
+    "other muscle",
+    "cortical bone",
+    "yellow marrow",
+    "red marrow",
+    "fluid",
+    "vessel",
+    "nerve",
+    "tendon",
+    "bowel",
+    "cartilage",
+)
 AIR, SKIN, FAT, MUSCLE, OTHER_MUSCLE, CORTEX, YELLOW, RED, FLUID, VESSEL, NERVE, TENDON, BOWEL, CARTILAGE = range(14)
 _MIN_SEMI_AXIS_MM = 5.0
 MIN_AREA_MM2 = 40.0
@@ -19,6 +33,7 @@ _CORE = 0.6  # normalised radius of the protected core of each muscle
 _SIZE_GAIN = 1.7  # table sizes are core sizes; the partition trims the overlaps
 _NOMINAL_LENGTH_MM = 880.0  # lower iliac wing to ankle, reference subject
 # Muscles that infiltrate with fat first in older subjects (weights for the infiltration field).
+
 
 class _SliceGeometry:
     """Per-leg 2D geometry of one level (all lengths in mm of this subject)."""
@@ -163,8 +178,10 @@ def _render_leg(tissue, labels, xs, ys, side, geom: _SliceGeometry, subj, codes_
             if central["floor"]:
                 t[(dcav >= 1.0) & (dcav < 1.18) & (yw < ycav + 0.3 * central["cav_ry"])] = OTHER_MUSCLE
             if central["bladder"] > 0:
-                db = np.sqrt((xw / (0.55 * central["cav_rx"])) ** 2
-                             + ((yw - ycav - 0.35 * central["cav_ry"]) / (0.5 * central["cav_ry"])) ** 2)
+                db = np.sqrt(
+                    (xw / (0.55 * central["cav_rx"])) ** 2
+                    + ((yw - ycav - 0.35 * central["cav_ry"]) / (0.5 * central["cav_ry"])) ** 2
+                )
                 t[cavity & (db < central["bladder"])] = FLUID
             dr = np.hypot(xw, yw - (ycav - 0.55 * central["cav_ry"]))
             t[cavity & (dr < 14 * scale)] = BOWEL
@@ -192,7 +209,9 @@ def _render_leg(tissue, labels, xs, ys, side, geom: _SliceGeometry, subj, codes_
         ang += subj["m_ang"][li] + (subj["m_ang_left"][li] if side < 0 else 0.0)
         rho = max(0.05, rho + subj["m_rho"][li] + (subj["m_rho_left"][li] if side < 0 else 0.0))
         size = subj["m_size"][li] * geom.rm * _SIZE_GAIN
-        entries.append((codes_to_index[code], ang, rho, max(ta * size, _MIN_SEMI_AXIS_MM), max(rb * size, _MIN_SEMI_AXIS_MM)))
+        entries.append(
+            (codes_to_index[code], ang, rho, max(ta * size, _MIN_SEMI_AXIS_MM), max(rb * size, _MIN_SEMI_AXIS_MM))
+        )
     if entries:
         n = len(entries)
         lab_of = np.array([e[0] for e in entries], np.uint8)
@@ -207,8 +226,9 @@ def _render_leg(tissue, labels, xs, ys, side, geom: _SliceGeometry, subj, codes_
         # soft tissue instead of staying perfect ellipse arcs.
         Uw, Vw = U.copy(), V.copy()
         for kx, ky, phase, omega, amp, comp in subj["warp"]:
-            wave = np.float32(amp) * np.sin(np.float32(kx) * U + np.float32(ky) * V
-                                            + np.float32(phase + omega * geom.s + 1.1 * (side < 0)))
+            wave = np.float32(amp) * np.sin(
+                np.float32(kx) * U + np.float32(ky) * V + np.float32(phase + omega * geom.s + 1.1 * (side < 0))
+            )
             if comp:
                 Vw += wave
             else:
@@ -287,7 +307,7 @@ def _render_leg(tissue, labels, xs, ys, side, geom: _SliceGeometry, subj, codes_
         # Thighs that touch at the midline: skin against skin, not one merged fat pad.
         mid = int(np.argmin(np.abs(xs[ix])))
         lo, hi = (mid, mid + 2) if side > 0 else (mid - 1, mid + 1)
-        edge = t[max(lo, 0):hi]
+        edge = t[max(lo, 0) : hi]
         edge[edge != AIR] = SKIN
     lab[t != MUSCLE] = 0
     if entries:
@@ -331,8 +351,9 @@ def _central(s: float, subj: dict, half_sep: float) -> dict | None:
         return None
     scale = subj["scale"]
     # True-pelvis cavity narrows from the inlet to the level of the obturator internus / symphysis.
-    cav = A.interp_clamped(s, ((0.0, 58, 52), (0.06, 50, 46), (0.09, 38, 40), (0.11, 30, 34), (0.125, 18, 16),
-                               (0.13, 0, 0)))
+    cav = A.interp_clamped(
+        s, ((0.0, 58, 52), (0.06, 50, 46), (0.09, 38, 40), (0.11, 30, 34), (0.125, 18, 16), (0.13, 0, 0))
+    )
     return {
         "rx": float(row[0] * half_sep),
         "ry": float(row[1] * scale),
@@ -345,8 +366,17 @@ def _central(s: float, subj: dict, half_sep: float) -> dict | None:
     }
 
 
-def render_slice(tissue: np.ndarray, labels: np.ndarray, s: float, subj: dict, xs: np.ndarray, ys: np.ndarray,
-                 y_table: float, codes_to_index: dict, min_px: int) -> None:
+def render_slice(
+    tissue: np.ndarray,
+    labels: np.ndarray,
+    s: float,
+    subj: dict,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    y_table: float,
+    codes_to_index: dict,
+    min_px: int,
+) -> None:
     """Paint level ``s`` of both legs into ``tissue`` / ``labels`` (uint8 ``[X, Y]``, zero on entry).
 
     ``xs``, ``ys``: world x (toward the subject's right) and y (anterior) of the voxel centres, mm;

@@ -56,7 +56,9 @@ def dixon_images(ph, seed: int, *, noise: float = 0.004, bias: float = 0.15, gai
     return out[0], out[1], ph.fat_fraction, pv
 
 
-def make_dixon_phantom(seed: int, *, slices: int = 150, shape=(256, 256), spacing=None, orientation: str = "RAS") -> dict:
+def make_dixon_phantom(
+    seed: int, *, slices: int = 150, shape=(256, 256), spacing=None, orientation: str = "RAS"
+) -> dict:
     """NIfTI images of phantom ``seed`` in ``orientation``: ``image`` (T1w int16, identical to
     ``make_phantom``'s), ``labels`` (uint8), ``water`` and ``fat`` (float32 Dixon), ``ff`` (true voxel
     FF of the content under the blur, float32 0..1) and ``sides`` (uint8 true side of every muscle
@@ -76,8 +78,14 @@ def make_dixon_phantom(seed: int, *, slices: int = 150, shape=(256, 256), spacin
     xform = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), ornt.axcodes2ornt(code))
     affine = canonical_affine(ph.labels.shape, ph.spacing) @ ornt.inv_ornt_aff(xform, ph.labels.shape)
     out = {}
-    for name, data, dtype in (("image", ph.image, np.int16), ("labels", ph.labels, np.uint8), ("water", water, np.float32),
-                              ("fat", fat, np.float32), ("ff", pv, np.float32), ("sides", sides, np.uint8)):
+    for name, data, dtype in (
+        ("image", ph.image, np.int16),
+        ("labels", ph.labels, np.uint8),
+        ("water", water, np.float32),
+        ("fat", fat, np.float32),
+        ("ff", pv, np.float32),
+        ("sides", sides, np.uint8),
+    ):
         arr = np.ascontiguousarray(ornt.apply_orientation(data, xform)).astype(dtype)
         img = nib.Nifti1Image(arr, affine)
         img.set_data_dtype(dtype)

@@ -53,8 +53,8 @@ import numpy as np
 from limbseg_rt.runtime.errors import InputError
 from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.model.labels import default_label_table
-from limbseg_rt.runtime.phantom.mr_signal import form_image
 from limbseg_rt.runtime.phantom.cross_section import MIN_AREA_MM2, TISSUE_NAMES, render_slice
+from limbseg_rt.runtime.phantom.mr_signal import form_image
 
 __all__ = ["DEFAULT_SPACING", "TISSUE_NAMES", "PhantomArrays", "canonical_affine", "make_phantom", "phantom_arrays"]
 
@@ -143,8 +143,14 @@ def _warp_wave(rng: np.random.Generator, component: int) -> list[float]:
     wavelength = rng.uniform(35.0, 90.0)
     direction = rng.uniform(0, 2 * np.pi)
     k = 2 * np.pi / wavelength
-    return [float(k * np.cos(direction)), float(k * np.sin(direction)), float(rng.uniform(0, 2 * np.pi)),
-            float(rng.uniform(-25.0, 25.0)), float(rng.uniform(1.5, 4.0)), component]
+    return [
+        float(k * np.cos(direction)),
+        float(k * np.sin(direction)),
+        float(rng.uniform(0, 2 * np.pi)),
+        float(rng.uniform(-25.0, 25.0)),
+        float(rng.uniform(1.5, 4.0)),
+        component,
+    ]
 
 
 def _level(frac_from_top: np.ndarray, subj: dict) -> np.ndarray:

@@ -5,12 +5,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from limbseg_rt.runtime.phantom.cross_section import (AIR, BOWEL, CARTILAGE, CORTEX, FAT, FLUID, MUSCLE, NERVE, OTHER_MUSCLE,
-                                              RED, SKIN, TENDON, TISSUE_NAMES, VESSEL, YELLOW)
+from limbseg_rt.runtime.phantom.cross_section import (
+    AIR,
+    BOWEL,
+    CARTILAGE,
+    CORTEX,
+    FAT,
+    FLUID,
+    MUSCLE,
+    NERVE,
+    OTHER_MUSCLE,
+    RED,
+    SKIN,
+    TENDON,
+    TISSUE_NAMES,
+    VESSEL,
+    YELLOW,
+)
 
-_INFILTRATION_WEIGHT = {"GM": 1.6, "GL": 1.3, "SOL": 1.4, "SM": 1.3, "ST": 1.2, "BFL": 1.3, "BFS": 1.2,
-                        "ADM": 1.2, "GRA": 1.1, "SAR": 1.2, "PL": 1.1, "RF": 0.8, "TA": 0.7, "VI": 0.8}
-
+_INFILTRATION_WEIGHT = {
+    "GM": 1.6,
+    "GL": 1.3,
+    "SOL": 1.4,
+    "SM": 1.3,
+    "ST": 1.2,
+    "BFL": 1.3,
+    "BFS": 1.2,
+    "ADM": 1.2,
+    "GRA": 1.1,
+    "SAR": 1.2,
+    "PL": 1.1,
+    "RF": 0.8,
+    "TA": 0.7,
+    "VI": 0.8,
+}
 
 
 def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -61,10 +89,22 @@ def form_image(rng, tissue, labels, subj, table, spacing, *, return_ff: bool = F
     lut = np.zeros(len(TISSUE_NAMES), np.float32)
     lut[CARTILAGE] = 0.4  # hyaline cartilage: intermediate on T1
     lut[[AIR, SKIN, FAT, OTHER_MUSCLE, CORTEX, YELLOW, RED, FLUID, VESSEL, NERVE, TENDON, BOWEL]] = [
-        0.0, 0.55, fat, subj["muscle_signal"], 0.04, 0.85 * fat, red, 0.12, 0.07, 0.5, 0.05, 0.38]
+        0.0,
+        0.55,
+        fat,
+        subj["muscle_signal"],
+        0.04,
+        0.85 * fat,
+        red,
+        0.12,
+        0.07,
+        0.5,
+        0.05,
+        0.38,
+    ]
     img = lut[tissue]
     m_lut = np.zeros(256, np.float32)
-    m_lut[1:1 + len(table.muscles)] = subj["muscle_signal"] + np.asarray(subj["m_signal"], np.float32)
+    m_lut[1 : 1 + len(table.muscles)] = subj["muscle_signal"] + np.asarray(subj["m_signal"], np.float32)
     w_lut = np.ones(256, np.float32)
     for lab in table.muscles:
         w_lut[lab.index] = _INFILTRATION_WEIGHT.get(lab.code, 1.0)
@@ -80,10 +120,15 @@ def form_image(rng, tissue, labels, subj, table, spacing, *, return_ff: bool = F
     infil_lut = np.clip(subj["infiltration"] * w_lut, 0, 0.6).astype(np.float32)
     infil = infil_lut[labels]
     # Marbling: fat fraction rises where the field exceeds a threshold set by the infiltration level.
-    ff = np.clip((marbling - (2.4 - 3.5 * infil)) * np.float32(1 / 0.6), 0, 1) * np.float32(0.8) + np.float32(0.3) * infil
+    ff = (
+        np.clip((marbling - (2.4 - 3.5 * infil)) * np.float32(1 / 0.6), 0, 1) * np.float32(0.8)
+        + np.float32(0.3) * infil
+    )
     np.clip(ff, 0, 1, out=ff)
     sig = m_lut[labels] * (1 + np.float32(0.05) * texture)
-    img = np.where(is_m, sig * (1 - ff) + np.float32(fat) * ff, img * (1 + np.float32(0.02) * texture * (tissue == FAT)))
+    img = np.where(
+        is_m, sig * (1 - ff) + np.float32(fat) * ff, img * (1 + np.float32(0.02) * texture * (tissue == FAT))
+    )
     # Partial volume: in-plane ~0.7-voxel blur, slice profile through-plane.
     img = blur3(blur3(img, 1, 0.22), 2, 0.22)
     img = blur3(img, 0, 0.12)

@@ -25,8 +25,10 @@ from limbseg_rt.runtime.qc import page, svg
 
 RECORD_NAME = "completed.json"  # the cohort layer's completion record (runtime/cohort/store.py)
 MIN_SCANS_FOR_OUTLIERS = 4
-OUTLIER_RULE = ("Outlier: below Q1 - 1.5 x IQR or above Q3 + 1.5 x IQR of that muscle's values across the scans "
-                f"where it was found (Tukey's fences), computed when at least {MIN_SCANS_FOR_OUTLIERS} scans have it.")
+OUTLIER_RULE = (
+    "Outlier: below Q1 - 1.5 x IQR or above Q3 + 1.5 x IQR of that muscle's values across the scans "
+    f"where it was found (Tukey's fences), computed when at least {MIN_SCANS_FOR_OUTLIERS} scans have it."
+)
 
 
 def tukey_fences(values: list[float]) -> tuple[float, float] | None:
@@ -81,7 +83,9 @@ def build_cohort_html(rows: list[dict], columns: list[str], pages: dict[str, str
     has_side = "side" in columns
     scans: dict[str, dict] = {}
     for r in rows:
-        s = scans.setdefault(r["scan_id"], {"status": r.get("status", ""), "message": r.get("message", ""), "total": 0.0, "outliers": 0})
+        s = scans.setdefault(
+            r["scan_id"], {"status": r.get("status", ""), "message": r.get("message", ""), "total": 0.0, "outliers": 0}
+        )
         v = _float(r.get("volume_ml"))
         if v:
             s["total"] += v
@@ -116,27 +120,40 @@ def build_cohort_html(rows: list[dict], columns: list[str], pages: dict[str, str
         if plotted:
             sections.append(svg.strip_chart(plotted, title=f"{header} per muscle across scans", unit=unit or header))
 
-    out = [page.html_head("limbseg-rt cohort QC"), "<h1>limbseg-rt cohort QC</h1>",
-           f'<p class="sub">{len(scans)} scans; {sum(1 for s in scans.values() if s["status"] == "failed")} failed. '
-           f"Each dot is one scan; red dots are outliers.</p>",
-           f'<p id="outlier-rule"><b>Outlier rule.</b> {escape(OUTLIER_RULE)}</p>']
+    out = [
+        page.html_head("limbseg-rt cohort QC"),
+        "<h1>limbseg-rt cohort QC</h1>",
+        f'<p class="sub">{len(scans)} scans; {sum(1 for s in scans.values() if s["status"] == "failed")} failed. '
+        f"Each dot is one scan; red dots are outliers.</p>",
+        f'<p id="outlier-rule"><b>Outlier rule.</b> {escape(OUTLIER_RULE)}</p>',
+    ]
     if notes:
-        out.append('<div class="warnings"><h2>Notes</h2><ul>' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul></div>")
-    out.append('<h2>Scans</h2><table id="scans"><thead><tr><th class="t">scan</th><th class="t">status</th>'
-               '<th>total volume (mL)</th><th>volume outliers</th><th class="t">message</th></tr></thead><tbody>')
+        out.append(
+            '<div class="warnings"><h2>Notes</h2><ul>' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul></div>"
+        )
+    out.append(
+        '<h2>Scans</h2><table id="scans"><thead><tr><th class="t">scan</th><th class="t">status</th>'
+        '<th>total volume (mL)</th><th>volume outliers</th><th class="t">message</th></tr></thead><tbody>'
+    )
     for sid, s in scans.items():
         link = f'<a href="{escape(pages[sid])}">{escape(sid)}</a>' if sid in pages else escape(sid)
-        out.append(f'<tr data-scan="{escape(sid)}"><td class="t">{link}</td><td class="t">{escape(s["status"])}</td>'
-                   f'<td>{s["total"]:.1f}</td><td>{s["outliers"]}</td><td class="t">{escape(s["message"])}</td></tr>')
+        out.append(
+            f'<tr data-scan="{escape(sid)}"><td class="t">{link}</td><td class="t">{escape(s["status"])}</td>'
+            f'<td>{s["total"]:.1f}</td><td>{s["outliers"]}</td><td class="t">{escape(s["message"])}</td></tr>'
+        )
     out.append("</tbody></table>")
     if outlier_rows:
-        out.append('<h2>Outliers</h2><table id="outliers"><thead><tr><th class="t">scan</th><th class="t">muscle</th>'
-                   '<th class="t">measure</th><th>value</th><th>fences</th></tr></thead><tbody>')
+        out.append(
+            '<h2>Outliers</h2><table id="outliers"><thead><tr><th class="t">scan</th><th class="t">muscle</th>'
+            '<th class="t">measure</th><th>value</th><th>fences</th></tr></thead><tbody>'
+        )
         for sid, key, header, unit, v, (lo, hi) in outlier_rows:
             link = f'<a href="{escape(pages[sid])}">{escape(sid)}</a>' if sid in pages else escape(sid)
-            out.append(f'<tr class="outlier" data-scan="{escape(sid)}" data-muscle="{escape(key)}"><td class="t">{link}</td>'
-                       f'<td class="t">{escape(key)}</td><td class="t">{escape(header)} ({escape(unit)})</td>'
-                       f"<td>{v:.2f}</td><td>{lo:.2f} .. {hi:.2f}</td></tr>")
+            out.append(
+                f'<tr class="outlier" data-scan="{escape(sid)}" data-muscle="{escape(key)}"><td class="t">{link}</td>'
+                f'<td class="t">{escape(key)}</td><td class="t">{escape(header)} ({escape(unit)})</td>'
+                f"<td>{v:.2f}</td><td>{lo:.2f} .. {hi:.2f}</td></tr>"
+            )
         out.append("</tbody></table>")
     else:
         out.append('<p id="outliers">No outliers by the rule above.</p>')

@@ -141,7 +141,14 @@ def render_view(view, table, window: tuple[float, float]) -> bytes:
     bx, by = x0 + 10, y0 + h - 14
     d.rectangle((bx - 1, by - 1, bx + bar_px + 1, by + 5), fill=(0, 0, 0))
     d.rectangle((bx, by, bx + bar_px, by + 4), fill=(255, 255, 255))
-    d.text((bx, by - 3), f"{bar_mm} mm", fill=(255, 255, 255), font=_font(12), anchor="lb", **{"stroke_width": 1, "stroke_fill": (0, 0, 0)})
+    d.text(
+        (bx, by - 3),
+        f"{bar_mm} mm",
+        fill=(255, 255, 255),
+        font=_font(12),
+        anchor="lb",
+        **{"stroke_width": 1, "stroke_fill": (0, 0, 0)},
+    )
 
     # Legend.
     small = _font(12)

@@ -24,8 +24,10 @@ from typing import Any, TypeGuard
 
 from limbseg_rt.runtime.qc import svg
 
-CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
-       "base-uri 'none'; form-action 'none'; frame-src 'none'; connect-src 'none'")
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
+    "base-uri 'none'; form-action 'none'; frame-src 'none'; connect-src 'none'"
+)
 
 KNOWN: dict[str, tuple[str, str]] = {
     "volume_ml": ("Volume", "mL"),
@@ -51,7 +53,15 @@ KNOWN: dict[str, tuple[str, str]] = {
     "ff_weighted": ("FF weighted", ""),
 }
 HIDDEN = {"index", "input_axis"}
-SUFFIX_UNITS = (("_ml", "mL"), ("_mm2", "mm²"), ("_cm2", "cm²"), ("_mm", "mm"), ("_percent", "%"), ("_pct", "%"), ("_s", "s"))
+SUFFIX_UNITS = (
+    ("_ml", "mL"),
+    ("_mm2", "mm²"),
+    ("_cm2", "cm²"),
+    ("_mm", "mm"),
+    ("_percent", "%"),
+    ("_pct", "%"),
+    ("_s", "s"),
+)
 FAT_WORDS = ("imat", "ff_", "fat")
 
 STYLE = """
@@ -75,11 +85,13 @@ details pre{font-size:11px;background:#f0f0f0;padding:8px;overflow:auto;max-heig
 
 
 def html_head(title: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="referrer" content="no-referrer">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta name="referrer" content="no-referrer">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+    )
 
 
 def unit_and_header(key: str) -> tuple[str, str]:
@@ -196,8 +208,7 @@ def muscle_table(report: dict, colours: dict[str, str] | None = None) -> str:
         side = f' data-side="{escape(str(rec["side"]))}"' if has_side else ""
         cls = ' class="absent"' if absent else ""
         rows.append(f'<tr data-code="{escape(code)}"{side}{cls}>{"".join(cells)}</tr>')
-    return (f'<table id="muscles"><thead><tr>{"".join(head)}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    return f'<table id="muscles"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def side_pairs(records: list[dict], key: str = "volume_ml") -> list[tuple[str, float | None, float | None]]:
@@ -222,9 +233,16 @@ def plots(report: dict, colours: dict[str, str]) -> list[str]:
     if pairs:
         out.append(svg.paired_bar_chart(pairs, title="Volume per muscle, left vs right", unit="mL"))
     else:
-        vols = [(str(r.get("code")), float(r["volume_ml"])) for r in records if _is_number(r.get("volume_ml")) and r["volume_ml"] > 0]
-        out.append(svg.bar_chart(vols, title="Volume per muscle", unit="mL",
-                                 colours=[colours.get(c, svg.BAR_COLOUR) for c, _ in vols]))
+        vols = [
+            (str(r.get("code")), float(r["volume_ml"]))
+            for r in records
+            if _is_number(r.get("volume_ml")) and r["volume_ml"] > 0
+        ]
+        out.append(
+            svg.bar_chart(
+                vols, title="Volume per muscle", unit="mL", colours=[colours.get(c, svg.BAR_COLOUR) for c, _ in vols]
+            )
+        )
     numeric, profiles = table_columns(records)
     for key in profiles:
         header, unit = unit_and_header(key)
@@ -237,7 +255,14 @@ def plots(report: dict, colours: dict[str, str]) -> list[str]:
             pts = [(start + i, float(y)) for i, y in enumerate(ys) if y is not None]
             name = f"{r.get('code')}{' ' + str(r['side']) if 'side' in r else ''}"
             series.append((name, [p[0] for p in pts], [p[1] for p in pts], colours.get(str(r.get("code")), "#555")))
-        out.append(svg.line_chart(series, title=f"{header} along the limb", xlabel="slice z (RAS+, 0 = most inferior)", ylabel=unit or header))
+        out.append(
+            svg.line_chart(
+                series,
+                title=f"{header} along the limb",
+                xlabel="slice z (RAS+, 0 = most inferior)",
+                ylabel=unit or header,
+            )
+        )
     for key in [c for c in numeric if any(w in c.split(".")[-1].lower() for w in FAT_WORDS)][:3]:
         header, unit = unit_and_header(key)
         items = []
@@ -277,8 +302,15 @@ def warning_items(report: dict) -> list[str]:
 
 
 def _kv(pairs: list[tuple[str, object]]) -> str:
-    return '<dl class="kv">' + "".join(f"<dt>{escape(k)}</dt><dd>{_fmt(v) if not isinstance(v, str) else escape(v)}</dd>"
-                                       for k, v in pairs if v is not None) + "</dl>"
+    return (
+        '<dl class="kv">'
+        + "".join(
+            f"<dt>{escape(k)}</dt><dd>{_fmt(v) if not isinstance(v, str) else escape(v)}</dd>"
+            for k, v in pairs
+            if v is not None
+        )
+        + "</dl>"
+    )
 
 
 def manifest_section(manifest: dict) -> str:
@@ -287,37 +319,53 @@ def manifest_section(manifest: dict) -> str:
     engine = manifest.get("engine") or {}
     inp = manifest.get("input") or {}
     geo = inp.get("geometry") or {}
-    parts = ["<h2>Run manifest</h2>", "<h3>Model and engine</h3>", _kv([
-        ("model file", model.get("file")),
-        ("model SHA-256", model.get("sha256")),
-        ("architecture", md.get("architecture")),
-        ("model precision", md.get("precision")),
-        ("provider that ran", engine.get("provider")),
-        ("precision that ran", engine.get("precision")),
-        ("requested", f"provider {engine.get('requested_provider')}, precision {engine.get('requested_precision')}"),
-        ("fallback", engine.get("fallback") or "none"),
-        ("batch size", (manifest.get("pipeline") or {}).get("batch_size")),
-        ("peak RSS (MiB)", manifest.get("peak_rss_mib")),
-    ])]
+    parts = [
+        "<h2>Run manifest</h2>",
+        "<h3>Model and engine</h3>",
+        _kv(
+            [
+                ("model file", model.get("file")),
+                ("model SHA-256", model.get("sha256")),
+                ("architecture", md.get("architecture")),
+                ("model precision", md.get("precision")),
+                ("provider that ran", engine.get("provider")),
+                ("precision that ran", engine.get("precision")),
+                (
+                    "requested",
+                    f"provider {engine.get('requested_provider')}, precision {engine.get('requested_precision')}",
+                ),
+                ("fallback", engine.get("fallback") or "none"),
+                ("batch size", (manifest.get("pipeline") or {}).get("batch_size")),
+                ("peak RSS (MiB)", manifest.get("peak_rss_mib")),
+            ]
+        ),
+    ]
     timings = {k: v for k, v in (manifest.get("timings_s") or {}).items() if _is_number(v)}
     if timings:
-        parts.append("<h3>Timings</h3><table id=\"timings\"><thead><tr><th class=\"t\">stage</th><th>seconds</th></tr></thead><tbody>"
-                     + "".join(f'<tr><td class="t">{escape(k)}</td><td>{v:.3f}</td></tr>' for k, v in timings.items())
-                     + "</tbody></table>")
+        parts.append(
+            '<h3>Timings</h3><table id="timings"><thead><tr><th class="t">stage</th><th>seconds</th></tr></thead><tbody>'
+            + "".join(f'<tr><td class="t">{escape(k)}</td><td>{v:.3f}</td></tr>' for k, v in timings.items())
+            + "</tbody></table>"
+        )
         if (manifest.get("timings_s") or {}).get("note"):
             parts.append(f'<p class="sub">{escape(manifest["timings_s"]["note"])}</p>')
     versions = manifest.get("versions") or {}
     if versions:
         parts.append("<h3>Versions</h3>" + _kv([(k, str(v)) for k, v in versions.items()]))
-    parts.append("<h3>Input</h3>" + _kv([
-        ("file", inp.get("name")),
-        ("SHA-256", inp.get("sha256")),
-        ("shape", " x ".join(str(s) for s in geo.get("shape", [])) or None),
-        ("spacing (mm)", " x ".join(f"{s:g}" for s in geo.get("spacing_mm", [])) or None),
-        ("orientation", geo.get("orientation")),
-        ("tilt (degrees)", geo.get("tilt_deg")),
-        ("affine from", geo.get("affine_source")),
-    ]))
+    parts.append(
+        "<h3>Input</h3>"
+        + _kv(
+            [
+                ("file", inp.get("name")),
+                ("SHA-256", inp.get("sha256")),
+                ("shape", " x ".join(str(s) for s in geo.get("shape", [])) or None),
+                ("spacing (mm)", " x ".join(f"{s:g}" for s in geo.get("spacing_mm", [])) or None),
+                ("orientation", geo.get("orientation")),
+                ("tilt (degrees)", geo.get("tilt_deg")),
+                ("affine from", geo.get("affine_source")),
+            ]
+        )
+    )
     return "".join(parts)
 
 
@@ -336,25 +384,37 @@ def build_report_html(report: dict, images: list[tuple[str, bytes]], *, table=No
     totals = report.get("totals") or {}
     engine = manifest.get("engine") or {}
     model = manifest.get("model") or {}
-    out = [html_head(title), f"<h1>{escape(title)}</h1>",
-           f'<p class="sub">{totals.get("muscles_found", "?")} of {len({str(m.get("code")) for m in report.get("muscles") or []})} muscles found, '
-           f'{float(totals.get("volume_ml") or 0.0):.1f} mL in all; model {escape(str(model.get("file")))}, '
-           f'provider {escape(str(engine.get("provider")))}, precision {escape(str(engine.get("precision")))}</p>']
+    out = [
+        html_head(title),
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="sub">{totals.get("muscles_found", "?")} of {len({str(m.get("code")) for m in report.get("muscles") or []})} muscles found, '
+        f"{float(totals.get('volume_ml') or 0.0):.1f} mL in all; model {escape(str(model.get('file')))}, "
+        f"provider {escape(str(engine.get('provider')))}, precision {escape(str(engine.get('precision')))}</p>",
+    ]
     if is_demo_model(manifest):
-        out.append('<div class="demo" id="demo-model"><b>Demo model.</b> This model was trained only on the synthetic '
-                   "phantom. It is not for real scans; its labels on a real scan mean nothing.</div>")
+        out.append(
+            '<div class="demo" id="demo-model"><b>Demo model.</b> This model was trained only on the synthetic '
+            "phantom. It is not for real scans; its labels on a real scan mean nothing.</div>"
+        )
     warns = warning_items(report)
     if warns:
-        out.append('<div class="warnings" id="warnings"><h2>Warnings</h2><ul>'
-                   + "".join(f"<li>{escape(w)}</li>" for w in warns) + "</ul></div>")
+        out.append(
+            '<div class="warnings" id="warnings"><h2>Warnings</h2><ul>'
+            + "".join(f"<li>{escape(w)}</li>" for w in warns)
+            + "</ul></div>"
+        )
     else:
         out.append('<div class="ok" id="warnings">No warnings.</div>')
     if images:
-        out.append('<h2>Overlays</h2><p class="sub">Label colours at partial opacity with outlines; letters give the '
-                   "patient's directions (R/L, A/P, S/I). Axial and coronal views are in radiological convention: "
-                   "the patient's right is on the image's left.</p><div id=\"overlays\">")
+        out.append(
+            '<h2>Overlays</h2><p class="sub">Label colours at partial opacity with outlines; letters give the '
+            "patient's directions (R/L, A/P, S/I). Axial and coronal views are in radiological convention: "
+            "the patient's right is on the image's left.</p><div id=\"overlays\">"
+        )
         for caption, png in images:
-            out.append(f'<figure><img alt="{escape(caption)}" src="{_data_uri(png)}"><figcaption>{escape(caption)}</figcaption></figure>')
+            out.append(
+                f'<figure><img alt="{escape(caption)}" src="{_data_uri(png)}"><figcaption>{escape(caption)}</figcaption></figure>'
+            )
         out.append("</div>")
     out.append("<h2>Muscles</h2>")
     out.append(muscle_table(report, colours))
@@ -362,7 +422,10 @@ def build_report_html(report: dict, images: list[tuple[str, bytes]], *, table=No
     if figs:
         out.append('<h2>Plots</h2><div id="plots">' + "".join(figs) + "</div>")
     out.append(manifest_section(manifest))
-    out.append("<details><summary>The whole report (JSON)</summary><pre>"
-               + escape(json.dumps(report, indent=1, default=str)) + "</pre></details>")
+    out.append(
+        "<details><summary>The whole report (JSON)</summary><pre>"
+        + escape(json.dumps(report, indent=1, default=str))
+        + "</pre></details>"
+    )
     out.append("</body></html>\n")
     return "".join(out)

@@ -44,20 +44,26 @@ def bar_chart(items: list[tuple[str, float]], *, title: str, unit: str, colours:
     plot_w = width - left - right
     height = top + row * len(items) + 30
     vmax = _nice_max(max(v for _, v in items))
-    parts = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
-             f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>']
+    parts = [
+        f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
+        f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>',
+    ]
     for t in _ticks(vmax):
         x = left + plot_w * t / vmax
         parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>')
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>'
+    )
     for i, (label, v) in enumerate(items):
         y = top + i * row
         w = plot_w * max(v, 0.0) / vmax
         colour = colours[i] if colours else BAR_COLOUR
         parts.append(f'<text x="{left - 4}" y="{y + 11}" class="lab" text-anchor="end">{escape(label)}</text>')
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" fill="{colour}"><title>{escape(label)}: {_fmt(v)} {escape(unit)}</title></rect>')
+        parts.append(
+            f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" fill="{colour}"><title>{escape(label)}: {_fmt(v)} {escape(unit)}</title></rect>'
+        )
         parts.append(f'<text x="{left + w + 3:.1f}" y="{y + 11}" class="val">{_fmt(v)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -73,16 +79,20 @@ def paired_bar_chart(items: list[tuple[str, float | None, float | None]], *, tit
     height = top + row * len(items) + 30
     vals = [v for _, a, b in items for v in (a, b) if v is not None]
     vmax = _nice_max(max(vals) if vals else 1.0)
-    parts = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
-             f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>',
-             f'<rect x="{left}" y="24" width="10" height="10" fill="{LEFT_COLOUR}"/><text x="{left + 14}" y="33" class="lab">left (L)</text>',
-             f'<rect x="{left + 80}" y="24" width="10" height="10" fill="{RIGHT_COLOUR}"/><text x="{left + 94}" y="33" class="lab">right (R)</text>']
+    parts = [
+        f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
+        f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>',
+        f'<rect x="{left}" y="24" width="10" height="10" fill="{LEFT_COLOUR}"/><text x="{left + 14}" y="33" class="lab">left (L)</text>',
+        f'<rect x="{left + 80}" y="24" width="10" height="10" fill="{RIGHT_COLOUR}"/><text x="{left + 94}" y="33" class="lab">right (R)</text>',
+    ]
     for t in _ticks(vmax):
         x = left + plot_w * t / vmax
         parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>')
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>'
+    )
     for i, (label, a, b) in enumerate(items):
         y = top + i * row
         parts.append(f'<text x="{left - 4}" y="{y + 14}" class="lab" text-anchor="end">{escape(label)}</text>')
@@ -91,7 +101,9 @@ def paired_bar_chart(items: list[tuple[str, float | None, float | None]], *, tit
                 continue
             w = plot_w * max(v, 0.0) / vmax
             yy = y + 2 + k * 9
-            parts.append(f'<rect x="{left}" y="{yy}" width="{w:.1f}" height="8" fill="{colour}"><title>{escape(label)} {side}: {_fmt(v)} {escape(unit)}</title></rect>')
+            parts.append(
+                f'<rect x="{left}" y="{yy}" width="{w:.1f}" height="8" fill="{colour}"><title>{escape(label)} {side}: {_fmt(v)} {escape(unit)}</title></rect>'
+            )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -109,25 +121,39 @@ def line_chart(series: list[tuple[str, list[float], list[float], str]], *, title
     if x1 == x0:
         x1 = x0 + 1
     ymax = _nice_max(max(ys_all) if ys_all else 1.0)
-    parts = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
-             f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>']
+    parts = [
+        f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
+        f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>',
+    ]
     for t in _ticks(ymax):
         y = top + plot_h - plot_h * t / ymax
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="tick" text-anchor="end">{_fmt(t)}</text>')
     for t in _ticks(x1 - x0):
         x = left + plot_w * t / (x1 - x0)
-        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 14}" class="tick" text-anchor="middle">{_fmt(x0 + t)}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="tick" text-anchor="middle">{escape(xlabel)}</text>')
-    parts.append(f'<text x="12" y="{top + plot_h / 2:.1f}" class="tick" text-anchor="middle" transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(ylabel)}</text>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 14}" class="tick" text-anchor="middle">{_fmt(x0 + t)}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="tick" text-anchor="middle">{escape(xlabel)}</text>'
+    )
+    parts.append(
+        f'<text x="12" y="{top + plot_h / 2:.1f}" class="tick" text-anchor="middle" transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(ylabel)}</text>'
+    )
     for k, (name, xs, ys, colour) in enumerate(series):
-        pts = " ".join(f"{left + plot_w * (x - x0) / (x1 - x0):.1f},{top + plot_h - plot_h * y / ymax:.1f}" for x, y in zip(xs, ys))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.5"><title>{escape(name)}</title></polyline>')
+        pts = " ".join(
+            f"{left + plot_w * (x - x0) / (x1 - x0):.1f},{top + plot_h - plot_h * y / ymax:.1f}" for x, y in zip(xs, ys)
+        )
+        parts.append(
+            f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.5"><title>{escape(name)}</title></polyline>'
+        )
         if k < 16:
             ly = top + 10 + k * 14
-            parts.append(f'<line x1="{left + plot_w + 8}" y1="{ly - 4}" x2="{left + plot_w + 22}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>'
-                         f'<text x="{left + plot_w + 26}" y="{ly}" class="lab">{escape(name)}</text>')
+            parts.append(
+                f'<line x1="{left + plot_w + 8}" y1="{ly - 4}" x2="{left + plot_w + 22}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>'
+                f'<text x="{left + plot_w + 26}" y="{ly}" class="lab">{escape(name)}</text>'
+            )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -143,15 +169,19 @@ def strip_chart(groups: list[tuple[str, list[tuple[float, bool, str]]]], *, titl
     width = 680
     plot_w = width - left - right
     height = top + row * len(groups) + 30
-    parts = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
-             f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>']
+    parts = [
+        f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
+        f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>',
+    ]
     for t in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = left + plot_w * t
         parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{t:.0%}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">'
-                 f"share of the row's largest value ({escape(unit)} at the right)</text>")
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">'
+        f"share of the row's largest value ({escape(unit)} at the right)</text>"
+    )
     for i, (label, pts) in enumerate(groups):
         y = top + i * row + row / 2
         vmax = max([v for v, _, _ in pts] + [0.0]) or 1.0
@@ -161,6 +191,8 @@ def strip_chart(groups: list[tuple[str, list[tuple[float, bool, str]]]], *, titl
         for v, out, scan in pts:
             x = left + plot_w * max(v, 0.0) / vmax
             cls = "outlier" if out else "dot"
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{4 if out else 3}" class="{cls}"><title>{escape(scan)}: {_fmt(v)} {escape(unit)}{" (outlier)" if out else ""}</title></circle>')
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{4 if out else 3}" class="{cls}"><title>{escape(scan)}: {_fmt(v)} {escape(unit)}{" (outlier)" if out else ""}</title></circle>'
+            )
     parts.append("</svg>")
     return "".join(parts)

@@ -147,7 +147,9 @@ def make_views(volume: np.ndarray, labels: np.ndarray, spacing_mm, table) -> lis
     areas = slice_areas(labels, max(len(table), int(labels.max()) + 1))
     views = []
     for name, z in axial_levels(areas, table):
-        views.append(View("axial", f"{name} level", z, nz, _display(volume[:, :, z]), _display(labels[:, :, z]), (sy, sx)))
+        views.append(
+            View("axial", f"{name} level", z, nz, _display(volume[:, :, z]), _display(labels[:, :, z]), (sy, sx))
+        )
 
     mask_x = np.zeros(nx, dtype=np.int64)
     mask_y = np.zeros(ny, dtype=np.int64)
@@ -167,10 +169,21 @@ def make_views(volume: np.ndarray, labels: np.ndarray, spacing_mm, table) -> lis
             w = mask_x * sel
             if w.sum() > 0:
                 sides.append((side, int(round(float((np.arange(nx) * w).sum()) / float(w.sum())))))
-    views.append(View("coronal", "through both legs", cy, ny, _display(volume[:, cy, :]), _display(labels[:, cy, :]), (sz, sx)))
+    views.append(
+        View("coronal", "through both legs", cy, ny, _display(volume[:, cy, :]), _display(labels[:, cy, :]), (sz, sx))
+    )
     for side, x in sides:
-        views.append(View("sagittal", f"through the {side}" if side != "middle" else "middle", x, nx,
-                          _display(volume[x, :, :]), _display(labels[x, :, :]), (sz, sy)))
+        views.append(
+            View(
+                "sagittal",
+                f"through the {side}" if side != "middle" else "middle",
+                x,
+                nx,
+                _display(volume[x, :, :]),
+                _display(labels[x, :, :]),
+                (sz, sy),
+            )
+        )
     return views
 
 

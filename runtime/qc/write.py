@@ -104,8 +104,9 @@ def stage_qc_for_result(out, result, scan_path, labels_path, *, read_options=Non
     from limbseg_rt.runtime.io.nifti import ReadOptions, read_image
 
     canon, props = read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())
-    return stage_qc(out, canon, result.labels_canonical, props.canonical_spacing, result.table,
-                    result.report.to_dict(), labels_path)
+    return stage_qc(
+        out, canon, result.labels_canonical, props.canonical_spacing, result.table, result.report.to_dict(), labels_path
+    )
 
 
 def write_qc_for_result(result, scan_path, labels_path, *, read_options=None) -> dict[str, Path]:
@@ -113,7 +114,9 @@ def write_qc_for_result(result, scan_path, labels_path, *, read_options=None) ->
     from limbseg_rt.runtime.io.nifti import ReadOptions, read_image
 
     canon, props = read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())
-    return write_qc(canon, result.labels_canonical, props.canonical_spacing, result.table, result.report.to_dict(), labels_path)
+    return write_qc(
+        canon, result.labels_canonical, props.canonical_spacing, result.table, result.report.to_dict(), labels_path
+    )
 
 
 def _table_for(report: dict):

@@ -89,7 +89,7 @@ def label_surfaces(label_map: np.ndarray, keep: Iterable[int] | None = None) -> 
     ids, starts = np.unique(values, return_index=True)
     bounds = list(starts) + [flat.size]
     coords = np.stack(np.unravel_index(flat, lab.shape), axis=1).astype(np.int64)
-    return {int(ids[n]): coords[bounds[n]:bounds[n + 1]] for n in range(ids.size)}
+    return {int(ids[n]): coords[bounds[n] : bounds[n + 1]] for n in range(ids.size)}
 
 
 def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
@@ -101,9 +101,7 @@ def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
     return sp
 
 
-def nearest_distances(
-    points: np.ndarray, queries: np.ndarray, spacing: Sequence[float] | None = None
-) -> np.ndarray:
+def nearest_distances(points: np.ndarray, queries: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Exact Euclidean distance (mm) from each query voxel to the nearest of ``points``.
 
     ``points`` (M, ndim) and ``queries`` (Q, ndim): integer voxel indices, any ndim >= 1;

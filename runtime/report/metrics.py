@@ -92,9 +92,9 @@ def confusion_matrix(pred, ref, n_labels: int | None = None) -> np.ndarray:
     p, r = p.reshape(-1), r.reshape(-1)
     counts = np.zeros(n * n, dtype=np.int64)
     for start in range(0, p.size, _CHUNK):
-        idx = r[start:start + _CHUNK].astype(np.intp)
+        idx = r[start : start + _CHUNK].astype(np.intp)
         idx *= n
-        idx += p[start:start + _CHUNK]
+        idx += p[start : start + _CHUNK]
         counts += np.bincount(idx, minlength=n * n)
     return counts.reshape(n, n)
 
@@ -355,7 +355,9 @@ def _as_labels(vol: np.ndarray, what: str) -> np.ndarray:
     if vol.size and vol.min() < 0:
         raise InputError(f"the {what} is not a label map: it holds negative values")
     if vol.size and vol.max() > MAX_LABEL:
-        raise InputError(f"the {what} is not a label map: it holds values up to {vol.max()} (labels must be <= {MAX_LABEL})")
+        raise InputError(
+            f"the {what} is not a label map: it holds values up to {vol.max()} (labels must be <= {MAX_LABEL})"
+        )
     if vol.dtype == np.uint64:  # bincount refuses uint64 even for small values
         vol = vol.astype(np.int64)
     return vol
@@ -438,9 +440,7 @@ def evaluate_labels(
             flag = FLAG_ABSENT_IN_BOTH
         dsc = float(dice_all[i]) if i < n_ids else math.nan
         rve = float(rve_all[i]) if i < n_ids else math.nan
-        rows.append(
-            LabelMetrics(i, name, code, dsc, rve, hd, h95, asd_, npred * vox_ml, nref * vox_ml, flag)
-        )
+        rows.append(LabelMetrics(i, name, code, dsc, rve, hd, h95, asd_, npred * vox_ml, nref * vox_ml, flag))
 
     # The mean row covers labels present in at least one map: a label absent from both says
     # nothing about the segmentation and would only dilute the mean volumes.

@@ -29,8 +29,19 @@ from limbseg_rt.runtime.model.labels import LabelTable
 
 REPORT_SCHEMA = "limbseg-rt.report/2"
 CSV_COLUMNS = (
-    "index", "code", "name", "volume_ml", "voxels", "z_first", "z_last", "input_axis",
-    "input_first", "input_last", "mean_intensity", "touches_first_slice", "touches_last_slice",
+    "index",
+    "code",
+    "name",
+    "volume_ml",
+    "voxels",
+    "z_first",
+    "z_last",
+    "input_axis",
+    "input_first",
+    "input_last",
+    "mean_intensity",
+    "touches_first_slice",
+    "touches_last_slice",
 )
 
 FIELD_NOTES = {
@@ -132,8 +143,18 @@ def muscle_stats(
     return out
 
 
-MANIFEST_KEYS = ("model", "engine", "pipeline", "timings_s", "peak_rss_mib", "versions", "input", "report_units",
-                 "analysis", "outputs")
+MANIFEST_KEYS = (
+    "model",
+    "engine",
+    "pipeline",
+    "timings_s",
+    "peak_rss_mib",
+    "versions",
+    "input",
+    "report_units",
+    "analysis",
+    "outputs",
+)
 
 
 @dataclass(frozen=True)
@@ -160,8 +181,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
         """Known keys become fields, any other key goes to ``extra`` (and back to the top level in JSON)."""
-        return cls(**{k: v for k, v in d.items() if k in MANIFEST_KEYS},
-                   extra={k: v for k, v in d.items() if k not in MANIFEST_KEYS})
+        return cls(
+            **{k: v for k, v in d.items() if k in MANIFEST_KEYS},
+            extra={k: v for k, v in d.items() if k not in MANIFEST_KEYS},
+        )
 
     def __getitem__(self, key: str):
         if key in MANIFEST_KEYS:
@@ -185,7 +208,9 @@ class Manifest:
 
     def saved(self, outputs: dict, write_s: float, peak_rss: float) -> Manifest:
         """A copy with the files written, the write time (s) and the peak RSS (MiB) after saving."""
-        return replace(self, outputs=dict(outputs), timings_s={**self.timings_s, "write": write_s}, peak_rss_mib=peak_rss)
+        return replace(
+            self, outputs=dict(outputs), timings_s={**self.timings_s, "write": write_s}, peak_rss_mib=peak_rss
+        )
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,9 @@ def _toml_load(path: Path) -> dict:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
-            raise ConfigError('reading the config needs tomli on Python 3.10: pip install "limbseg-rt[serve]"') from None
+            raise ConfigError(
+                'reading the config needs tomli on Python 3.10: pip install "limbseg-rt[serve]"'
+            ) from None
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -258,9 +260,22 @@ def load_config(path: str | os.PathLike) -> ServeConfig:
     st.finish()
 
     return ServeConfig(
-        ae_title=ae_title, port=port, bind=bind, allowed_calling_ae=calling_t,
-        allowed_addresses=tuple(str(a) for a in addresses), tls=tls, spool=spool, quota_mb=quota,
-        stable_seconds=stable, queue_size=queue_size, destinations=tuple(dests), max_attempts=max_attempts,
-        backoff_seconds=backoff, backoff_max_seconds=backoff_max, model=model, http_port=http_port,
-        shutdown_grace_seconds=grace, source=path,
+        ae_title=ae_title,
+        port=port,
+        bind=bind,
+        allowed_calling_ae=calling_t,
+        allowed_addresses=tuple(str(a) for a in addresses),
+        tls=tls,
+        spool=spool,
+        quota_mb=quota,
+        stable_seconds=stable,
+        queue_size=queue_size,
+        destinations=tuple(dests),
+        max_attempts=max_attempts,
+        backoff_seconds=backoff,
+        backoff_max_seconds=backoff_max,
+        model=model,
+        http_port=http_port,
+        shutdown_grace_seconds=grace,
+        source=path,
     )

@@ -25,7 +25,9 @@ def next_delay(attempts: int, base: float, cap: float) -> float:
     return min(cap, base * (2 ** max(0, attempts - 1)))
 
 
-def send_files(files: list[Path], dest: Destination, calling_ae: str, *, timeout: float = 30.0, tls_context=None) -> None:
+def send_files(
+    files: list[Path], dest: Destination, calling_ae: str, *, timeout: float = 30.0, tls_context=None
+) -> None:
     """C-STORE ``files`` (Part 10) to ``dest`` in one association; ``OSError`` with the reason on any failure."""
     from pydicom import dcmread
     from pynetdicom import AE
@@ -97,10 +99,17 @@ class Sender:
                     if self.config.max_attempts and state["attempts"] >= self.config.max_attempts:
                         state["parked"] = True
                     self.counters["delivery_failures"] += 1
-                    log.warning("delivery failed", extra={"event": "delivery_failed", "series": record["series_uid"],
-                                                          "destination": name, "attempts": state["attempts"],
-                                                          "retry_in_s": None if state.get("parked") else round(delay, 1),
-                                                          "error": state["last_error"]})
+                    log.warning(
+                        "delivery failed",
+                        extra={
+                            "event": "delivery_failed",
+                            "series": record["series_uid"],
+                            "destination": name,
+                            "attempts": state["attempts"],
+                            "retry_in_s": None if state.get("parked") else round(delay, 1),
+                            "error": state["last_error"],
+                        },
+                    )
                 else:
                     state["delivered"] = True
                     state["attempts"] = state.get("attempts", 0) + 1
@@ -108,8 +117,16 @@ class Sender:
                     self.counters["delivered"] += 1
                     latency = time.time() - record.get("last_received", time.time())
                     self.counters["last_delivery_latency_s"] = round(latency, 3)
-                    log.info("delivered", extra={"event": "delivered", "series": record["series_uid"], "destination": name,
-                                                 "files": len(files), "seconds": round(time.perf_counter() - t0, 3)})
+                    log.info(
+                        "delivered",
+                        extra={
+                            "event": "delivered",
+                            "series": record["series_uid"],
+                            "destination": name,
+                            "files": len(files),
+                            "seconds": round(time.perf_counter() - t0, 3),
+                        },
+                    )
                 changed = True
             if changed:
                 self.spool.update_result(key, record)

@@ -33,8 +33,19 @@ log = logging.getLogger("limbseg_rt.serve")
 
 ProcessFn = Callable[[Path, Path], list]
 STATUS_SCHEMA = "limbseg-rt.serve-status/1"
-COUNTERS = ("received", "rejected_associations", "refused_quota", "refused_malformed", "refused_write", "queued",
-            "processed", "duplicates", "failed", "delivered", "delivery_failures")
+COUNTERS = (
+    "received",
+    "rejected_associations",
+    "refused_quota",
+    "refused_malformed",
+    "refused_write",
+    "queued",
+    "processed",
+    "duplicates",
+    "failed",
+    "delivered",
+    "delivery_failures",
+)
 
 
 class Node:
@@ -69,10 +80,22 @@ class Node:
         undelivered = len(self.spool.undelivered())
         self.scp = StorageSCP(self.config, self.spool, self._on_stored, self.counters)
         self.scp.start()
-        log.info("node started", extra={"event": "started", "ae_title": self.config.ae_title, "port": self.scp.port,
-                                        "tls": self.config.tls is not None, "resumed_series": len(resumed),
-                                        "undelivered_results": undelivered})
-        for target, name in ((self._schedule_loop, "scheduler"), (self._work_loop, "worker"), (self._send_loop, "sender")):
+        log.info(
+            "node started",
+            extra={
+                "event": "started",
+                "ae_title": self.config.ae_title,
+                "port": self.scp.port,
+                "tls": self.config.tls is not None,
+                "resumed_series": len(resumed),
+                "undelivered_results": undelivered,
+            },
+        )
+        for target, name in (
+            (self._schedule_loop, "scheduler"),
+            (self._work_loop, "worker"),
+            (self._send_loop, "sender"),
+        ):
             t = threading.Thread(target=target, name=f"limbseg-serve-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -121,7 +144,11 @@ class Node:
         while not self._stop.is_set():
             now = time.time()
             with self._clock_lock:
-                ready = [uid for uid, t in self._clock.items() if now - t >= self.config.stable_seconds and uid not in self._queued]
+                ready = [
+                    uid
+                    for uid, t in self._clock.items()
+                    if now - t >= self.config.stable_seconds and uid not in self._queued
+                ]
             for uid in sorted(ready, key=lambda u: self._clock.get(u, 0.0)):
                 try:
                     self._queue.put_nowait(uid)
@@ -146,8 +173,10 @@ class Node:
             try:
                 self._process_series(uid)
             except Exception as exc:  # e.g. the disk filled up while committing: the series stays in incoming/
-                log.error("series not committed; it is tried again", extra={
-                    "event": "commit_error", "series": uid, "error": f"{type(exc).__name__}: {exc}"})
+                log.error(
+                    "series not committed; it is tried again",
+                    extra={"event": "commit_error", "series": uid, "error": f"{type(exc).__name__}: {exc}"},
+                )
             finally:
                 self._processing = None
                 self._queued.discard(uid)
@@ -180,8 +209,16 @@ class Node:
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.spool.park_failed(uid, {"series_uid": uid, "error": message, "type": type(exc).__name__,
-                                         "exit_code": getattr(exc, "exit_code", 1), "time": time.time()})
+            self.spool.park_failed(
+                uid,
+                {
+                    "series_uid": uid,
+                    "error": message,
+                    "type": type(exc).__name__,
+                    "exit_code": getattr(exc, "exit_code", 1),
+                    "time": time.time(),
+                },
+            )
             with self._clock_lock:
                 self._clock.pop(uid, None)
             self.counters["failed"] += 1
@@ -189,19 +226,30 @@ class Node:
             return
         seconds = time.perf_counter() - t0
         record = {
-            "series_uid": uid, "study_uid": state.study_uid, "key": key, "identity": self.identity,
-            "instances": len(files), "calling_ae": state.calling_ae, "files": [p.name for p in outputs],
-            "first_received": state.first_received, "last_received": state.last_received,
-            "processed_at": time.time(), "processing_s": round(seconds, 3),
+            "series_uid": uid,
+            "study_uid": state.study_uid,
+            "key": key,
+            "identity": self.identity,
+            "instances": len(files),
+            "calling_ae": state.calling_ae,
+            "files": [p.name for p in outputs],
+            "first_received": state.first_received,
+            "last_received": state.last_received,
+            "processed_at": time.time(),
+            "processing_s": round(seconds, 3),
             # Nothing to send (no muscle found) means nothing to deliver.
-            "destinations": {d.name: {"delivered": False, "attempts": 0} for d in self.config.destinations} if outputs else {},
+            "destinations": {d.name: {"delivered": False, "attempts": 0} for d in self.config.destinations}
+            if outputs
+            else {},
         }
         try:
             self.spool.commit_result(key, staging, record, expect_last_received=state.last_received)
         except SeriesChanged:
             shutil.rmtree(staging, ignore_errors=True)
-            log.info("series changed while processing; it is processed again once stable",
-                     extra={"event": "requeued", "series": uid})
+            log.info(
+                "series changed while processing; it is processed again once stable",
+                extra={"event": "requeued", "series": uid},
+            )
             return
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # gone already if the rename happened
@@ -212,7 +260,10 @@ class Node:
         self.counters["processed"] += 1
         self.counters["last_processing_s"] = round(seconds, 3)
         self.counters["processing_s_total"] += seconds
-        log.info("processed", extra={"event": "processed", "series": uid, "files": len(outputs), "seconds": round(seconds, 3)})
+        log.info(
+            "processed",
+            extra={"event": "processed", "series": uid, "files": len(outputs), "seconds": round(seconds, 3)},
+        )
         self._wake_sender.set()
 
     # ------------------------------------------------------------------ delivery
@@ -221,7 +272,9 @@ class Node:
             try:
                 self.sender.run_once(self._stop)
             except Exception as exc:  # a bug in delivery must not end the node; log and go on
-                log.error("delivery loop error", extra={"event": "delivery_error", "error": f"{type(exc).__name__}: {exc}"})
+                log.error(
+                    "delivery loop error", extra={"event": "delivery_error", "error": f"{type(exc).__name__}: {exc}"}
+                )
             self._wake_sender.wait(min(1.0, self.config.backoff_seconds))
             self._wake_sender.clear()
 
@@ -230,13 +283,22 @@ class Node:
         with self._clock_lock:
             waiting = len(self._clock)
         return {
-            "schema": STATUS_SCHEMA, "time": time.time(), "started": self.started,
+            "schema": STATUS_SCHEMA,
+            "time": time.time(),
+            "started": self.started,
             "uptime_s": round(time.time() - self.started, 1) if self.started else 0.0,
-            "ae_title": self.config.ae_title, "port": self.port, "tls": self.config.tls is not None,
+            "ae_title": self.config.ae_title,
+            "port": self.port,
+            "tls": self.config.tls is not None,
             "healthy": not self._stop.is_set() and all(t.is_alive() for t in self._threads),
-            "series_receiving_or_waiting": waiting, "queue_depth": self._queue.qsize(), "processing": self._processing,
-            "outbox": len(self.spool.undelivered()), "spool_bytes": self.spool.used_bytes,
-            "spool_quota_bytes": self.spool.quota_bytes, "counters": dict(self.counters), "identity": self.identity,
+            "series_receiving_or_waiting": waiting,
+            "queue_depth": self._queue.qsize(),
+            "processing": self._processing,
+            "outbox": len(self.spool.undelivered()),
+            "spool_bytes": self.spool.used_bytes,
+            "spool_quota_bytes": self.spool.quota_bytes,
+            "counters": dict(self.counters),
+            "identity": self.identity,
         }
 
     def write_status(self) -> None:

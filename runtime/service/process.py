@@ -41,7 +41,9 @@ class SegmentSeries:
 
         require_serve_dependencies()
         self.model = model
-        self.segmenter = Segmenter(model.model, provider=model.provider, precision=model.precision, threads=model.threads)
+        self.segmenter = Segmenter(
+            model.model, provider=model.provider, precision=model.precision, threads=model.threads
+        )
         self.identity = {
             "model_sha256": self.segmenter.model_sha256,
             "settings": {"precision": self.segmenter.precision, "seg_type": model.seg_type},
@@ -51,10 +53,15 @@ class SegmentSeries:
         result = self.segmenter.segment(Path(series_dir))
         out = self.save(result, Path(out_dir) / "seg.dcm")
         if self.model.keep_report:  # kept in the result folder for local pick-up; not sent (not DICOM)
-            result.save(Path(out_dir) / "labels.nii.gz", report_json=Path(out_dir) / "report.json",
-                        csv=Path(out_dir) / "volumes.csv")
+            result.save(
+                Path(out_dir) / "labels.nii.gz",
+                report_json=Path(out_dir) / "report.json",
+                csv=Path(out_dir) / "volumes.csv",
+            )
         if out is None:
-            log.warning("no muscle found: no SEG to send", extra={"event": "empty_result", "series": Path(series_dir).name})
+            log.warning(
+                "no muscle found: no SEG to send", extra={"event": "empty_result", "series": Path(series_dir).name}
+            )
             return []
         return [out]
 

@@ -32,9 +32,9 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 VERIFICATION = "1.2.840.10008.1.1"
 TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2.1",     # Explicit VR Little Endian
-    "1.2.840.10008.1.2",       # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",     # Explicit VR Big Endian (retired, still sent by old scanners)
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old scanners)
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless
@@ -42,7 +42,7 @@ TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",     # RLE Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
 )
 
 STATUS_SUCCESS = 0x0000
@@ -106,7 +106,9 @@ class StorageSCP:
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
         ]
         self.server = ae.start_server(
-            (self.config.bind, self.config.port), block=False, evt_handlers=handlers,
+            (self.config.bind, self.config.port),
+            block=False,
+            evt_handlers=handlers,
             ssl_context=server_ssl_context(self.config),
         )
 
@@ -125,8 +127,15 @@ class StorageSCP:
         address = event.assoc.requestor.address
         if not self.config.address_allowed(address):
             self.counters["rejected_associations"] += 1
-            log.warning("association rejected", extra={"event": "association_rejected", "reason": "address not allowed",
-                                                       "address": address, "calling_ae": event.assoc.requestor.ae_title})
+            log.warning(
+                "association rejected",
+                extra={
+                    "event": "association_rejected",
+                    "reason": "address not allowed",
+                    "address": address,
+                    "calling_ae": event.assoc.requestor.ae_title,
+                },
+            )
             event.assoc.acse.send_reject(0x01, 0x01, 0x01)
             event.assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the PDU first
 
@@ -134,9 +143,16 @@ class StorageSCP:
         # pynetdicom rejected the association itself (calling or called AE title not on our list).
         self.counters["rejected_associations"] += 1
         req = event.assoc.requestor
-        log.warning("association rejected", extra={"event": "association_rejected", "reason": "AE title not allowed",
-                                                   "address": req.address, "calling_ae": req.ae_title,
-                                                   "called_ae": getattr(req.primitive, "called_ae_title", "")})
+        log.warning(
+            "association rejected",
+            extra={
+                "event": "association_rejected",
+                "reason": "AE title not allowed",
+                "address": req.address,
+                "calling_ae": req.ae_title,
+                "called_ae": getattr(req.primitive, "called_ae_title", ""),
+            },
+        )
 
     def _on_store(self, event) -> int:
         calling = event.assoc.requestor.ae_title
@@ -148,28 +164,61 @@ class StorageSCP:
             sop_ds = str(ds.get("SOPInstanceUID", ""))
         except Exception as exc:  # any decode failure of the peer's bytes
             self.counters["refused_malformed"] += 1
-            log.warning("instance refused", extra={"event": "store_refused", "reason": f"does not decode ({type(exc).__name__})",
-                                                   "sop": sop if valid_uid(sop) else "", "calling_ae": calling})
+            log.warning(
+                "instance refused",
+                extra={
+                    "event": "store_refused",
+                    "reason": f"does not decode ({type(exc).__name__})",
+                    "sop": sop if valid_uid(sop) else "",
+                    "calling_ae": calling,
+                },
+            )
             return STATUS_CANNOT_DECODE
         if not (valid_uid(series) and valid_uid(study) and valid_uid(sop) and sop_ds == sop):
             self.counters["refused_malformed"] += 1
-            log.warning("instance refused", extra={"event": "store_refused", "reason": "missing or invalid UIDs",
-                                                   "sop": sop if valid_uid(sop) else "", "calling_ae": calling})
+            log.warning(
+                "instance refused",
+                extra={
+                    "event": "store_refused",
+                    "reason": "missing or invalid UIDs",
+                    "sop": sop if valid_uid(sop) else "",
+                    "calling_ae": calling,
+                },
+            )
             return STATUS_MISSING_UIDS
         try:
             data = event.encoded_dataset(include_meta=True)
             state = self.spool.store_instance(series, study, sop, data, calling)
         except SpoolFull:
             self.counters["refused_quota"] += 1
-            log.warning("instance refused: spool quota reached", extra={"event": "store_refused", "reason": "quota",
-                                                                        "series": series, "sop": sop, "calling_ae": calling})
+            log.warning(
+                "instance refused: spool quota reached",
+                extra={
+                    "event": "store_refused",
+                    "reason": "quota",
+                    "series": series,
+                    "sop": sop,
+                    "calling_ae": calling,
+                },
+            )
             return STATUS_OUT_OF_RESOURCES
         except OSError as exc:
             self.counters["refused_write"] += 1
-            log.error("instance not stored", extra={"event": "store_failed", "reason": exc.strerror, "series": series, "sop": sop})
+            log.error(
+                "instance not stored",
+                extra={"event": "store_failed", "reason": exc.strerror, "series": series, "sop": sop},
+            )
             return STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_WRITE_FAILED
         self.counters["received"] += 1
-        log.debug("instance stored", extra={"event": "stored", "series": series, "sop": sop, "calling_ae": calling,
-                                            "instances": state.instances})
+        log.debug(
+            "instance stored",
+            extra={
+                "event": "stored",
+                "series": series,
+                "sop": sop,
+                "calling_ae": calling,
+                "instances": state.instances,
+            },
+        )
         self.on_stored(state)
         return STATUS_SUCCESS

@@ -140,7 +140,9 @@ class Spool:
                 p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ receiving
-    def store_instance(self, series_uid: str, study_uid: str, sop_uid: str, data: bytes, calling_ae: str) -> SeriesState:
+    def store_instance(
+        self, series_uid: str, study_uid: str, sop_uid: str, data: bytes, calling_ae: str
+    ) -> SeriesState:
         """Write one Part 10 file durably and update the series state; ``SpoolFull`` over the quota.
 
         A resent instance (same SOPInstanceUID) replaces the earlier file and restarts the series' clock.
@@ -209,7 +211,9 @@ class Spool:
     def is_done(self, key: str) -> bool:
         return (self.results / key / "result.json").is_file()
 
-    def commit_result(self, key: str, staging: Path, record: dict, *, expect_last_received: float | None = None) -> Path:
+    def commit_result(
+        self, key: str, staging: Path, record: dict, *, expect_last_received: float | None = None
+    ) -> Path:
         """Publish a processed series: ``result.json`` into ``staging``, rename it to ``results/<key>``,
         then remove the series' ``incoming/`` folder, all under the spool lock.
 

@@ -45,14 +45,18 @@ def _manifest(folder: Path, dixon: Path, *, fat_b: str = "b_fat.nii.gz") -> Path
     if not (folder / fat_b).exists():
         shutil.copy(dixon / "b_fat.nii.gz", folder / fat_b)
     m = folder / "cohort.csv"
-    m.write_text("id,path,dixon_fat,dixon_water\n"
-                 "a,a_image.nii.gz,a_fat.nii.gz,a_water.nii.gz\n"
-                 f"b,b_image.nii.gz,{fat_b},b_water.nii.gz\n")
+    m.write_text(
+        "id,path,dixon_fat,dixon_water\n"
+        "a,a_image.nii.gz,a_fat.nii.gz,a_water.nii.gz\n"
+        f"b,b_image.nii.gz,{fat_b},b_water.nii.gz\n"
+    )
     return m
 
 
 def _batch(args, model, capsys) -> tuple[int, str, str]:
-    code = cli_main(["batch", *map(str, args), "--model", str(model), "--provider", "cpu", "--threads", "1", "--workers", "1"])
+    code = cli_main(
+        ["batch", *map(str, args), "--model", str(model), "--provider", "cpu", "--threads", "1", "--workers", "1"]
+    )
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -75,9 +79,27 @@ def test_batch_analysis_rows_equal_run_analysis(dixon, tiny_unet_path, tmp_path,
     ref = tmp_path / "ref"
     ref.mkdir()
     shutil.copy(src / "a_image.nii.gz", ref / "a.nii.gz")
-    assert cli_main(["run", str(ref / "a.nii.gz"), "--model", str(tiny_unet_path), "--provider", "cpu", "--threads", "1",
-                     "--dixon-fat", str(src / "a_fat.nii.gz"), "--dixon-water", str(src / "a_water.nii.gz"),
-                     "--ff-erode", "1"]) == EXIT_OK
+    assert (
+        cli_main(
+            [
+                "run",
+                str(ref / "a.nii.gz"),
+                "--model",
+                str(tiny_unet_path),
+                "--provider",
+                "cpu",
+                "--threads",
+                "1",
+                "--dixon-fat",
+                str(src / "a_fat.nii.gz"),
+                "--dixon-water",
+                str(src / "a_water.nii.gz"),
+                "--ff-erode",
+                "1",
+            ]
+        )
+        == EXIT_OK
+    )
     capsys.readouterr()
     want = _rows(ref / "a_muscles.csv")
     got = [r for r in rows if r["scan_id"] == "a"]
@@ -96,10 +118,17 @@ def test_batch_analysis_rows_equal_run_analysis(dixon, tiny_unet_path, tmp_path,
     assert both
     for c in both:
         for side in ("R", "L"):
-            assert float(by[(c, side)]["asymmetry_volume_percent"]) == pytest.approx(asym[c]["volume_percent"], rel=1e-12)
-            assert float(by[(c, side)]["asymmetry_max_acsa_percent"]) == pytest.approx(asym[c]["max_acsa_percent"], rel=1e-12)
+            assert float(by[(c, side)]["asymmetry_volume_percent"]) == pytest.approx(
+                asym[c]["volume_percent"], rel=1e-12
+            )
+            assert float(by[(c, side)]["asymmetry_max_acsa_percent"]) == pytest.approx(
+                asym[c]["max_acsa_percent"], rel=1e-12
+            )
     rec = json.loads((out / "a" / "completed.json").read_text())
-    assert rec["settings"]["analysis"]["ff_erode"] == 1 and set(rec["settings"]["analysis"]["dixon"]) == {"dixon_fat", "dixon_water"}
+    assert rec["settings"]["analysis"]["ff_erode"] == 1 and set(rec["settings"]["analysis"]["dixon"]) == {
+        "dixon_fat",
+        "dixon_water",
+    }
     assert (out / "a" / "a_muscles.csv").is_file()
     if importlib.util.find_spec("pyarrow") is not None:
         import pyarrow.parquet as pq

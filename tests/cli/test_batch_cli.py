@@ -13,11 +13,10 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
-
 from cohort_helpers import hidden_entries, write_cohort, write_corrupt
+
 from limbseg_rt.cli import main as cli_main
 from limbseg_rt.runtime.errors import EXIT_DEPENDENCY, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SCANS_FAILED, EXIT_USAGE
-
 
 
 def _batch(args: list[str], capsys) -> tuple[int, str, str]:
@@ -42,27 +41,34 @@ def test_batch_reports_counts_failures_and_exits_11(scans, tiny_unet_path, tmp_p
     assert "batch: [" in err and "3/3 scans, 1 failed" in err
     assert "Traceback" not in err
 
-    code, out, err = _batch([*map(str, scans[:2]), "--out", str(tmp_path / "o"), "--model", str(tiny_unet_path)], capsys)
+    code, out, err = _batch(
+        [*map(str, scans[:2]), "--out", str(tmp_path / "o"), "--model", str(tiny_unet_path)], capsys
+    )
     assert code == EXIT_OK and "2 scans: 0 segmented, 2 reused" in out
 
 
 def test_manifest_run_with_limb_ranges(scans, tiny_scunet_path, tmp_path, capsys):
     m = tmp_path / "cohort.csv"
     m.write_text(f"id,path,limb_range\nthigh,{scans[0]},0:0.5\nleg,{scans[1]},\n")
-    code, out, err = _batch(["--manifest", str(m), "--out", str(tmp_path / "o"), "--model", str(tiny_scunet_path),
-                             "--limb-range", "0.2:1"], capsys)
+    code, out, err = _batch(
+        ["--manifest", str(m), "--out", str(tmp_path / "o"), "--model", str(tiny_scunet_path), "--limb-range", "0.2:1"],
+        capsys,
+    )
     assert code == EXIT_OK, err
     rec = {i: json.loads((tmp_path / "o" / i / "completed.json").read_text()) for i in ("thigh", "leg")}
     assert rec["thigh"]["settings"]["limb_range"] == [0.0, 0.5]  # the manifest's own range
-    assert rec["leg"]["settings"]["limb_range"] == [0.2, 1.0]    # the command line's default
+    assert rec["leg"]["settings"]["limb_range"] == [0.2, 1.0]  # the command line's default
     report = json.loads((tmp_path / "o" / "thigh" / "thigh_report.json").read_text())
     assert report["manifest"]["pipeline"]["limb_range"] == [0.0, 0.5]
 
 
-@pytest.mark.parametrize("extra, match, code", [
-    (["--manifest", "m.csv"], "either INPUT paths or --manifest", EXIT_USAGE),
-    (["--out", "{file}"], "is a file", EXIT_OUTPUT),
-])
+@pytest.mark.parametrize(
+    "extra, match, code",
+    [
+        (["--manifest", "m.csv"], "either INPUT paths or --manifest", EXIT_USAGE),
+        (["--out", "{file}"], "is a file", EXIT_OUTPUT),
+    ],
+)
 def test_command_line_errors_are_one_line(scans, tiny_unet_path, tmp_path, capsys, extra, match, code):
     afile = tmp_path / "file"
     afile.write_text("x")
@@ -85,10 +91,14 @@ def test_a_missing_model_is_exit_4_before_any_scan(scans, tmp_path, capsys):
 
 def test_ray_engine_without_ray_says_how_to_install(scans, tiny_unet_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as on a machine without it
-    code, out, err = _batch([str(scans[0]), "--out", str(tmp_path / "o"), "--model", str(tiny_unet_path),
-                             "--engine", "ray"], capsys)
+    code, out, err = _batch(
+        [str(scans[0]), "--out", str(tmp_path / "o"), "--model", str(tiny_unet_path), "--engine", "ray"], capsys
+    )
     assert code == EXIT_DEPENDENCY
-    assert err.strip() == 'limbseg-rt: error: --engine ray needs Ray Data, which is not installed: pip install "limbseg-rt[cluster]"'
+    assert (
+        err.strip()
+        == 'limbseg-rt: error: --engine ray needs Ray Data, which is not installed: pip install "limbseg-rt[cluster]"'
+    )
 
 
 def test_sigterm_leaves_only_complete_scans_and_a_rerun_finishes(tiny_unet_path, tmp_path):
@@ -97,8 +107,21 @@ def test_sigterm_leaves_only_complete_scans_and_a_rerun_finishes(tiny_unet_path,
     paths = write_cohort(tmp_path / "in", 14, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("limbseg-rt")
-    cmd = [str(exe), "batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
-           "--provider", "cpu", "--threads", "1", "--workers", "1"]
+    cmd = [
+        str(exe),
+        "batch",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_unet_path),
+        "--provider",
+        "cpu",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -142,8 +165,21 @@ def test_a_killed_worker_fails_only_its_scans_and_is_replaced(tiny_unet_path, tm
     paths = write_cohort(tmp_path / "in", 14, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("limbseg-rt")
-    cmd = [str(exe), "batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
-           "--provider", "cpu", "--threads", "2", "--workers", "2"]
+    cmd = [
+        str(exe),
+        "batch",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_unet_path),
+        "--provider",
+        "cpu",
+        "--threads",
+        "2",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -185,8 +221,21 @@ def test_sigterm_stops_a_ray_batch_cleanly(tiny_unet_path, tmp_path):
     paths = write_cohort(tmp_path / "in", 10, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("limbseg-rt")
-    cmd = [str(exe), "batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
-           "--provider", "cpu", "--engine", "ray", "--workers", "2"]
+    cmd = [
+        str(exe),
+        "batch",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_unet_path),
+        "--provider",
+        "cpu",
+        "--engine",
+        "ray",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 180

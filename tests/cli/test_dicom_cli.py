@@ -46,10 +46,18 @@ def _study(tmp_path: Path, img, *, localizer=True) -> Path:
     study = tmp_path / "study"
     write_series(img, study / "t1", names="random", seed=5, series_number=3, description="T1 legs")
     if localizer:
-        sag = nib.Nifti1Image(np.asarray(img.dataobj)[30:31].transpose(1, 2, 0).astype(np.int16),
-                              np.array([[0, 0, -1.75, 0], [-1.75, 0, 0, 0], [0, 5.0, 0, 0], [0, 0, 0, 1.0]]))
-        write_series(sag, study / "loc", names="random", series_number=1, description="3-plane loc",
-                     image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+        sag = nib.Nifti1Image(
+            np.asarray(img.dataobj)[30:31].transpose(1, 2, 0).astype(np.int16),
+            np.array([[0, 0, -1.75, 0], [-1.75, 0, 0, 0], [0, 5.0, 0, 0], [0, 0, 0, 1.0]]),
+        )
+        write_series(
+            sag,
+            study / "loc",
+            names="random",
+            series_number=1,
+            description="3-plane loc",
+            image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        )
     (study / "DICOMDIR.txt").write_text("not DICOM")
     return study
 
@@ -71,8 +79,14 @@ def test_run_on_a_dicom_study_equals_run_on_the_nifti(tmp_path, phantom, tiny_un
     assert code == EXIT_OK, err
     assert folder_digest(study) == before  # input untouched, nothing written into it
     written = {p.name for p in tmp_path.iterdir()}
-    assert {"study_labels.nii.gz", "study_report.json", "study_volumes.csv", "study_seg.dcm",
-            "study_labels.itksnap.txt", "study_labels.ctbl"} <= written
+    assert {
+        "study_labels.nii.gz",
+        "study_report.json",
+        "study_volumes.csv",
+        "study_seg.dcm",
+        "study_labels.itksnap.txt",
+        "study_labels.ctbl",
+    } <= written
     dicom_labels, dicom_affine = _canonical_labels(tmp_path / "study_labels.nii.gz")
     nifti_labels, nifti_affine = _canonical_labels(tmp_path / "scan_labels.nii.gz")
     assert np.array_equal(dicom_labels, nifti_labels)
@@ -96,10 +110,16 @@ def test_run_on_a_dicom_study_equals_run_on_the_nifti(tmp_path, phantom, tiny_un
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
     present = sorted(int(v) for v in np.unique(nifti_labels) if v)
     assert numbers == list(range(1, len(present) + 1))
-    arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
-                                            skip_overlap_checks=True, assert_missing_frames_are_empty=True)
+    arr = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids,
+        combine_segments=True,
+        skip_overlap_checks=True,
+        assert_missing_frames_are_empty=True,
+    )
     lut = np.array([0, *present])
-    back = nib.Nifti1Image(lut[arr].transpose(2, 1, 0).astype(np.uint8), nib.load(tmp_path / "study_labels.nii.gz").affine)
+    back = nib.Nifti1Image(
+        lut[arr].transpose(2, 1, 0).astype(np.uint8), nib.load(tmp_path / "study_labels.nii.gz").affine
+    )
     assert np.array_equal(_canonical_labels_img(back), dicom_labels)
 
 
@@ -119,7 +139,9 @@ def test_zip_input_series_choice_and_labelmap(tmp_path, phantom, tiny_unet_path,
     assert not list(tmp_path.glob("exam_*"))
     seg = tmp_path / "out" / "exam.seg.dcm"
     seg.parent.mkdir()
-    code, _, err = _run([tmp_path / "exam.zip", "--series", "7", "--seg", seg, "--seg-type", "labelmap"], capsys, tiny_unet_path)
+    code, _, err = _run(
+        [tmp_path / "exam.zip", "--series", "7", "--seg", seg, "--seg-type", "labelmap"], capsys, tiny_unet_path
+    )
     assert code == EXIT_OK, err
     ds = pydicom.dcmread(seg)
     assert ds.SegmentationType == "LABELMAP" and (tmp_path / "exam_labels.nii.gz").is_file()
@@ -159,11 +181,18 @@ def _break(kind: str, paths: list[Path], folder: Path, phantom_img) -> None:
         paths[4].write_bytes(data[:-300])
 
 
-@pytest.mark.parametrize("kind,words", [
-    ("gap", "missing between positions"), ("duplicate", "two slices at the same position"),
-    ("missing IPP", "no usable ImagePositionPatient"), ("two series", "pick one with --series"),
-    ("mixed size", "mixes image sizes"), ("truncated", "copy"), ("tilted", "shift in-plane"),
-])
+@pytest.mark.parametrize(
+    "kind,words",
+    [
+        ("gap", "missing between positions"),
+        ("duplicate", "two slices at the same position"),
+        ("missing IPP", "no usable ImagePositionPatient"),
+        ("two series", "pick one with --series"),
+        ("mixed size", "mixes image sizes"),
+        ("truncated", "copy"),
+        ("tilted", "shift in-plane"),
+    ],
+)
 def test_bad_series_one_line_exit_3_nothing_written(tmp_path, phantom, tiny_unet_path, capsys, kind, words):
     folder = tmp_path / "study"
     shear = (0.0, 0.6) if kind == "tilted" else (0.0, 0.0)
@@ -184,7 +213,9 @@ def test_shuffled_names_and_order_do_not_matter(tmp_path, phantom, tiny_unet_pat
     for name in ("a", "b"):
         code, _, err = _run([tmp_path / name], capsys, tiny_unet_path)
         assert code == EXIT_OK, err
-    assert np.array_equal(_canonical_labels(tmp_path / "a_labels.nii.gz")[0], _canonical_labels(tmp_path / "b_labels.nii.gz")[0])
+    assert np.array_equal(
+        _canonical_labels(tmp_path / "a_labels.nii.gz")[0], _canonical_labels(tmp_path / "b_labels.nii.gz")[0]
+    )
 
 
 def test_info_lists_the_series(tmp_path, phantom, capsys):
@@ -220,13 +251,27 @@ def test_bundled_demo_model_says_demo_in_the_seg(tmp_path, phantom, capsys):
     assert dciodvfy_errors(tmp_path / "s_seg.dcm") == []
 
 
-
 def test_phantom_dicom_option_writes_the_same_scan(tmp_path, capsys):
     from limbseg_rt.runtime.io.dicom import read_dicom
     from limbseg_rt.runtime.io.nifti import read_image
 
-    args = ["phantom", str(tmp_path / "p.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"), "--seed", "2", "--slices", "6",
-            "--shape", "40", "40", "--orientation", "LPS", "--dicom", str(tmp_path / "dcm")]
+    args = [
+        "phantom",
+        str(tmp_path / "p.nii.gz"),
+        "--labels",
+        str(tmp_path / "l.nii.gz"),
+        "--seed",
+        "2",
+        "--slices",
+        "6",
+        "--shape",
+        "40",
+        "40",
+        "--orientation",
+        "LPS",
+        "--dicom",
+        str(tmp_path / "dcm"),
+    ]
     assert cli_main(args) == EXIT_OK
     vol, props, _ = read_dicom(tmp_path / "dcm")
     ref, ref_props = read_image(tmp_path / "p.nii.gz")

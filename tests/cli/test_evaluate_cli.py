@@ -58,12 +58,14 @@ def test_prints_table_with_names_and_mean_and_writes_json_csv(pair, tmp_path, ca
 
 def test_custom_label_table(pair, tmp_path, capsys):
     p, r = pair
-    table = LabelTable((
-        Label(0, "background", "BG", (0, 0, 0)),
-        Label(1, "left thigh", "LT", (255, 0, 0)),
-        Label(2, "right thigh", "RT", (0, 255, 0)),
-        Label(3, "spot", "SP", (0, 0, 255)),
-    ))
+    table = LabelTable(
+        (
+            Label(0, "background", "BG", (0, 0, 0)),
+            Label(1, "left thigh", "LT", (255, 0, 0)),
+            Label(2, "right thigh", "RT", (0, 255, 0)),
+            Label(3, "spot", "SP", (0, 0, 255)),
+        )
+    )
     t = tmp_path / "table.json"
     t.write_text(table.to_json())
     assert main(["evaluate", str(p), str(r), "--labels", str(t)]) == 0
@@ -80,7 +82,9 @@ def test_mismatched_grid_is_one_line_and_exit_code_3(pair, tmp_path):
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), affine), str(shifted))
     out = subprocess.run(
         [sys.executable, "-m", "limbseg_rt", "evaluate", str(shifted), str(r)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == EXIT_INPUT == 3
     lines = out.stderr.strip().splitlines()
@@ -119,6 +123,6 @@ def test_evaluate_command_without_scipy_exits_2_with_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 12, out.stderr  # a missing extra: EXIT_DEPENDENCY
     assert out.stderr.strip() == (
-        'limbseg-rt: error: surface distances (HD, HD95, ASSD) need scipy, which is not installed: '
+        "limbseg-rt: error: surface distances (HD, HD95, ASSD) need scipy, which is not installed: "
         'pip install "limbseg-rt[eval]"'
     )

@@ -8,8 +8,8 @@ import pytest
 from onnx_factory import make_tiny_model
 
 from limbseg_rt.cli import main
-from limbseg_rt.runtime.model import bundled
 from limbseg_rt.runtime.errors import EXIT_MODEL
+from limbseg_rt.runtime.model import bundled
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_info_without_model_lists_versions_providers_and_bundles(tmp_path, monke
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert 'cuda      absent      pip install "limbseg-rt[gpu]"' in out
     sha = bundled.list_bundled(tmp_path)[0].sha256()
-    assert f"unet            int8 " in out and f"sha256 {sha[:12]}" in out
+    assert "unet            int8 " in out and f"sha256 {sha[:12]}" in out
 
 
 def test_info_with_a_model_prints_metadata_and_graph_io(sc_model, capsys):
@@ -47,7 +47,7 @@ def test_info_with_a_model_prints_metadata_and_graph_io(sc_model, capsys):
     ):
         assert expected in out, expected
     lines = out.splitlines()
-    io = lines[lines.index("inputs:"):]
+    io = lines[lines.index("inputs:") :]
     assert any(line.split() == ["image", "[batch,", "1,", "272,", "240]", "tensor(float)"] for line in io)
     assert any(line.split() == ["position", "[batch]", "tensor(float)"] for line in io)
     assert any(line.split() == ["labels", "[batch,", "272,", "240]", "tensor(uint8)"] for line in io)
@@ -60,10 +60,13 @@ def test_info_with_a_bundled_name(tmp_path, monkeypatch, capsys):
     assert f"file           {tmp_path / 'unet-fp32.onnx'}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"definitely not protobuf", "bad.onnx is not a readable ONNX model"),
-    (None, "model file not found"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"definitely not protobuf", "bad.onnx is not a readable ONNX model"),
+        (None, "model file not found"),
+    ],
+)
 def test_a_bad_model_file_is_one_line_and_exit_4(tmp_path, capsys, content, message):
     path = tmp_path / "bad.onnx"
     if content is not None:

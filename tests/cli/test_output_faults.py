@@ -60,9 +60,22 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _run_args(scan: Path, model: Path, out_dir: Path) -> list[str]:
-    return ["run", str(scan), "--model", str(model), "--provider", "cpu", "--threads", "1",
-            "--out", str(out_dir / "leg_labels.nii.gz"), "--report", str(out_dir / "leg_report.json"),
-            "--csv", str(out_dir / "leg_volumes.csv")]
+    return [
+        "run",
+        str(scan),
+        "--model",
+        str(model),
+        "--provider",
+        "cpu",
+        "--threads",
+        "1",
+        "--out",
+        str(out_dir / "leg_labels.nii.gz"),
+        "--report",
+        str(out_dir / "leg_report.json"),
+        "--csv",
+        str(out_dir / "leg_volumes.csv"),
+    ]
 
 
 def _proc(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -92,6 +105,7 @@ def previous_set(scan, tiny_unet_path, tmp_path):
 
 
 # -- clobbering --------------------------------------------------------------------------------
+
 
 def _label_map(path: Path, value: int) -> Path:
     data = np.zeros((8, 8, 4), np.uint8)
@@ -127,7 +141,10 @@ def test_evaluate_outputs_follow_the_umask(tmp_path, capsys):
     p, r = _label_map(tmp_path / "p.nii.gz", 1), _label_map(tmp_path / "r.nii.gz", 1)
     old = os.umask(0o022)
     try:
-        assert cli_main(["evaluate", str(p), str(r), "--json", str(tmp_path / "m.json"), "--csv", str(tmp_path / "m.csv")]) == 0
+        assert (
+            cli_main(["evaluate", str(p), str(r), "--json", str(tmp_path / "m.json"), "--csv", str(tmp_path / "m.csv")])
+            == 0
+        )
     finally:
         os.umask(old)
     capsys.readouterr()
@@ -137,6 +154,7 @@ def test_evaluate_outputs_follow_the_umask(tmp_path, capsys):
 
 
 # -- a rerun that fails while writing ----------------------------------------------------------
+
 
 def test_rerun_failing_at_write_with_rlimit_fsize_keeps_the_previous_set(scan, tiny_unet_path, previous_set):
     out, before = previous_set
@@ -153,7 +171,9 @@ def test_rerun_failing_at_write_with_rlimit_fsize_keeps_the_previous_set(scan, t
 
 
 @pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGHUP", 129)])
-def test_signal_during_the_write_leaves_the_previous_set_and_no_temporaries(scan, tiny_unet_path, previous_set, signame, code):
+def test_signal_during_the_write_leaves_the_previous_set_and_no_temporaries(
+    scan, tiny_unet_path, previous_set, signame, code
+):
     """The signal is sent by the process itself right after the label file's temporary was written."""
     out, before = previous_set
     script = textwrap.dedent(f"""
@@ -170,8 +190,12 @@ def test_signal_during_the_write_leaves_the_previous_set_and_no_temporaries(scan
         from limbseg_rt.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
-    done = subprocess.run([sys.executable, "-c", script, *_run_args(scan, tiny_unet_path, out)],
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *_run_args(scan, tiny_unet_path, out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == code, (done.returncode, done.stderr)
     assert f"interrupted ({signame})" in _one_line(done.stderr)
     assert _snapshot(out) == before
@@ -195,6 +219,7 @@ def test_a_killed_run_leaves_temporaries_that_the_next_run_removes(scan, tiny_un
 
 # -- non-regular targets -----------------------------------------------------------------------
 
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="os.mknod of a character device needs root")
 def test_report_to_a_character_device_is_written_in_place(scan, tiny_unet_path, tmp_path):
     dev = tmp_path / "null"
@@ -204,8 +229,22 @@ def test_report_to_a_character_device_is_written_in_place(scan, tiny_unet_path, 
             fh.write("probe")
     except OSError as exc:
         pytest.skip(f"{tmp_path} does not allow device nodes ({exc.strerror})")
-    args = ["run", str(scan), "--model", str(tiny_unet_path), "--provider", "cpu", "--threads", "1",
-            "--out", str(tmp_path / "leg_labels.nii.gz"), "--report", str(dev), "--csv", str(dev)]
+    args = [
+        "run",
+        str(scan),
+        "--model",
+        str(tiny_unet_path),
+        "--provider",
+        "cpu",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "leg_labels.nii.gz"),
+        "--report",
+        str(dev),
+        "--csv",
+        str(dev),
+    ]
     done = _proc(args)
     assert done.returncode in OK_CODES, done.stderr
     assert stat.S_ISCHR(dev.stat().st_mode) and dev.stat().st_rdev == os.makedev(1, 3), "the device node was replaced"
@@ -227,8 +266,22 @@ def test_csv_to_a_fifo_is_written_in_place_when_someone_reads(scan, tiny_unet_pa
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-        args = ["run", str(scan), "--model", str(tiny_unet_path), "--provider", "cpu", "--threads", "1",
-                "--out", str(tmp_path / "leg_labels.nii.gz"), "--report", str(tmp_path / "r.json"), "--csv", str(fifo)]
+        args = [
+            "run",
+            str(scan),
+            "--model",
+            str(tiny_unet_path),
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "leg_labels.nii.gz"),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--csv",
+            str(fifo),
+        ]
         done = _proc(args)
     finally:
         os.close(holder)
@@ -241,19 +294,46 @@ def test_csv_to_a_fifo_is_written_in_place_when_someone_reads(scan, tiny_unet_pa
 def test_a_fifo_without_a_reader_is_refused_before_any_work(scan, tiny_unet_path, tmp_path, capsys):
     fifo = tmp_path / "report.fifo"
     os.mkfifo(fifo)
-    rc = cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--provider", "cpu",
-                   "--out", str(tmp_path / "leg_labels.nii.gz"), "--report", str(fifo), "--csv", str(tmp_path / "v.csv")])
+    rc = cli_main(
+        [
+            "run",
+            str(scan),
+            "--model",
+            str(tiny_unet_path),
+            "--provider",
+            "cpu",
+            "--out",
+            str(tmp_path / "leg_labels.nii.gz"),
+            "--report",
+            str(fifo),
+            "--csv",
+            str(tmp_path / "v.csv"),
+        ]
+    )
     assert rc == EXIT_OUTPUT and "named pipe with no reader" in _one_line(capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.fifo"]
 
 
 # -- names -------------------------------------------------------------------------------------
 
+
 def test_a_legal_long_name_is_written_and_an_illegal_one_refused(scan, tiny_unet_path, tmp_path, capsys):
     name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
     legal = "x" * (name_max - len("_labels.nii.gz") - 5) + "_labels.nii.gz"  # its side files still fit
-    args = ["run", str(scan), "--model", str(tiny_unet_path), "--provider", "cpu", "--threads", "1",
-            "--report", str(tmp_path / "r.json"), "--csv", str(tmp_path / "v.csv")]
+    args = [
+        "run",
+        str(scan),
+        "--model",
+        str(tiny_unet_path),
+        "--provider",
+        "cpu",
+        "--threads",
+        "1",
+        "--report",
+        str(tmp_path / "r.json"),
+        "--csv",
+        str(tmp_path / "v.csv"),
+    ]
     rc = cli_main([*args, "--out", str(tmp_path / legal)])
     capsys.readouterr()
     assert rc in OK_CODES and (tmp_path / legal).is_file()
@@ -275,6 +355,7 @@ def test_a_newline_in_a_path_does_not_cut_the_message(tmp_path, capsys):
 
 # -- disk full and read-only file systems (a tmpfs mounted in the test folder) ----------------
 
+
 @pytest.fixture
 def small_fs(tmp_path):
     """A 1 MiB tmpfs at ``tmp_path/fs`` (root with mount rights only); unmounted afterwards."""
@@ -282,8 +363,9 @@ def small_fs(tmp_path):
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -335,6 +417,7 @@ def test_read_only_file_system_is_refused_before_the_work_and_keeps_the_set(scan
 
 # -- a missing optional dependency -------------------------------------------------------------
 
+
 def test_train_without_torch_is_one_line_and_exit_12(tmp_path):
     script = textwrap.dedent("""
         import sys
@@ -349,8 +432,25 @@ def test_train_without_torch_is_one_line_and_exit_12(tmp_path):
         from limbseg_rt.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
-    done = subprocess.run([sys.executable, "-c", script, "train", "--arch", "unet", "--data", "phantom",
-                           "--epochs", "1", "--out", str(tmp_path / "u.pth.tar")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "train",
+            "--arch",
+            "unet",
+            "--data",
+            "phantom",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "u.pth.tar"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == getattr(errors, "EXIT_DEPENDENCY", 12), done.stderr
     line = _one_line(done.stderr)
     assert "'torch'" in line and 'pip install "limbseg-rt[export]"' in line
@@ -396,13 +496,28 @@ def test_sighup_to_a_batch_is_an_interrupt_with_exit_129(tiny_unet_path, tmp_pat
 
     paths = write_cohort(tmp_path / "in", 10, slices=40, shape=(96, 80), spacing=(2.0, 2.0, 5.0))
     out = tmp_path / "out"
-    cmd = _cmd("batch", *map(str, paths), "--out", str(out), "--model", str(tiny_unet_path),
-               "--provider", "cpu", "--threads", "1", "--workers", "1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = _cmd(
+        "batch",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_unet_path),
+        "--provider",
+        "cpu",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+    )
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if (out.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir())) or proc.poll() is not None:
+        if (
+            out.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir())
+        ) or proc.poll() is not None:
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGHUP)

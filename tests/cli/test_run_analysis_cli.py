@@ -54,18 +54,43 @@ def test_plain_run_report_is_valid_and_has_no_analysis(dixon_scan, tiny_unet_pat
 
 def test_analysis_with_dixon_writes_sides_csv_and_a_valid_report(dixon_scan, tiny_unet_path, tmp_path, capsys):
     scan = _copy_scan(dixon_scan, tmp_path)
-    code = cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--dixon-fat", str(dixon_scan / "fat.nii.gz"),
-                     "--dixon-water", str(dixon_scan / "water.nii.gz"), "--ff-erode", "1"])
+    code = cli_main(
+        [
+            "run",
+            str(scan),
+            "--model",
+            str(tiny_unet_path),
+            "--dixon-fat",
+            str(dixon_scan / "fat.nii.gz"),
+            "--dixon-water",
+            str(dixon_scan / "water.nii.gz"),
+            "--ff-erode",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == EXIT_OK
     report = _validate(tmp_path / "scan_report.json")
     an = report["analysis"]
     assert an["asymmetry_formula"].startswith("(R - L) / ((R + L) / 2)")
-    assert report["manifest"]["analysis"]["dixon_fat"].endswith("fat.nii.gz") and an["fat"]["dixon"]["erode_voxels"] == 1
+    assert (
+        report["manifest"]["analysis"]["dixon_fat"].endswith("fat.nii.gz") and an["fat"]["dixon"]["erode_voxels"] == 1
+    )
     rows = list(csv.DictReader((tmp_path / "scan_muscles.csv").open()))
     assert {r["side"] for r in rows} <= {"R", "L"} and len(rows) == len(an["muscles"]) > 0
-    for col in ("code", "name", "side", "volume_ml", "max_acsa_mm2", "max_acsa_position_mm", "length_mm",
-                "imat_percent", "ff_mean", "ff_median", "ff_weighted"):
+    for col in (
+        "code",
+        "name",
+        "side",
+        "volume_ml",
+        "max_acsa_mm2",
+        "max_acsa_position_mm",
+        "length_mm",
+        "imat_percent",
+        "ff_mean",
+        "ff_median",
+        "ff_weighted",
+    ):
         assert col in rows[0]
     # Sides add up to the side-less volume of each muscle in the same report.
     merged = {m["code"]: m["volume_ml"] for m in report["muscles"]}
@@ -102,18 +127,26 @@ def test_sides_in_the_csv_match_the_phantom_truth_on_true_labels(dixon_scan, tmp
     img, props = read_image(dixon_scan / "image.nii.gz")
     lab, _ = read_image(dixon_scan / "labels.nii.gz")
     sides, _ = read_image(dixon_scan / "sides.nii.gz")
-    an = analyse_scan(lab.astype(np.uint8), img, props, default_label_table(),
-                      AnalysisOptions(clean=False, fat=dixon_scan / "fat.nii.gz", water=dixon_scan / "water.nii.gz"))
+    an = analyse_scan(
+        lab.astype(np.uint8),
+        img,
+        props,
+        default_label_table(),
+        AnalysisOptions(clean=False, fat=dixon_scan / "fat.nii.gz", water=dixon_scan / "water.nii.gz"),
+    )
     assert np.array_equal(an.sides, sides.astype(np.uint8))
     for r in an.records:  # right leg at world x > 0 (RAS), whatever the file's axes
         assert (r.centroid_mm[0] > 0) == (r.side == "R")
 
 
-@pytest.mark.parametrize("argv", [
-    ["--dixon-fat", "f.nii.gz"],
-    ["--fat-fraction", "ff.nii.gz", "--dixon-fat", "f.nii.gz", "--dixon-water", "w.nii.gz"],
-    ["--no-clean"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--dixon-fat", "f.nii.gz"],
+        ["--fat-fraction", "ff.nii.gz", "--dixon-fat", "f.nii.gz", "--dixon-water", "w.nii.gz"],
+        ["--no-clean"],
+    ],
+)
 def test_analysis_options_that_do_not_fit_exit_2(dixon_scan, tiny_unet_path, tmp_path, capsys, argv):
     scan = _copy_scan(dixon_scan, tmp_path)
     assert cli_main(["run", str(scan), "--model", str(tiny_unet_path), *argv]) == EXIT_USAGE
@@ -126,13 +159,25 @@ def test_dixon_on_another_grid_exits_3_and_writes_nothing(dixon_scan, tiny_unet_
     scan = _copy_scan(dixon_scan, tmp_path)
     fat = nib.load(dixon_scan / "fat.nii.gz")
     nib.save(nib.Nifti1Image(np.asarray(fat.dataobj)[:, :, :-1], fat.affine), tmp_path / "short_fat.nii.gz")
-    code = cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--dixon-fat", str(tmp_path / "short_fat.nii.gz"),
-                     "--dixon-water", str(dixon_scan / "water.nii.gz")])
+    code = cli_main(
+        [
+            "run",
+            str(scan),
+            "--model",
+            str(tiny_unet_path),
+            "--dixon-fat",
+            str(tmp_path / "short_fat.nii.gz"),
+            "--dixon-water",
+            str(dixon_scan / "water.nii.gz"),
+        ]
+    )
     assert code == 3 and "not on the scan's grid" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz", "short_fat.nii.gz"]
 
 
-def test_without_the_analysis_extra_run_stops_before_segmenting(dixon_scan, tiny_unet_path, tmp_path, capsys, monkeypatch):
+def test_without_the_analysis_extra_run_stops_before_segmenting(
+    dixon_scan, tiny_unet_path, tmp_path, capsys, monkeypatch
+):
     import builtins
 
     real = builtins.__import__
@@ -157,8 +202,14 @@ def test_wide_form_csv_has_one_row_per_muscle_with_both_sides(dixon_scan, tiny_u
     long_dir.mkdir()
     long_scan = long_dir / "scan.nii.gz"
     long_scan.write_bytes(scan.read_bytes())
-    common = ["--model", str(tiny_unet_path), "--fat", str(dixon_scan / "fat.nii.gz"),
-              "--water", str(dixon_scan / "water.nii.gz")]
+    common = [
+        "--model",
+        str(tiny_unet_path),
+        "--fat",
+        str(dixon_scan / "fat.nii.gz"),
+        "--water",
+        str(dixon_scan / "water.nii.gz"),
+    ]
     assert cli_main(["run", str(long_scan), *common]) == EXIT_OK
     assert cli_main(["run", str(scan), *common, "--measures-wide"]) == EXIT_OK
     long_rows = list(csv.DictReader((long_dir / "scan_muscles.csv").open()))
@@ -169,7 +220,9 @@ def test_wide_form_csv_has_one_row_per_muscle_with_both_sides(dixon_scan, tiny_u
         for side in ("R", "L"):
             got = w[f"volume_ml_{side}"]
             assert got == (by_side[(w["code"], side)]["volume_ml"] if (w["code"], side) in by_side else "")
-            assert w[f"ff_mean_{side}"] == (by_side[(w["code"], side)]["ff_mean"] if (w["code"], side) in by_side else "")
+            assert w[f"ff_mean_{side}"] == (
+                by_side[(w["code"], side)]["ff_mean"] if (w["code"], side) in by_side else ""
+            )
     both = [w for w in wide_rows if w["volume_ml_R"] and w["volume_ml_L"]]
     for w in both:  # the asymmetry column follows the formula the report states
         r, l_ = float(w["volume_ml_R"]), float(w["volume_ml_L"])

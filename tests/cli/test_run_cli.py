@@ -72,7 +72,9 @@ def test_run_writes_labels_report_and_csv_next_to_the_scan(phantom_ras, tiny_une
     before = _sha(scan)
     code, out, err = _run([str(scan), "--model", str(tiny_unet_path), "--batch-size", "5"], capsys)
     assert code == EXIT_OK, err
-    labels_path, report_path, csv_path = (tmp_path / n for n in ("thigh_labels.nii.gz", "thigh_report.json", "thigh_volumes.csv"))
+    labels_path, report_path, csv_path = (
+        tmp_path / n for n in ("thigh_labels.nii.gz", "thigh_report.json", "thigh_volumes.csv")
+    )
     assert labels_path.is_file() and report_path.is_file() and csv_path.is_file()
     assert _sha(scan) == before
     assert f"{SLICES}/{SLICES} slices" in err
@@ -171,7 +173,9 @@ def test_out_equal_to_the_input_is_refused(phantom_ras, tiny_unet_path, tmp_path
 
 def test_missing_output_folder_is_refused_before_any_work(phantom_ras, tiny_unet_path, tmp_path, capsys):
     scan = _save(phantom_ras[0], tmp_path / "scan.nii.gz")
-    code, _, err = _run([str(scan), "--model", str(tiny_unet_path), "--out", str(tmp_path / "nope" / "l.nii.gz")], capsys)
+    code, _, err = _run(
+        [str(scan), "--model", str(tiny_unet_path), "--out", str(tmp_path / "nope" / "l.nii.gz")], capsys
+    )
     assert code == EXIT_OUTPUT and "does not exist" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
@@ -225,8 +229,10 @@ def test_segmenter_is_reused_across_scans_without_touching_disk(phantom_ras, tin
 
 def test_sc_unet_with_limb_range_and_tile_fit(phantom_ras, tiny_scunet_path, tmp_path, capsys):
     scan = _save(phantom_ras[0], tmp_path / "s.nii.gz")
-    code, _, err = _run([str(scan), "--model", str(tiny_scunet_path), "--limb-range", "0:0.5", "--fit", "tile",
-                         "--batch-size", "3"], capsys)
+    code, _, err = _run(
+        [str(scan), "--model", str(tiny_scunet_path), "--limb-range", "0:0.5", "--fit", "tile", "--batch-size", "3"],
+        capsys,
+    )
     assert code == EXIT_OK, err
     report = json.loads((tmp_path / "s_report.json").read_text())
     assert report["manifest"]["pipeline"]["limb_range"] == [0.0, 0.5]
@@ -252,9 +258,24 @@ def test_bad_arguments_are_usage_errors(tiny_unet_path, tmp_path, capsys):
 def test_console_script_runs_end_to_end(phantom_ras, tiny_unet_path, tmp_path):
     scan = _save(phantom_ras[0], tmp_path / "cli.nii.gz")
     proc = subprocess.run(
-        [sys.executable, "-m", "limbseg_rt", "run", str(scan), "--model", str(tiny_unet_path), "--provider", "cpu",
-         "--threads", "1", "--csv", str(tmp_path / "v.csv")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "limbseg_rt",
+            "run",
+            str(scan),
+            "--model",
+            str(tiny_unet_path),
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+            "--csv",
+            str(tmp_path / "v.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cli_labels.nii.gz").is_file() and (tmp_path / "v.csv").is_file()
@@ -263,13 +284,33 @@ def test_console_script_runs_end_to_end(phantom_ras, tiny_unet_path, tmp_path):
 
 def test_demo_makes_a_phantom_segments_it_and_scores_it(tiny_unet_path, tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    code = cli_main(["demo", "--out-dir", str(out_dir), "--seed", "3", "--slices", "8", "--model", str(tiny_unet_path),
-                     "--provider", "cpu", "--threads", "1"])
+    code = cli_main(
+        [
+            "demo",
+            "--out-dir",
+            str(out_dir),
+            "--seed",
+            "3",
+            "--slices",
+            "8",
+            "--model",
+            str(tiny_unet_path),
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == EXIT_OK, err
     names = {p.name for p in out_dir.iterdir()}
-    assert {"phantom_seed3.nii.gz", "phantom_seed3_truth.nii.gz", "phantom_seed3_labels.nii.gz",
-            "phantom_seed3_report.json", "phantom_seed3_volumes.csv"} <= names
+    assert {
+        "phantom_seed3.nii.gz",
+        "phantom_seed3_truth.nii.gz",
+        "phantom_seed3_labels.nii.gz",
+        "phantom_seed3_report.json",
+        "phantom_seed3_volumes.csv",
+    } <= names
     line = next(line for line in out.splitlines() if line.startswith("mean DSC vs ground truth:"))
     score = float(line.split(":")[1].split()[0])
     assert 0.0 <= score <= 1.0
@@ -334,10 +375,14 @@ def test_a_2d_slice_and_one_volume_of_a_4d_scan(phantom_ras, tiny_unet_path, tmp
     assert labels.shape == data.shape
     whole = _save(nib.Nifti1Image(data[::-1].copy(), affine), tmp_path / "second.nii.gz")
     assert _run([str(whole), "--model", str(tiny_unet_path)], capsys)[0] == EXIT_OK
-    np.testing.assert_array_equal(np.asarray(labels.dataobj), np.asarray(nib.load(str(tmp_path / "second_labels.nii.gz")).dataobj))
+    np.testing.assert_array_equal(
+        np.asarray(labels.dataobj), np.asarray(nib.load(str(tmp_path / "second_labels.nii.gz")).dataobj)
+    )
 
 
-def test_a_provider_fallback_is_reported_in_the_report_and_on_the_terminal(phantom_ras, tiny_unet_path, tmp_path, capsys, monkeypatch):
+def test_a_provider_fallback_is_reported_in_the_report_and_on_the_terminal(
+    phantom_ras, tiny_unet_path, tmp_path, capsys, monkeypatch
+):
     import limbseg_rt.runtime.engine.runners as engine
 
     real = engine.create_runner

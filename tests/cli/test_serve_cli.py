@@ -29,7 +29,10 @@ def test_serve_without_the_extra_says_how_to_install_it_exit_12(tmp_path, capsys
     toml = write_toml(tmp_path / "node.toml", node_config(tmp_path, 11112))
     assert cli_main(["serve", "--config", str(toml), "--check"]) == 12
     err = capsys.readouterr().err
-    assert err == 'limbseg-rt: error: the DICOM node needs the serve extra: pip install "limbseg-rt[serve]" (pynetdicom is not installed)\n'
+    assert (
+        err
+        == 'limbseg-rt: error: the DICOM node needs the serve extra: pip install "limbseg-rt[serve]" (pynetdicom is not installed)\n'
+    )
 
 
 def test_check_accepts_a_good_config_and_loads_the_model(tmp_path, capsys):
@@ -67,15 +70,20 @@ def test_the_serve_command_segments_a_phantom_series_and_pacs_gets_the_same_seg_
 
     img = make_phantom(9, slices=8, shape=(64, 56), spacing=(1.75, 1.75, 5.0))[0]
     (tmp_path / "series").mkdir()
-    files = write_mr_series(np.asarray(img.dataobj), img.affine, tmp_path / "series",
-                            patient={"PatientName": PATIENT_NAME, "PatientID": "PID-42"})
+    files = write_mr_series(
+        np.asarray(img.dataobj),
+        img.affine,
+        tmp_path / "series",
+        patient={"PatientName": PATIENT_NAME, "PatientID": "PID-42"},
+    )
     pacs_port, port = free_port(), free_port()
     config = node_config(tmp_path, port, pacs_port=pacs_port, stable_seconds=1.0)
     toml = write_toml(tmp_path / "node.toml", config)
     toml.write_text(toml.read_text() + '[model]\nmodel = "unet"\nprovider = "cpu"\nthreads = 1\nkeep_report = true\n')
     with storescp(tmp_path / "pacs", pacs_port):
-        proc = subprocess.Popen([sys.executable, "-m", "limbseg_rt", "serve", "--config", str(toml)],
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "limbseg_rt", "serve", "--config", str(toml)], stderr=subprocess.PIPE, text=True
+        )
         try:
             first = json.loads(proc.stderr.readline())
             assert first["event"] == "started" and first["port"] == port
@@ -94,14 +102,27 @@ def test_the_serve_command_segments_a_phantom_series_and_pacs_gets_the_same_seg_
     # keep_report: labels, report and CSV stay in the result folder; the sent SEG is gone from it.
     [record] = [p for p in (config.spool / "results").glob("*/result.json") if not p.parent.name.startswith(".")]
     assert sorted(p.name for p in record.parent.iterdir()) == sorted(
-        ["labels.ctbl", "labels.itksnap.txt", "labels.nii.gz", "report.json", "result.json", "volumes.csv"])
+        ["labels.ctbl", "labels.itksnap.txt", "labels.nii.gz", "report.json", "result.json", "volumes.csv"]
+    )
     report_text = (record.parent / "report.json").read_text()
     assert PATIENT_NAME not in report_text and "PID-42" not in report_text
     check = subprocess.run(["dciodvfy", str(seg_file)], capture_output=True, text=True, timeout=60)
     assert "Error" not in check.stderr, check.stderr
     # `run` on the same files writes the same segmentation (segments and frames).
-    assert cli_main(["run", str(tmp_path / "series"), "--seg", str(tmp_path / "run_seg.dcm"), "--provider", "cpu",
-                     "--threads", "1", "--out", str(tmp_path / "run_labels.nii.gz")]) in (0, 6)
+    assert cli_main(
+        [
+            "run",
+            str(tmp_path / "series"),
+            "--seg",
+            str(tmp_path / "run_seg.dcm"),
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "run_labels.nii.gz"),
+        ]
+    ) in (0, 6)
     capsys.readouterr()
     ours, theirs = pydicom.dcmread(seg_file), pydicom.dcmread(tmp_path / "run_seg.dcm")
     assert ours.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID

@@ -24,7 +24,9 @@ def test_tune_saves_a_choice_that_run_then_reports(tmp_path, monkeypatch, capsys
     chosen = json.loads((tmp_path / "cache" / "precision-profile.json").read_text())["entries"]["cpu/unet"]["precision"]
 
     report = tmp_path / "b.json"
-    assert main(["run", str(scan), "--provider", "cpu", "--out", str(tmp_path / "b.nii.gz"), "--report", str(report)]) == 0
+    assert (
+        main(["run", str(scan), "--provider", "cpu", "--out", str(tmp_path / "b.nii.gz"), "--report", str(report)]) == 0
+    )
     after = capsys.readouterr().out
     assert f"precision auto -> {chosen}: measured by `limbseg-rt tune`" in after
     engine = json.loads(report.read_text())["manifest"]["engine"]

@@ -21,7 +21,7 @@ def _volume(shape=(20, 24, 6), seed=0):
     x, y, z = shape
     labels = np.zeros(shape, np.uint8)
     for k in range(1, 5):
-        labels[4 * k - 2:4 * k, 4:20, :] = k
+        labels[4 * k - 2 : 4 * k, 4:20, :] = k
     image = (labels * 50.0 + rng.normal(0, 1, shape) + 100.0).astype(np.float32)
     image[0, 0, :] = np.arange(z) * 3.0  # distinct values per slice to trace the z order
     return image, labels
@@ -77,7 +77,7 @@ def test_nifti_label_errors_are_reported(tmp_path):
     bad = labels.astype(np.int16)
     bad[0, 0, 0] = 40
     _write_nnunet(tmp_path, "c", image, bad, np.eye(4))
-    (case, img, lab), = datasets.nnunet_cases(tmp_path)
+    ((case, img, lab),) = datasets.nnunet_cases(tmp_path)
     with pytest.raises(InputError, match="0..37"):
         datasets.nifti_subject(img, lab)
     _write_nnunet(tmp_path, "c", image, labels[:, :, :5].copy(), np.eye(4))
@@ -94,8 +94,8 @@ def test_png_layout_positions_and_masks(tmp_path):
     for n in range(1, 5):  # n counts from the proximal end, so PNG n = 1 is the top slice
         Image.fromarray(pixels[:, :, 4 - n]).save(tmp_path / f"subj_{n}.png")
         Image.fromarray(labels[:, :, 4 - n]).save(tmp_path / f"subj_{n}_mask.png")
-    Image.fromarray(pixels[:, :, 0]).save(tmp_path / f"other_7.png")
-    Image.fromarray(labels[:, :, 0]).save(tmp_path / f"other_7_mask.png")
+    Image.fromarray(pixels[:, :, 0]).save(tmp_path / "other_7.png")
+    Image.fromarray(labels[:, :, 0]).save(tmp_path / "other_7_mask.png")
 
     files = datasets.png_subject_files(tmp_path)
     assert list(files) == ["other", "subj"] and [f[0] for f in files["subj"]] == [1, 2, 3, 4]

@@ -24,8 +24,9 @@ def slices():
 
 
 def _export(ckpt, out, *extra, arch="unet"):
-    return cli_main(["export", "--arch", arch, "--checkpoint", str(ckpt), "--out", str(out),
-                     "--input-hw", *map(str, HW), *extra])
+    return cli_main(
+        ["export", "--arch", arch, "--checkpoint", str(ckpt), "--out", str(out), "--input-hw", *map(str, HW), *extra]
+    )
 
 
 def _one_line_error(capsys) -> str:
@@ -78,8 +79,9 @@ def test_missing_checkpoint_and_wrong_architecture(tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert _export(tmp_path / "nope.pth.tar", out) == 4
     assert "checkpoint not found" in _one_line_error(capsys)
-    ckpt = save_checkpoint(create_model("sc-unet", features=TINY), tmp_path / "sc.pth.tar",
-                           extra={"arch": "sc-unet", "features": TINY})
+    ckpt = save_checkpoint(
+        create_model("sc-unet", features=TINY), tmp_path / "sc.pth.tar", extra={"arch": "sc-unet", "features": TINY}
+    )
     assert _export(ckpt, out) == 4
     assert "pass --arch sc-unet" in _one_line_error(capsys)
     assert not out.exists()
@@ -115,13 +117,28 @@ def test_parity_failure_lists_every_check_exits_7_and_leaves_nothing(slices, tmp
 
 def test_without_torch_the_command_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    assert _export(tmp_path / "x.pth.tar", tmp_path / "m.onnx") == 12  # EXIT_DEPENDENCY: an environment fault, not a bug
+    assert (
+        _export(tmp_path / "x.pth.tar", tmp_path / "m.onnx") == 12
+    )  # EXIT_DEPENDENCY: an environment fault, not a bug
     err = _one_line_error(capsys)
     assert 'pip install "limbseg-rt[export]"' in err
 
 
 def test_negative_int8_float_levels_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli_main(["export", "--arch", "unet", "--checkpoint", str(tmp_path / "c.pth.tar"), "--out",
-                  str(tmp_path / "m.onnx"), "--precision", "int8", "--int8-float-levels", "-1"])
+        cli_main(
+            [
+                "export",
+                "--arch",
+                "unet",
+                "--checkpoint",
+                str(tmp_path / "c.pth.tar"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--precision",
+                "int8",
+                "--int8-float-levels",
+                "-1",
+            ]
+        )
     assert exc.value.code == 2 and "must be 0 or more" in capsys.readouterr().err

@@ -59,8 +59,13 @@ def exported(slices, tmp_path_factory):
         model = _randomised(arch)
         ckpt = save_checkpoint(model, folder / f"{arch}.pth.tar", extra={"arch": arch, "features": TINY})
         result = export_model(
-            arch, ckpt, folder / f"{arch}.onnx", calibration=slices, parity_hw=HW,
-            pixel_spacing_mm=(1.5, 1.25), threads=1,
+            arch,
+            ckpt,
+            folder / f"{arch}.onnx",
+            calibration=slices,
+            parity_hw=HW,
+            pixel_spacing_mm=(1.5, 1.25),
+            threads=1,
         )
         out[arch] = (model, ckpt, result)
     return out
@@ -130,7 +135,9 @@ def test_dynamic_batch_and_size_match_pytorch(arch, exported):
         feeds = {"image": x, "position": p} if arch == "sc-unet" else {"image": x}
         logits, labels = session.run(None, feeds)
         with torch.no_grad():
-            ref = (model(torch.from_numpy(x), torch.from_numpy(p)) if arch == "sc-unet" else model(torch.from_numpy(x))).numpy()
+            ref = (
+                model(torch.from_numpy(x), torch.from_numpy(p)) if arch == "sc-unet" else model(torch.from_numpy(x))
+            ).numpy()
         assert logits.shape == (n, 38, *hw) and labels.shape == (n, *hw) and labels.dtype == np.uint8
         np.testing.assert_allclose(logits, ref, atol=1e-4 * np.abs(ref).max() + 1e-5)
         np.testing.assert_array_equal(labels, logits.argmax(1))
@@ -156,15 +163,34 @@ def test_cli_exports_authors_checkpoint_without_features_entry(slices, tmp_path,
     model = _randomised("unet", seed=5)
     opt = torch.optim.Adam(model.parameters())
     ckpt = tmp_path / "my_checkpoint.pth.tar"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict()}, ckpt)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "optimizer": opt.state_dict()}, ckpt
+    )
     out = tmp_path / "unet.onnx"
     # the CLI reads phantom slices itself; hand it the prepared ones to keep the test fast
     import limbseg_rt.export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "parity_sets", lambda calibration, *, hw, slices_per_volume: slices)
-    code = cli_main(["export", "--arch", "unet", "--checkpoint", str(ckpt), "--out", str(out),
-                     "--features", "4", "8", "16", "32", "--no-with-labels-output", "--input-hw", "64", "48"])
+    code = cli_main(
+        [
+            "export",
+            "--arch",
+            "unet",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--features",
+            "4",
+            "8",
+            "16",
+            "32",
+            "--no-with-labels-output",
+            "--input-hw",
+            "64",
+            "48",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "wrote" in captured.out and "label agreement" in captured.out
@@ -174,13 +200,19 @@ def test_cli_exports_authors_checkpoint_without_features_entry(slices, tmp_path,
 
 
 def test_custom_label_table_travels_in_the_model(slices, tmp_path):
-    table = LabelTable((Label(0, "background", "BG", (0, 0, 0)), Label(1, "thigh", "TH", (250, 0, 0)),
-                        Label(2, "calf", "CA", (0, 250, 0))))
+    table = LabelTable(
+        (
+            Label(0, "background", "BG", (0, 0, 0)),
+            Label(1, "thigh", "TH", (250, 0, 0)),
+            Label(2, "calf", "CA", (0, 250, 0)),
+        )
+    )
     labels_json = tmp_path / "labels.json"
     labels_json.write_text(table.to_json())
     torch.manual_seed(3)
-    ckpt = save_checkpoint(create_model("attention-unet", features=(2, 4), classes=3), tmp_path / "a.pth.tar",
-                           extra={"features": (2, 4)})
+    ckpt = save_checkpoint(
+        create_model("attention-unet", features=(2, 4), classes=3), tmp_path / "a.pth.tar", extra={"features": (2, 4)}
+    )
     with pytest.raises(ModelError, match=r"final_conv.weight \(checkpoint \[3, 2, 1, 1\] vs model \[38, 2, 1, 1\]\)"):
         export_model("attention-unet", ckpt, tmp_path / "x.onnx", calibration=slices, input_hw=HW)
     out = tmp_path / "a.onnx"

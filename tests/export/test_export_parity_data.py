@@ -8,8 +8,8 @@ import pytest
 
 from limbseg_rt.export.parity_data import EDGE_POSITIONS, nifti_sets, parity_sets, volume_slices
 from limbseg_rt.runtime.errors import InputError
-from limbseg_rt.runtime.model.position import slice_positions
 from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices
+from limbseg_rt.runtime.model.position import slice_positions
 
 
 def _volume(seed: int, z: int = 12) -> np.ndarray:

@@ -22,9 +22,9 @@ from limbseg_rt.export.parity_data import parity_sets
 from limbseg_rt.export.spec import Tolerance
 from limbseg_rt.models import create_model, save_checkpoint
 from limbseg_rt.runtime.errors import ModelError
+from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices, resize_nearest
 from limbseg_rt.runtime.model.metadata import read_metadata
 from limbseg_rt.runtime.phantom.generate import phantom_arrays
-from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices, resize_nearest
 
 HW = (64, 48)
 TRAIN_SEEDS = (9301, 9302)  # disjoint from the parity seeds (parity_data.py)
@@ -72,8 +72,14 @@ def trained_unet(tmp_path_factory):
 def test_int8_is_uint8_activation_qdq_and_keeps_muscles(trained_unet, slices, tmp_path):
     out = tmp_path / "unet-int8.onnx"
     result = export_model(
-        "unet", trained_unet, out, precision="int8", calibration=slices, input_hw=HW,
-        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1,
+        "unet",
+        trained_unet,
+        out,
+        precision="int8",
+        calibration=slices,
+        input_hw=HW,
+        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE),
+        threads=1,
     )
     p = result.parity
     assert p["passed"] and p["precision"] == "int8"
@@ -87,8 +93,13 @@ def test_int8_is_uint8_activation_qdq_and_keeps_muscles(trained_unet, slices, tm
     init = {t.name: t for t in proto.graph.initializer}
     q_nodes = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert q_nodes and all(init[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in q_nodes)
-    weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
-                 and init[n.input[0]].data_type == onnx.TensorProto.INT8]
+    weight_dq = [
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in init
+        and init[n.input[0]].data_type == onnx.TensorProto.INT8
+    ]
     assert weight_dq and all(len(init[n.input[1]].dims) == 1 for n in weight_dq)  # per-channel scales
     # ConvTranspose computes in float from int8-stored weights (no int8 kernel on the CPU provider).
     producers = {o: n for n in proto.graph.node for o in n.output}
@@ -109,11 +120,16 @@ def test_int8_weight_storage_keeps_a_conv_transpose_within_half_a_step():
 
     rng = np.random.default_rng(3)
     # Output channels differ in scale by 100x: one scale per output channel (axis 1) must hold them.
-    weight = (rng.standard_normal((6, 4, 2, 2)) * np.array([1.0, 0.01, 0.3, 5.0]).reshape(1, 4, 1, 1)).astype(np.float32)
+    weight = (rng.standard_normal((6, 4, 2, 2)) * np.array([1.0, 0.01, 0.3, 5.0]).reshape(1, 4, 1, 1)).astype(
+        np.float32
+    )
     graph = helper.make_graph(
         [helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[2, 2], strides=[2, 2], name="up")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 10, 10])], [numpy_helper.from_array(weight, "w")])
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 10, 10])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     x = rng.standard_normal((1, 6, 5, 5)).astype(np.float32)
 
@@ -134,8 +150,15 @@ def test_int8_weight_storage_keeps_a_conv_transpose_within_half_a_step():
 def test_int8_can_keep_the_finest_resolution_levels_in_float(trained_unet, slices, tmp_path):
     out = tmp_path / "unet-int8-levels.onnx"
     result = export_model(
-        "unet", trained_unet, out, precision="int8", calibration=slices, input_hw=HW,
-        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1, int8_float_levels=1,
+        "unet",
+        trained_unet,
+        out,
+        precision="int8",
+        calibration=slices,
+        input_hw=HW,
+        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE),
+        threads=1,
+        int8_float_levels=1,
     )
     conv = result.parity["conversion"]
     assert conv["float_levels"] == 1 and conv["quantized_nodes"]["Conv"] == "14/19"
@@ -164,21 +187,40 @@ def test_int8_can_keep_the_finest_resolution_levels_in_float(trained_unet, slice
         node = producers[node.input[0]]
     assert float_convs == {first.name, second.name} | {n.name for n in tail}
 
-    two = export_model("unet", trained_unet, tmp_path / "two.onnx", precision="int8", calibration=slices, input_hw=HW,
-                       tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE), threads=1, int8_float_levels=2,
-                       measure_speed=False)
+    two = export_model(
+        "unet",
+        trained_unet,
+        tmp_path / "two.onnx",
+        precision="int8",
+        calibration=slices,
+        input_hw=HW,
+        tolerance=Tolerance(min_muscle_dice=UNTRAINED_INT8_GATE),
+        threads=1,
+        int8_float_levels=2,
+        measure_speed=False,
+    )
     assert two.parity["conversion"]["quantized_nodes"]["Conv"] == "10/19"
     assert two.parity["conversion"]["int8_weight_storage_only"] == {"ConvTranspose": 2}
     with pytest.raises(ModelError, match="--int8-float-levels 5 would keep every convolution in float .* at most 4"):
-        export_model("unet", trained_unet, tmp_path / "x.onnx", precision="int8", calibration=slices, input_hw=HW,
-                     threads=1, int8_float_levels=5, measure_speed=False)
+        export_model(
+            "unet",
+            trained_unet,
+            tmp_path / "x.onnx",
+            precision="int8",
+            calibration=slices,
+            input_hw=HW,
+            threads=1,
+            int8_float_levels=5,
+            measure_speed=False,
+        )
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_fp16_keeps_float32_io_and_the_position_rule(slices, tmp_path):
     torch.manual_seed(7)  # random weights: fp16 agreement is pessimistic here, yet >= 99.5% (seeded)
-    ckpt = save_checkpoint(create_model("sc-unet", features=(4, 8, 16, 32)), tmp_path / "sc.pth.tar",
-                           extra={"features": (4, 8, 16, 32)})
+    ckpt = save_checkpoint(
+        create_model("sc-unet", features=(4, 8, 16, 32)), tmp_path / "sc.pth.tar", extra={"features": (4, 8, 16, 32)}
+    )
     out = tmp_path / "sc-fp16.onnx"
     result = export_model("sc-unet", ckpt, out, precision="fp16", calibration=slices, input_hw=HW, threads=1)
     p = result.parity
@@ -201,7 +243,9 @@ def test_fp16_keeps_float32_io_and_the_position_rule(slices, tmp_path):
     p = np.array([0.51, 0.55, 0.57], dtype=np.float32)
     import onnxruntime as ort
 
-    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["logits"], {"image": x, "position": p})[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"image": x, "position": p}
+    )[0]
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x), torch.from_numpy(p)).numpy()
     assert np.abs(got - ref).max() < 0.01 * np.abs(ref).max()

@@ -7,7 +7,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from limbseg_rt.runtime.report.metrics import dice_from_confusion  # noqa: E402
 from limbseg_rt.export.augment import NO_AUGMENT, AugmentSpec, augment_batch  # noqa: E402
 from limbseg_rt.export.train import (  # noqa: E402
     TrainConfig,
@@ -16,6 +15,7 @@ from limbseg_rt.export.train import (  # noqa: E402
     train,
     volume_dice,
 )
+from limbseg_rt.runtime.report.metrics import dice_from_confusion  # noqa: E402
 
 
 def _painted_batch(n=16, hw=(64, 48), seed=0):
@@ -25,7 +25,7 @@ def _painted_batch(n=16, hw=(64, 48), seed=0):
     for i in range(n):
         for k in range(1, 7):
             r, c = g.integers(4, hw[0] - 16), g.integers(4, hw[1] - 16)
-            labels[i, r:r + 12, c:c + 12] = k
+            labels[i, r : r + 12, c : c + 12] = k
     labels = torch.from_numpy(labels)
     return (labels[:, None].float() * 0.1), labels
 
@@ -55,9 +55,11 @@ def test_rotation_is_rigid_on_a_non_square_slice():
     # A centred disc must stay a disc (area and centroid) under rotation of a 64 x 48 slice.
     h, w = 64, 48
     yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
-    disc = ((yy ** 2 + xx ** 2) <= 15 ** 2).long()
+    disc = ((yy**2 + xx**2) <= 15**2).long()
     labels = disc[None].repeat(8, 1, 1)
-    _, out = augment_batch(labels[:, None].float(), labels, AugmentSpec(35.0, 0.0, 0.0), torch.Generator().manual_seed(0))
+    _, out = augment_batch(
+        labels[:, None].float(), labels, AugmentSpec(35.0, 0.0, 0.0), torch.Generator().manual_seed(0)
+    )
     areas = out.sum(dim=(1, 2)).float()
     assert torch.allclose(areas, disc.sum().float(), rtol=0.03)
 
@@ -120,8 +122,13 @@ def test_tiny_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_p
     assert volume_dice(pred, ph.labels)[0] > 0.8  # background at least
 
     # Resuming continues from the saved weights: its first epoch beats the fresh run's first epoch.
-    again = train(TrainConfig(**{**config.__dict__, "epochs": 1}), SliceDataset(subjects), val,
-                  tmp_path / "r.pth.tar", resume=result.checkpoint)
+    again = train(
+        TrainConfig(**{**config.__dict__, "epochs": 1}),
+        SliceDataset(subjects),
+        val,
+        tmp_path / "r.pth.tar",
+        resume=result.checkpoint,
+    )
     assert again.history[0].train_loss < result.history[0].train_loss
 
 
@@ -160,10 +167,40 @@ def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
 
     _nnunet_folder(tmp_path / "data")
     out = tmp_path / "cli.pth.tar"
-    code = main(["train", "--arch", "unet", "--data", str(tmp_path / "data"), "--epochs", "1",
-                 "--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--out", str(out),
-                 "--loss", "ce+dice", "--crop", "16", "16", "--class-balanced", "0.5", "--rotation", "10",
-                 "--bf16", "--val-every", "3"])
+    code = main(
+        [
+            "train",
+            "--arch",
+            "unet",
+            "--data",
+            str(tmp_path / "data"),
+            "--epochs",
+            "1",
+            "--features",
+            "4",
+            "8",
+            "16",
+            "32",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--loss",
+            "ce+dice",
+            "--crop",
+            "16",
+            "16",
+            "--class-balanced",
+            "0.5",
+            "--rotation",
+            "10",
+            "--bf16",
+            "--val-every",
+            "3",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "train: 2 subjects, 6 slices; validation: 1 subjects, 3 slices" in text and "epoch   1" in text
@@ -179,16 +216,19 @@ def test_cli_trains_on_an_nnunet_folder(tmp_path, capsys):
 TINY = ["--features", "4", "8", "16", "32", "--batch-size", "2", "--threads", "1", "--epochs", "1"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--arch", "unet", "--val-every", "0"], "--val-every must be 1 or more (got 0)"),
-    (["--arch", "unet", "--position-lr-scale", "10"], "--position-lr-scale is for sc-unet's position layer"),
-    (["--arch", "sc-unet", "--position-lr-scale", "0"], "--position-lr-scale must be above 0"),
-    (["--arch", "unet", "--class-balanced", "1.5"], "--class-balanced and --crop-foreground must lie in [0, 1]"),
-    (["--arch", "attention-unet", "--channels-last"], "--channels-last crashes PyTorch"),
-    (["--arch", "unet", "--epochs", "0"], "--epochs and --batch-size must be 1 or more (got 0, 2)"),
-    (["--arch", "unet", "--max-minutes", "0"], "--max-minutes must be above 0 (got 0)"),
-    (["--arch", "unet", "--subjects", "0"], "--subjects must be 1 or more (got 0)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "unet", "--val-every", "0"], "--val-every must be 1 or more (got 0)"),
+        (["--arch", "unet", "--position-lr-scale", "10"], "--position-lr-scale is for sc-unet's position layer"),
+        (["--arch", "sc-unet", "--position-lr-scale", "0"], "--position-lr-scale must be above 0"),
+        (["--arch", "unet", "--class-balanced", "1.5"], "--class-balanced and --crop-foreground must lie in [0, 1]"),
+        (["--arch", "attention-unet", "--channels-last"], "--channels-last crashes PyTorch"),
+        (["--arch", "unet", "--epochs", "0"], "--epochs and --batch-size must be 1 or more (got 0, 2)"),
+        (["--arch", "unet", "--max-minutes", "0"], "--max-minutes must be above 0 (got 0)"),
+        (["--arch", "unet", "--subjects", "0"], "--subjects must be 1 or more (got 0)"),
+    ],
+)
 def test_cli_refuses_bad_training_settings_in_one_line_before_loading_data(tmp_path, capsys, argv, message):
     from limbseg_rt.cli import main
 
@@ -209,8 +249,22 @@ def test_cli_reports_a_resume_that_cannot_work_as_a_usage_error(tmp_path, capsys
     capsys.readouterr()
     # Saved with one Adam parameter group; --position-lr-scale 10 trains with two.
     out = tmp_path / "resumed.pth.tar"
-    code = main(["train", "--arch", "sc-unet", "--data", data, "--out", str(out), *TINY,
-                 "--position-lr-scale", "10", "--resume", str(first)])
+    code = main(
+        [
+            "train",
+            "--arch",
+            "sc-unet",
+            "--data",
+            data,
+            "--out",
+            str(out),
+            *TINY,
+            "--position-lr-scale",
+            "10",
+            "--resume",
+            str(first),
+        ]
+    )
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and not out.exists()
     assert err[-1].startswith("limbseg-rt: error: sc.pth.tar: its optimiser state has 1 parameter group(s), this run 2")
@@ -315,8 +369,8 @@ def test_class_balanced_sampling_shows_a_rare_muscle_as_often_as_a_common_one():
     from limbseg_rt.export.train import slice_sampling_weights
 
     labels = np.zeros((100, 4, 4), np.uint8)
-    labels[:, 0, 0] = 1          # muscle 1 in every slice
-    labels[:2, 1, 1] = 2         # muscle 2 in 2 slices of 100
+    labels[:, 0, 0] = 1  # muscle 1 in every slice
+    labels[:2, 1, 1] = 2  # muscle 2 in 2 slices of 100
     uniform = slice_sampling_weights(labels, 4, 0.0)
     np.testing.assert_allclose(uniform, 0.01)
     p = slice_sampling_weights(labels, 4, 1.0)
@@ -382,8 +436,9 @@ def test_bf16_steps_and_sparse_validation_still_train_and_keep_the_best_validate
     hw, shape, spacing = (48, 48), (48, 48), (9.0, 9.0, 5.0)
     subjects = [phantom_subject(s, slices=12, shape=shape, spacing=spacing, input_hw=hw) for s in (1, 2)]
     val = SliceDataset([phantom_subject(100, slices=6, shape=shape, spacing=spacing, input_hw=hw)])
-    config = TrainConfig(features=(4, 8, 16, 32), epochs=5, batch_size=4, lr=1e-2, seed=0, threads=1,
-                         bf16=True, val_every=2)
+    config = TrainConfig(
+        features=(4, 8, 16, 32), epochs=5, batch_size=4, lr=1e-2, seed=0, threads=1, bf16=True, val_every=2
+    )
     result = train(config, SliceDataset(subjects), val, tmp_path / "m.pth.tar")
 
     # Validated on epochs 2 and 4, and after the last one; the others carry no validation numbers.
@@ -412,8 +467,16 @@ def test_position_lr_scale_moves_only_the_sc_unet_position_layer_faster(tmp_path
     start = read_checkpoint(tmp_path / "u.pth.tar")["state_dict"]
 
     def moved(scale):
-        config = TrainConfig(arch="sc-unet", features=(4, 8, 16, 32), epochs=1, batch_size=4, lr=1e-3, seed=0,
-                             threads=1, position_lr_scale=scale)
+        config = TrainConfig(
+            arch="sc-unet",
+            features=(4, 8, 16, 32),
+            epochs=1,
+            batch_size=4,
+            lr=1e-3,
+            seed=0,
+            threads=1,
+            position_lr_scale=scale,
+        )
         out = tmp_path / f"sc{scale}.pth.tar"
         train(config, data, None, out, init_from=tmp_path / "u.pth.tar")
         ckpt = read_checkpoint(out)
@@ -427,8 +490,14 @@ def test_position_lr_scale_moves_only_the_sc_unet_position_layer_faster(tmp_path
     assert pos1 > 0 and 6.0 < pos10 / pos1 < 14.0
     assert 0.5 < rest10 / rest1 < 2.0
     with pytest.raises(ValueError, match="parameter group"):  # Adam state saved with one group
-        train(TrainConfig(arch="sc-unet", features=(4, 8, 16, 32), epochs=1, batch_size=4, threads=1,
-                          position_lr_scale=10.0), data, None, tmp_path / "r.pth.tar",
-              resume=tmp_path / "sc1.0.pth.tar")
+        train(
+            TrainConfig(
+                arch="sc-unet", features=(4, 8, 16, 32), epochs=1, batch_size=4, threads=1, position_lr_scale=10.0
+            ),
+            data,
+            None,
+            tmp_path / "r.pth.tar",
+            resume=tmp_path / "sc1.0.pth.tar",
+        )
     with pytest.raises(ValueError, match="no position layer|has none"):
         TrainConfig(arch="unet", position_lr_scale=10.0)

@@ -15,7 +15,10 @@ C = 38
 
 
 def _double_conv(prefix: str, cin: int, cout: int) -> dict:
-    sd = {f"{prefix}.conv.0.weight": torch.randn(cout, cin, 3, 3), f"{prefix}.conv.3.weight": torch.randn(cout, cout, 3, 3)}
+    sd = {
+        f"{prefix}.conv.0.weight": torch.randn(cout, cin, 3, 3),
+        f"{prefix}.conv.3.weight": torch.randn(cout, cout, 3, 3),
+    }
     for bn in (1, 4):
         sd.update(_bn(f"{prefix}.conv.{bn}", cout))
     return sd
@@ -104,7 +107,9 @@ def test_save_load_round_trip_with_extras(tmp_path):
     torch.manual_seed(3)
     model = create_model("sc-unet", features=TINY)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    path = save_checkpoint(model, tmp_path / "m.pth.tar", optimizer=opt, extra={"arch": "sc-unet", "features": TINY, "epoch": 3})
+    path = save_checkpoint(
+        model, tmp_path / "m.pth.tar", optimizer=opt, extra={"arch": "sc-unet", "features": TINY, "epoch": 3}
+    )
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"state_dict", "optimizer", "arch", "features", "epoch"}
     other = create_model("sc-unet", features=TINY)

@@ -20,7 +20,9 @@ def position_onehot(p) -> np.ndarray:
 
 def _grid() -> np.ndarray:
     k = np.arange(0, 101, dtype=np.float64) / 100.0
-    near = np.concatenate([k, np.nextafter(k.astype(np.float32), np.float32(-1)), np.nextafter(k.astype(np.float32), np.float32(2))])
+    near = np.concatenate(
+        [k, np.nextafter(k.astype(np.float32), np.float32(-1)), np.nextafter(k.astype(np.float32), np.float32(2))]
+    )
     special = [0.0, 0.004, 0.01, 0.5, 0.999, 1.0, -0.3, 1.7, 0.0099999, 0.0100001, 0.995]
     dense = np.linspace(0.0, 1.0, 20001)
     return np.concatenate([near, special, dense]).astype(np.float32)

@@ -16,8 +16,19 @@ import textwrap
 import nibabel as nib
 import numpy as np
 
-BLOCKED = ("torch", "torchvision", "scipy", "onnx", "onnxscript", "onnxconverter_common", "tqdm", "medpy", "matplotlib",
-           "limbseg_rt.models", "limbseg_rt.export")
+BLOCKED = (
+    "torch",
+    "torchvision",
+    "scipy",
+    "onnx",
+    "onnxscript",
+    "onnxconverter_common",
+    "tqdm",
+    "medpy",
+    "matplotlib",
+    "limbseg_rt.models",
+    "limbseg_rt.export",
+)
 
 SCRIPT = textwrap.dedent(
     """
@@ -73,8 +84,18 @@ def test_runtime_imports_and_segments_with_torch_blocked(tiny_unet_path, tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name in ("inference.pipeline", "inference.tiling", "report.run_report", "api", "inference.preprocess",
-                 "model.metadata", "model.position", "io.nifti", "engine.runners", "phantom.generate"):
+    for name in (
+        "inference.pipeline",
+        "inference.tiling",
+        "report.run_report",
+        "api",
+        "inference.preprocess",
+        "model.metadata",
+        "model.position",
+        "io.nifti",
+        "engine.runners",
+        "phantom.generate",
+    ):
         assert name in got["imported"]
     assert got["labels_shape"] == [48, 40, 6]
     assert got["found"] >= 2

@@ -19,11 +19,11 @@ def _scene():
     sides = np.zeros_like(lab)
     sides[30:] = 1
     sides[:30] = 2
-    lab[35:50, 5:20, 2:18] = 4          # right leg: the muscle, 3600 voxels
-    lab[52:55, 25:28, 5:8] = 4          # a right island of 27 voxels (< 10 %): removed
-    lab[5:20, 5:20, 2:18] = 4           # left leg copy, same size: kept (its own side)
-    lab[22:27, 22:28, 0:14] = 4         # a left piece of 420 voxels (> 10 % of 3600): kept
-    lab[40:42, 25:27, 19:20] = 9        # a muscle that is only a tiny piece: its largest, kept
+    lab[35:50, 5:20, 2:18] = 4  # right leg: the muscle, 3600 voxels
+    lab[52:55, 25:28, 5:8] = 4  # a right island of 27 voxels (< 10 %): removed
+    lab[5:20, 5:20, 2:18] = 4  # left leg copy, same size: kept (its own side)
+    lab[22:27, 22:28, 0:14] = 4  # a left piece of 420 voxels (> 10 % of 3600): kept
+    lab[40:42, 25:27, 19:20] = 9  # a muscle that is only a tiny piece: its largest, kept
     return lab, sides
 
 

@@ -17,8 +17,15 @@ TABLE = default_label_table()
 
 
 def _run(ph, **kw):
-    return analyse(ph.labels, ph.image, ph.spacing, canonical_affine(ph.labels.shape, ph.spacing),
-                   float(np.prod(ph.spacing)), TABLE, AnalysisOptions(clean=False, **kw))
+    return analyse(
+        ph.labels,
+        ph.image,
+        ph.spacing,
+        canonical_affine(ph.labels.shape, ph.spacing),
+        float(np.prod(ph.spacing)),
+        TABLE,
+        AnalysisOptions(clean=False, **kw),
+    )
 
 
 def _truth(ph, sides, ff, index, side, erode=0):
@@ -63,8 +70,13 @@ def test_dixon_images_on_another_grid_are_refused(tmp_path, phantom7):
     nib.save(nib.Nifti1Image(phantom7["water"], shifted), tmp_path / "water.nii.gz")
     canon, props = read_image(tmp_path / "scan.nii.gz")
     with pytest.raises(InputError, match="not on the scan's grid"):
-        analyse_scan(ph.labels, canon, props, TABLE, AnalysisOptions(
-            clean=False, fat=tmp_path / "fat.nii.gz", water=tmp_path / "water.nii.gz"))
+        analyse_scan(
+            ph.labels,
+            canon,
+            props,
+            TABLE,
+            AnalysisOptions(clean=False, fat=tmp_path / "fat.nii.gz", water=tmp_path / "water.nii.gz"),
+        )
     with pytest.raises(InputError, match="not found"):
         analyse_scan(ph.labels, canon, props, TABLE, AnalysisOptions(clean=False, fat_fraction=tmp_path / "no.nii.gz"))
 
@@ -81,9 +93,9 @@ def test_imat_recovers_a_controlled_two_class_mixture():
     truths = {}
     for k, (x0, f) in enumerate(((10, 0.0), (25, 0.05), (70, 0.15), (85, 0.30))):
         c = k + 1
-        lab[x0:x0 + 12, 15:45] = c
+        lab[x0 : x0 + 12, 15:45] = c
         marb = rng.random((12, 30, nz)) < f  # marbling: a share f of voxels is fat
-        img[x0:x0 + 12, 15:45] = np.where(marb, F, M)
+        img[x0 : x0 + 12, 15:45] = np.where(marb, F, M)
         truths[c] = float(marb.mean())
     img += rng.normal(0, 15, img.shape).astype(np.float32)
     an = analyse(lab, img, (1.0, 1.0, 5.0), np.eye(4), 5.0, TABLE, AnalysisOptions(clean=False, imat_erode=0))

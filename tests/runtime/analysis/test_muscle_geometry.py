@@ -27,7 +27,7 @@ def _two_cylinders(spacing=(0.5, 0.5, 4.0), shape=(240, 120, 30), r_mm=(20.0, 16
         cyl = (X - cx) ** 2 + Y**2 <= r**2
         img[leg, :] = 1000.0
         img[cyl, :] = 300.0
-        lab[:, :, z[0]:z[1] + 1][cyl] = 1
+        lab[:, :, z[0] : z[1] + 1][cyl] = 1
     return lab, img, spacing
 
 

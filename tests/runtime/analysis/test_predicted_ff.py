@@ -21,8 +21,10 @@ def test_dixon_ff_with_predicted_labels_is_close_to_the_truth(tmp_path):
     for k, img in imgs.items():
         nib.save(img, tmp_path / f"{k}.nii.gz")
     with Segmenter("unet", provider="cpu") as seg:
-        res = seg.segment(tmp_path / "image.nii.gz", analysis=AnalysisOptions(
-            fat=tmp_path / "fat.nii.gz", water=tmp_path / "water.nii.gz", ff_erode=1))
+        res = seg.segment(
+            tmp_path / "image.nii.gz",
+            analysis=AnalysisOptions(fat=tmp_path / "fat.nii.gz", water=tmp_path / "water.nii.gz", ff_erode=1),
+        )
     lab = read_image(tmp_path / "labels.nii.gz")[0].astype(np.uint8)
     sides = read_image(tmp_path / "sides.nii.gz")[0].astype(np.uint8)
     pv = read_image(tmp_path / "ff.nii.gz")[0]

@@ -11,8 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from cohort_helpers import hidden_entries, labels_of, write_cohort, write_corrupt, write_phantom
+
 from limbseg_rt.runtime.cohort.batch import run_batch, split_threads
 from limbseg_rt.runtime.cohort.jobs import ScanJob, jobs_from_paths
 from limbseg_rt.runtime.cohort.tables import write_cohort_csv
@@ -38,8 +38,11 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _mtimes(out: Path) -> dict[str, int]:
-    return {p.name: (p / f"{p.name}_labels.nii.gz").stat().st_mtime_ns for p in out.iterdir()
-            if p.is_dir() and not p.name.startswith(".")}
+    return {
+        p.name: (p / f"{p.name}_labels.nii.gz").stat().st_mtime_ns
+        for p in out.iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    }
 
 
 def test_batch_writes_each_scan_like_run_and_lists_the_bad_one(scans, tiny_unet_path, tmp_path):
@@ -48,8 +51,13 @@ def test_batch_writes_each_scan_like_run_and_lists_the_bad_one(scans, tiny_unet_
     before = {p: p.read_bytes() for p in scans}
     out = tmp_path / "cohort"
     seen = []
-    res = run_batch(jobs_from_paths(scans), out, segmenter_kwargs=_kw(tiny_unet_path), workers=2,
-                    progress=lambda done, total, o: seen.append((done, total, o["id"])))
+    res = run_batch(
+        jobs_from_paths(scans),
+        out,
+        segmenter_kwargs=_kw(tiny_unet_path),
+        workers=2,
+        progress=lambda done, total, o: seen.append((done, total, o["id"])),
+    )
     assert res.exit_code == EXIT_SCANS_FAILED
     assert [d for d, _, _ in seen] == [1, 2, 3, 4] and {t for _, t, _ in seen} == {4}
     assert {p: p.read_bytes() for p in scans} == before  # inputs untouched
@@ -57,8 +65,15 @@ def test_batch_writes_each_scan_like_run_and_lists_the_bad_one(scans, tiny_unet_
     # The same labels and volumes that `limbseg-rt run` writes for that scan.
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
-    ref, _ = segment_file(scans[1], out=ref_dir / "l.nii.gz", report_json=ref_dir / "r.json", csv=ref_dir / "v.csv",
-                          model=str(tiny_unet_path), provider="cpu", threads=1)
+    ref, _ = segment_file(
+        scans[1],
+        out=ref_dir / "l.nii.gz",
+        report_json=ref_dir / "r.json",
+        csv=ref_dir / "v.csv",
+        model=str(tiny_unet_path),
+        provider="cpu",
+        threads=1,
+    )
     got = out / "s01" / "s01_labels.nii.gz"
     np.testing.assert_array_equal(labels_of(got), labels_of(ref_dir / "l.nii.gz"))
     assert np.allclose(nib.load(str(got)).affine, nib.load(str(scans[1])).affine)
@@ -86,7 +101,14 @@ def test_batch_writes_each_scan_like_run_and_lists_the_bad_one(scans, tiny_unet_
     assert [r["this_run"] for r in _rows(out / "scans.csv")] == ["segmented"] * 3 + ["failed"]
     assert hidden_entries(out) == []
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "cohort.csv", "cohort.parquet", "s00", "s01", "s02", "scans.csv", "summary.json"]
+        "cohort.csv",
+        "cohort.parquet",
+        "s00",
+        "s01",
+        "s02",
+        "scans.csv",
+        "summary.json",
+    ]
 
 
 def test_parquet_holds_the_cohort_table(scans, tiny_unet_path, tmp_path):
@@ -154,8 +176,11 @@ def test_a_folder_input_goes_to_the_segmenter_as_is(tiny_unet_path, tmp_path):
 
 def test_a_model_that_cannot_load_stops_the_batch_with_its_own_error(scans, tmp_path):
     with pytest.raises(ModelError, match="model file not found"):
-        run_batch(jobs_from_paths(scans[:1]), tmp_path / "out", segmenter_kwargs={"model": str(tmp_path / "none.onnx"),
-                                                                               "provider": "cpu"})
+        run_batch(
+            jobs_from_paths(scans[:1]),
+            tmp_path / "out",
+            segmenter_kwargs={"model": str(tmp_path / "none.onnx"), "provider": "cpu"},
+        )
     assert hidden_entries(tmp_path / "out") == [] and not (tmp_path / "out" / "summary.json").exists()
 
 
@@ -180,18 +205,27 @@ def test_cohort_table_keeps_per_side_rows_when_reports_have_sides(tmp_path):
     def scan(sid, header, lines):
         staging = store.new_staging_dir(tmp_path, sid)
         (staging / f"{sid}_volumes.csv").write_text("\n".join([header, *lines]) + "\n")
-        store.write_record(staging, {"id": sid, "status": "ok", "exit_code": 0, "outputs": {"csv": f"{sid}_volumes.csv"}})
+        store.write_record(
+            staging, {"id": sid, "status": "ok", "exit_code": 0, "outputs": {"csv": f"{sid}_volumes.csv"}}
+        )
         store.publish(staging, tmp_path, sid)
 
     scan("a", "index,code,name,side,volume_ml", ["2,ADL,adductor longus,L,10.5", "2,ADL,adductor longus,R,11.0"])
     scan("b", "index,code,name,volume_ml", ["2,ADL,adductor longus,21.0"])
-    outcomes = {"a": {"status": "ok", "exit_code": 0, "message": ""}, "b": {"status": "skipped", "exit_code": 0, "message": "x"},
-                "c": {"status": "failed", "exit_code": 3, "message": "bad"}}
+    outcomes = {
+        "a": {"status": "ok", "exit_code": 0, "message": ""},
+        "b": {"status": "skipped", "exit_code": 0, "message": "x"},
+        "c": {"status": "failed", "exit_code": 3, "message": "bad"},
+    }
     path = write_cohort_csv(tmp_path, [ScanJob("a", "a"), ScanJob("b", "b"), ScanJob("c", "c")], outcomes)
     rows = _rows(path)
     assert list(rows[0]) == ["scan_id", "status", "exit_code", "message", "index", "code", "name", "side", "volume_ml"]
     assert [(r["scan_id"], r["side"], r["volume_ml"]) for r in rows] == [
-        ("a", "L", "10.5"), ("a", "R", "11.0"), ("b", "", "21.0"), ("c", "", "")]
+        ("a", "L", "10.5"),
+        ("a", "R", "11.0"),
+        ("b", "", "21.0"),
+        ("c", "", ""),
+    ]
     assert rows[2]["status"] == "ok" and rows[3]["status"] == "failed" and rows[3]["message"] == "bad"
 
 

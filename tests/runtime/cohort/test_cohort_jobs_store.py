@@ -31,16 +31,19 @@ def test_manifest_paths_are_relative_to_the_manifest_and_limb_ranges_parse(tmp_p
     assert jobs[1].source == "/abs/b.nii"
 
 
-@pytest.mark.parametrize("text, match", [
-    ("id,file\nA,a.nii\n", "missing column"),
-    ("id,path,limbrange\nA,a.nii,0:1\n", "unknown column.*limbrange"),
-    ("id,path\nA,a.nii\nA,b.nii\n", "line 3.*already used on line 2"),
-    ("id,path\n../x,a.nii\n", "line 2.*cannot name a folder"),
-    ("id,path\n.hidden,a.nii\n", "cannot name a folder"),
-    ("id,path\nA,\n", "has no path"),
-    ("id,path,limb_range\nA,a.nii,0.6:0.2\n", "needs 0 <= A < B <= 1"),
-    ("id,path\n", "lists no scans"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("id,file\nA,a.nii\n", "missing column"),
+        ("id,path,limbrange\nA,a.nii,0:1\n", "unknown column.*limbrange"),
+        ("id,path\nA,a.nii\nA,b.nii\n", "line 3.*already used on line 2"),
+        ("id,path\n../x,a.nii\n", "line 2.*cannot name a folder"),
+        ("id,path\n.hidden,a.nii\n", "cannot name a folder"),
+        ("id,path\nA,\n", "has no path"),
+        ("id,path,limb_range\nA,a.nii,0.6:0.2\n", "needs 0 <= A < B <= 1"),
+        ("id,path\n", "lists no scans"),
+    ],
+)
 def test_bad_manifests_are_usage_errors_naming_the_line(tmp_path, text, match):
     with pytest.raises(ManifestError, match=match) as exc:
         load_manifest(_manifest(tmp_path, text))
@@ -75,8 +78,16 @@ def test_folder_hash_follows_the_files_it_holds(tmp_path):
 def _scan_folder(root: Path, sid: str, text: str) -> Path:
     staging = store.new_staging_dir(root, sid)
     (staging / f"{sid}_volumes.csv").write_text(text)
-    store.write_record(staging, {"id": sid, "outputs": {"csv": f"{sid}_volumes.csv"}, "input": {"sha256": "x"},
-                                 "model": {"sha256": "m"}, "settings": {"fit": "resize"}})
+    store.write_record(
+        staging,
+        {
+            "id": sid,
+            "outputs": {"csv": f"{sid}_volumes.csv"},
+            "input": {"sha256": "x"},
+            "model": {"sha256": "m"},
+            "settings": {"fit": "resize"},
+        },
+    )
     return staging
 
 

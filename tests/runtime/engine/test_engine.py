@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 from onnx_factory import make_tiny_model
 
-from limbseg_rt.runtime.engine import runners as engine
-from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.engine import providers as prov
+from limbseg_rt.runtime.engine import runners as engine
 from limbseg_rt.runtime.engine.runners import create_runner
 from limbseg_rt.runtime.errors import ModelError, ProviderError
+from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.model.metadata import read_metadata
 
 HW = (32, 24)
@@ -117,7 +117,9 @@ def test_openvino_runner_agrees_with_onnxruntime_and_runs_f32(models, batch):
     assert d["engine"] == "openvino" and d["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     sc = create_runner(models["sc"], provider="openvino", threads=1, available=OV_RUNTIME)
     pos = np.array([0.2, 0.4, 1.0], dtype=np.float32)
-    np.testing.assert_allclose(sc.predict(batch, pos), direct(models["sc"], {"image": batch, "position": pos})["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        sc.predict(batch, pos), direct(models["sc"], {"image": batch, "position": pos})["logits"], rtol=1e-5, atol=1e-5
+    )
 
 
 @needs_openvino
@@ -130,7 +132,9 @@ def test_openvino_compiles_the_trained_size_static_and_still_serves_other_sizes(
     assert runner.static_hw == hw and runner.describe()["static_input_hw"] == list(hw)
     rng = np.random.default_rng(3)
     trained = rng.random((2, 1, *hw), dtype=np.float32)
-    np.testing.assert_allclose(runner.predict(trained), direct(path, {"image": trained})["logits"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        runner.predict(trained), direct(path, {"image": trained})["logits"], rtol=1e-4, atol=1e-4
+    )
     assert runner._dynamic is None  # the trained size never needs the dynamic graph
     other = rng.random((2, 1, 96, 80), dtype=np.float32)
     np.testing.assert_allclose(runner.predict(other), direct(path, {"image": other})["logits"], rtol=1e-4, atol=1e-4)
@@ -174,24 +178,39 @@ def test_a_silently_dropped_provider_is_an_error(models, batch, monkeypatch):
     assert "'openvino' was requested" in msg and "'cpu'" in msg and "--allow-fallback" in msg
     runner = create_runner(models["unet"], provider="openvino", available=available, allow_fallback=True)
     assert runner.provider == "cpu"
-    assert runner.describe()["fallback"] == "requested openvino, running on cpu: ONNX Runtime could not use openvino (--allow-fallback)"
+    assert (
+        runner.describe()["fallback"]
+        == "requested openvino, running on cpu: ONNX Runtime could not use openvino (--allow-fallback)"
+    )
     np.testing.assert_array_equal(runner.predict(batch), direct(models["unet"], {"image": batch})["logits"])
 
 
-@pytest.mark.parametrize("used, fp16, model, expected", [
-    (prov.TENSORRT, True, "unet", "fp16"),   # TensorRT's fp16 mode on an fp32 file
-    (prov.TENSORRT, False, "unet", "fp32"),
-    (prov.TENSORRT, False, "int8", "int8"),  # explicit QDQ quantisation runs in int8 on TensorRT
-    (prov.CUDA, False, "int8", "fp32"),      # the CUDA EP dequantises and convolves in fp32
-    (prov.CUDA, False, "unet", "fp32"),
-])
+@pytest.mark.parametrize(
+    "used, fp16, model, expected",
+    [
+        (prov.TENSORRT, True, "unet", "fp16"),  # TensorRT's fp16 mode on an fp32 file
+        (prov.TENSORRT, False, "unet", "fp32"),
+        (prov.TENSORRT, False, "int8", "int8"),  # explicit QDQ quantisation runs in int8 on TensorRT
+        (prov.CUDA, False, "int8", "fp32"),  # the CUDA EP dequantises and convolves in fp32
+        (prov.CUDA, False, "unet", "fp32"),
+    ],
+)
 def test_reported_precision_is_what_the_provider_runs(models, used, fp16, model, expected):
     path = models[model]
     short = prov.SHORT_NAME[used]
     chain = [(used, {"trt_fp16_enable": fp16} if used == prov.TENSORRT else {}), (prov.CPU, {})]
     runner = engine.runner_from_session(
-        ReportingSession(path, [used, prov.CPU]), metadata=read_metadata(path), model_path=path, model_sha256="0" * 64,
-        short=short, flexible=False, allow_fallback=False, providers=chain, threads=1, max_batch=4)
+        ReportingSession(path, [used, prov.CPU]),
+        metadata=read_metadata(path),
+        model_path=path,
+        model_sha256="0" * 64,
+        short=short,
+        flexible=False,
+        allow_fallback=False,
+        providers=chain,
+        threads=1,
+        max_batch=4,
+    )
     assert runner.provider == short and runner.precision == expected
 
 
@@ -209,14 +228,29 @@ def test_tensorrt_request_builds_its_cache_and_is_refused_when_dropped(models, t
     # made under the key, then the drop (no TensorRT in plain onnxruntime) caught.
     if "TensorrtExecutionProvider" in ort.get_available_providers():
         pytest.skip("TensorRT EP present: the drop cannot be provoked")
-    with pytest.warns(UserWarning), pytest.raises(ProviderError, match="'tensorrt' was requested .* would run on 'cpu'"):
-        create_runner(models["sc"], provider="tensorrt", available=[prov.TENSORRT, prov.CUDA, prov.CPU],
-                      cache_dir=tmp_path, gpu="Test GPU", max_batch=4)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ProviderError, match="'tensorrt' was requested .* would run on 'cpu'"),
+    ):
+        create_runner(
+            models["sc"],
+            provider="tensorrt",
+            available=[prov.TENSORRT, prov.CUDA, prov.CPU],
+            cache_dir=tmp_path,
+            gpu="Test GPU",
+            max_batch=4,
+        )
     [cache] = (tmp_path / "trt").iterdir()
     assert cache.name.startswith(sha256_file(models["sc"])[:16] + "-test-gpu-ort")
     with pytest.warns(UserWarning):
-        runner = create_runner(models["sc"], provider="tensorrt", available=[prov.TENSORRT, prov.CPU],
-                               cache_dir=tmp_path, gpu="Test GPU", allow_fallback=True)
+        runner = create_runner(
+            models["sc"],
+            provider="tensorrt",
+            available=[prov.TENSORRT, prov.CPU],
+            cache_dir=tmp_path,
+            gpu="Test GPU",
+            allow_fallback=True,
+        )
     assert runner.provider == "cpu" and "requested tensorrt, running on cpu" in runner.describe()["fallback"]
     trt_opts = dict(runner.describe()["provider_options"])[prov.TENSORRT]
     assert trt_opts["trt_profile_max_shapes"] == "image:16x1x32x24,position:16"
@@ -246,8 +280,10 @@ def test_a_model_without_limbseg_metadata_is_refused_by_every_engine(tmp_path, p
         create_runner(path, provider=provider)
 
 
-@pytest.mark.skipif(prov.OPENVINO_EP not in ort.get_available_providers(),
-                    reason="needs the onnxruntime-openvino build (its OpenVINO EP replaces plain onnxruntime)")
+@pytest.mark.skipif(
+    prov.OPENVINO_EP not in ort.get_available_providers(),
+    reason="needs the onnxruntime-openvino build (its OpenVINO EP replaces plain onnxruntime)",
+)
 def test_onnxruntime_openvino_ep_runs_f32_and_agrees(models, batch):
     runner = create_runner(models["unet"], provider="openvino", threads=1, available=[prov.OPENVINO_EP, prov.CPU])
     assert runner.describe()["session_providers"][0] == prov.OPENVINO_EP and runner.precision == "fp32"

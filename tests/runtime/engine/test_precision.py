@@ -20,8 +20,10 @@ from limbseg_rt.runtime.model.bundled import list_bundled
 TRT, CUDA, CPU, OV_RT = prov.TENSORRT, prov.CUDA, prov.CPU, prov.OPENVINO_RUNTIME
 HAVE_OV = importlib.util.find_spec("openvino") is not None
 BUNDLED = {(m.arch, m.precision): m.path for m in list_bundled()}
-pytestmark = pytest.mark.skipif(("unet", "fp32") not in BUNDLED or ("unet", "int8") not in BUNDLED,
-                                reason="needs the bundled UNet fp32 and int8 files")
+pytestmark = pytest.mark.skipif(
+    ("unet", "fp32") not in BUNDLED or ("unet", "int8") not in BUNDLED,
+    reason="needs the bundled UNet fp32 and int8 files",
+)
 
 
 class GpuReportingSession:
@@ -41,7 +43,9 @@ class GpuReportingSession:
 @pytest.fixture
 def machine(monkeypatch, tmp_path):
     """``machine([...])`` makes this process see those providers/engines."""
-    monkeypatch.setattr(runners, "build_ort_session", lambda path, providers, threads: GpuReportingSession(path, providers))
+    monkeypatch.setattr(
+        runners, "build_ort_session", lambda path, providers, threads: GpuReportingSession(path, providers)
+    )
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the TensorRT cache folder goes here
 
     def set_available(names):
@@ -59,21 +63,39 @@ def test_fp16_on_tensorrt_is_trt_fp16_mode_whether_typed_or_chosen_by_auto(machi
         assert dict(seg.describe()["provider_options"])[TRT]["trt_fp16_enable"] is True
 
 
-@pytest.mark.parametrize("available, provider, precision, want_provider, want_file, want_precision", [
-    ([TRT, CUDA, CPU], "auto", "auto", "tensorrt", "fp32", "fp32"),
-    ([TRT, CUDA, CPU], "auto", "int8", "tensorrt", "int8", "int8"),
-    ([CUDA, CPU], "auto", "auto", "cuda", "fp32", "fp32"),
-    ([CUDA, CPU], "auto", "int8", "cuda", "int8", "fp32"),  # the CUDA EP dequantises and computes in fp32
-    ([CPU], "auto", "auto", "cpu", "int8", "int8"),
-    ([CPU], "auto", "fp32", "cpu", "fp32", "fp32"),
-    ([TRT, CUDA, CPU], "cpu", "auto", "cpu", "int8", "int8"),
-    pytest.param([CPU, OV_RT], "auto", "auto", "openvino", "int8", "int8",
-                 marks=pytest.mark.skipif(not HAVE_OV, reason="needs the openvino package")),
-    pytest.param([CPU, OV_RT], "auto", "fp32", "openvino", "fp32", "fp32",
-                 marks=pytest.mark.skipif(not HAVE_OV, reason="needs the openvino package")),
-])
-def test_precision_follows_the_provider_that_runs(machine, available, provider, precision, want_provider,
-                                                  want_file, want_precision):
+@pytest.mark.parametrize(
+    "available, provider, precision, want_provider, want_file, want_precision",
+    [
+        ([TRT, CUDA, CPU], "auto", "auto", "tensorrt", "fp32", "fp32"),
+        ([TRT, CUDA, CPU], "auto", "int8", "tensorrt", "int8", "int8"),
+        ([CUDA, CPU], "auto", "auto", "cuda", "fp32", "fp32"),
+        ([CUDA, CPU], "auto", "int8", "cuda", "int8", "fp32"),  # the CUDA EP dequantises and computes in fp32
+        ([CPU], "auto", "auto", "cpu", "int8", "int8"),
+        ([CPU], "auto", "fp32", "cpu", "fp32", "fp32"),
+        ([TRT, CUDA, CPU], "cpu", "auto", "cpu", "int8", "int8"),
+        pytest.param(
+            [CPU, OV_RT],
+            "auto",
+            "auto",
+            "openvino",
+            "int8",
+            "int8",
+            marks=pytest.mark.skipif(not HAVE_OV, reason="needs the openvino package"),
+        ),
+        pytest.param(
+            [CPU, OV_RT],
+            "auto",
+            "fp32",
+            "openvino",
+            "fp32",
+            "fp32",
+            marks=pytest.mark.skipif(not HAVE_OV, reason="needs the openvino package"),
+        ),
+    ],
+)
+def test_precision_follows_the_provider_that_runs(
+    machine, available, provider, precision, want_provider, want_file, want_precision
+):
     machine(available)
     with Segmenter("unet", provider=provider, precision=precision, threads=1) as seg:
         assert seg.provider == want_provider

@@ -13,8 +13,9 @@ from limbseg_rt.runtime.errors import ProviderError
 from limbseg_rt.runtime.model.bundled import bundled_files
 
 AVX2 = CpuInfo("test AVX2 CPU", 2, frozenset({"avx2", "fma"}))
-AMX = CpuInfo("test AMX CPU", 2, frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
-                                             "amx_int8", "amx_bf16"}))
+AMX = CpuInfo(
+    "test AMX CPU", 2, frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"})
+)
 
 
 @pytest.fixture
@@ -24,17 +25,27 @@ def cache(tmp_path, monkeypatch):
 
 
 def _entry(precision, files, cpu, measured=None):
-    measured = measured or {"fp32": {"s_per_slice": 0.1, "agreement": 1.0},
-                            "int8": {"s_per_slice": 0.05, "agreement": 0.99}}
-    return {pp.entry_key("cpu", "unet"): {"precision": precision, "measured": measured,
-                                          "signature": pp.signature(files, cpu), "tuned_at": "then",
-                                          "min_agreement": pp.MIN_AGREEMENT}}
+    measured = measured or {
+        "fp32": {"s_per_slice": 0.1, "agreement": 1.0},
+        "int8": {"s_per_slice": 0.05, "agreement": 0.99},
+    }
+    return {
+        pp.entry_key("cpu", "unet"): {
+            "precision": precision,
+            "measured": measured,
+            "signature": pp.signature(files, cpu),
+            "tuned_at": "then",
+            "min_agreement": pp.MIN_AGREEMENT,
+        }
+    }
 
 
 def test_pick_takes_the_fastest_that_agrees():
-    measured = {"fp32": {"s_per_slice": 0.10, "agreement": 1.0},
-                "int8": {"s_per_slice": 0.05, "agreement": 0.96},   # fast but below the bar
-                "bf16": {"s_per_slice": 0.07, "agreement": 0.99}}
+    measured = {
+        "fp32": {"s_per_slice": 0.10, "agreement": 1.0},
+        "int8": {"s_per_slice": 0.05, "agreement": 0.96},  # fast but below the bar
+        "bf16": {"s_per_slice": 0.07, "agreement": 0.99},
+    }
     assert pp.pick(measured) == "bf16"
     measured["bf16"]["agreement"] = 0.5
     assert pp.pick(measured) == "fp32"
@@ -100,8 +111,9 @@ def test_bf16_is_refused_where_it_cannot_run(monkeypatch):
         runners.create_runner("unet", provider="cpu", precision="bf16")
     monkeypatch.setattr(runners, "detect", lambda: AVX2)
     with pytest.raises(ProviderError, match="no bf16 instructions.*avx2"):
-        runners.create_runner("unet", provider="openvino", precision="bf16",
-                              available=["CPUExecutionProvider", "openvino-runtime"])
+        runners.create_runner(
+            "unet", provider="openvino", precision="bf16", available=["CPUExecutionProvider", "openvino-runtime"]
+        )
 
 
 def test_bf16_on_openvino_reads_back_bf16():

@@ -59,12 +59,14 @@ def test_unavailable_provider_names_what_is_available_and_how_to_install():
     assert err.value.exit_code == EXIT_PROVIDER
     with pytest.raises(ProviderError, match=r'pip install "limbseg-rt\[openvino\]"'):
         prov.resolve_providers("openvino", available=[CPU])
-    with pytest.raises(ProviderError, match=r'limbseg-rt\[gpu\]'):
+    with pytest.raises(ProviderError, match=r"limbseg-rt\[gpu\]"):
         prov.resolve_providers("tensorrt", available=[CUDA, CPU])
 
 
 def test_unknown_or_empty_request_lists_the_choices():
-    with pytest.raises(ProviderError, match="unknown execution provider 'gpu'; use one of: auto, tensorrt, cuda, openvino, cpu"):
+    with pytest.raises(
+        ProviderError, match="unknown execution provider 'gpu'; use one of: auto, tensorrt, cuda, openvino, cpu"
+    ):
         prov.resolve_providers("gpu", available=GPU_BOX)
     with pytest.raises(ProviderError, match="no execution provider requested"):
         prov.resolve_providers([], available=GPU_BOX)
@@ -74,8 +76,16 @@ def test_unknown_or_empty_request_lists_the_choices():
 
 def test_tensorrt_options_follow_the_onnxruntime_documentation(tmp_path):
     resolved = prov.resolve_providers(
-        "tensorrt", available=GPU_BOX, device_id=1, fp16=True, cache_dir=tmp_path, model_sha256=SHA,
-        max_batch=16, opt_batch=8, input_hw=(272, 240), gpu="NVIDIA A100-SXM4-40GB",
+        "tensorrt",
+        available=GPU_BOX,
+        device_id=1,
+        fp16=True,
+        cache_dir=tmp_path,
+        model_sha256=SHA,
+        max_batch=16,
+        opt_batch=8,
+        input_hw=(272, 240),
+        gpu="NVIDIA A100-SXM4-40GB",
     )
     assert names(resolved) == [TRT, CUDA, CPU]  # CUDA takes nodes TensorRT cannot
     trt = resolved[0][1]
@@ -101,8 +111,14 @@ def test_tensorrt_options_follow_the_onnxruntime_documentation(tmp_path):
 
 def test_tensorrt_profile_covers_the_position_input_of_sc_unet(tmp_path):
     trt = prov.resolve_providers(
-        "tensorrt", available=GPU_BOX, cache_dir=tmp_path, model_sha256=SHA, max_batch=4,
-        input_hw=(272, 240), needs_position=True, gpu="g",
+        "tensorrt",
+        available=GPU_BOX,
+        cache_dir=tmp_path,
+        model_sha256=SHA,
+        max_batch=4,
+        input_hw=(272, 240),
+        needs_position=True,
+        gpu="g",
     )[0][1]
     assert trt["trt_profile_min_shapes"] == "image:1x1x272x240,position:1"
     assert trt["trt_profile_opt_shapes"] == "image:4x1x272x240,position:4"  # opt defaults to max
@@ -140,10 +156,15 @@ def test_cuda_options():
 
 def test_openvino_runtime_forces_f32_and_sets_threads_and_latency():
     cfg = prov.openvino_runtime_config(threads=3)
-    assert cfg == {"device": "CPU", "config": {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 3, "PERFORMANCE_HINT": "LATENCY"}}
+    assert cfg == {
+        "device": "CPU",
+        "config": {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 3, "PERFORMANCE_HINT": "LATENCY"},
+    }
     ep = dict(prov.resolve_providers("openvino", available=[OV_EP, CPU], threads=3))[OV_EP]
     assert ep["device_type"] == "CPU"
-    assert json.loads(ep["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "3", "PERFORMANCE_HINT": "LATENCY"}}
+    assert json.loads(ep["load_config"]) == {
+        "CPU": {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "3", "PERFORMANCE_HINT": "LATENCY"}
+    }
 
 
 def test_fp16_is_only_a_tensorrt_flag():

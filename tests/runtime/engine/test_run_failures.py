@@ -35,11 +35,13 @@ def make_reshape_failing_model(path: Path) -> Path:
     [conv] = [n for n in g.node if n.op_type == "Conv"]
     conv.output[0] = "conv_out"
     g.initializer.append(numpy_helper.from_array(np.array([0, 1, 0, 0], np.int64), "one_more_channel"))
-    g.node.extend([
-        onnx.helper.make_node("Shape", ["conv_out"], ["shape"]),
-        onnx.helper.make_node("Add", ["shape", "one_more_channel"], ["bad_shape"]),
-        onnx.helper.make_node("Reshape", ["conv_out", "bad_shape"], ["logits"]),
-    ])
+    g.node.extend(
+        [
+            onnx.helper.make_node("Shape", ["conv_out"], ["shape"]),
+            onnx.helper.make_node("Add", ["shape", "one_more_channel"], ["bad_shape"]),
+            onnx.helper.make_node("Reshape", ["conv_out", "bad_shape"], ["logits"]),
+        ]
+    )
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
@@ -58,9 +60,24 @@ def scan(tmp_path_factory):
 
 def _run_cli(scan: Path, model: Path, out_dir: Path, capfd) -> tuple[int, list[str]]:
     before = hashlib.sha256(scan.read_bytes()).hexdigest()
-    code = cli_main(["run", str(scan), "--model", str(model), "--provider", "cpu", "--threads", "1",
-                     "--out", str(out_dir / "seg.nii.gz"), "--report", str(out_dir / "r.json"),
-                     "--csv", str(out_dir / "v.csv")])
+    code = cli_main(
+        [
+            "run",
+            str(scan),
+            "--model",
+            str(model),
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(out_dir / "seg.nii.gz"),
+            "--report",
+            str(out_dir / "r.json"),
+            "--csv",
+            str(out_dir / "v.csv"),
+        ]
+    )
     out, err = capfd.readouterr()
     assert out == ""
     assert list(out_dir.iterdir()) == []  # no partial outputs
@@ -80,15 +97,27 @@ def test_a_kernel_error_at_run_time_is_exit_9_in_one_line(scan, tmp_path, capfd)
     assert "Reshape" in lines[0] and "--provider cpu or another model file" in lines[0]
 
 
-@pytest.mark.parametrize("message, exc_type, code, words", [
-    ("Failed to allocate memory for requested buffer of size 123456789", RuntimeException, EXIT_MEMORY,
-     "ONNX Runtime ran out of memory running tiny.onnx"),
-    ("bad_alloc", Fail, EXIT_MEMORY, "ran out of memory"),
-    ("Non-zero status code returned while running Conv node. Name:'conv'", Fail, EXIT_ENGINE,
-     "ONNX Runtime failed while running tiny.onnx"),
-])
-def test_onnxruntime_exceptions_while_running_map_to_their_codes(scan, tmp_path, capfd, monkeypatch,
-                                                                 message, exc_type, code, words):
+@pytest.mark.parametrize(
+    "message, exc_type, code, words",
+    [
+        (
+            "Failed to allocate memory for requested buffer of size 123456789",
+            RuntimeException,
+            EXIT_MEMORY,
+            "ONNX Runtime ran out of memory running tiny.onnx",
+        ),
+        ("bad_alloc", Fail, EXIT_MEMORY, "ran out of memory"),
+        (
+            "Non-zero status code returned while running Conv node. Name:'conv'",
+            Fail,
+            EXIT_ENGINE,
+            "ONNX Runtime failed while running tiny.onnx",
+        ),
+    ],
+)
+def test_onnxruntime_exceptions_while_running_map_to_their_codes(
+    scan, tmp_path, capfd, monkeypatch, message, exc_type, code, words
+):
     model = make_tiny_model(tmp_path / "tiny.onnx", hw=HW)
 
     def failing_run(self, *args, **kwargs):
@@ -129,10 +158,18 @@ def test_the_openvino_runtime_engine_types_its_run_failures_too(tmp_path):
             raise RuntimeError(self.message)
 
     with pytest.raises(Exception, match="the metadata says 38"):
-        create_runner(make_reshape_failing_model(tmp_path / "reshape.onnx"), provider="openvino",
-                      available=[prov.CPU, prov.OPENVINO_RUNTIME], threads=1)
-    runner = create_runner(make_tiny_model(tmp_path / "ok.onnx", hw=HW), provider="openvino",
-                           available=[prov.CPU, prov.OPENVINO_RUNTIME], threads=1)
+        create_runner(
+            make_reshape_failing_model(tmp_path / "reshape.onnx"),
+            provider="openvino",
+            available=[prov.CPU, prov.OPENVINO_RUNTIME],
+            threads=1,
+        )
+    runner = create_runner(
+        make_tiny_model(tmp_path / "ok.onnx", hw=HW),
+        provider="openvino",
+        available=[prov.CPU, prov.OPENVINO_RUNTIME],
+        threads=1,
+    )
     batch = np.zeros((2, 1, *HW), np.float32)
     runner._request = FailingRequest("Exception from src/inference/src/cpp/infer_request.cpp: kernel failed")
     with pytest.raises(EngineRunError, match="OpenVINO failed while running ok.onnx") as err:

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 
 from limbseg_rt.runtime.errors import InputError, ModelError
-from limbseg_rt.runtime.model.metadata import ModelMetadata, PositionSpec, read_metadata
-from limbseg_rt.runtime.inference.pipeline import DEFAULT_MAX_BATCH, PipelineOptions, auto_batch_size, resized_argmax, segment_canonical
-from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.inference.pipeline import (
+    DEFAULT_MAX_BATCH,
+    PipelineOptions,
+    auto_batch_size,
+    resized_argmax,
+    segment_canonical,
+)
 from limbseg_rt.runtime.inference.preprocess import intensity_window, preprocess_slices, resize_bilinear
+from limbseg_rt.runtime.model.input_spec import NormalisationSpec
+from limbseg_rt.runtime.model.metadata import ModelMetadata, PositionSpec, read_metadata
 
 
 def _session_predict(path):
@@ -78,7 +84,9 @@ def test_labels_equal_slice_by_slice_reference(unet):
 def test_never_more_than_batch_size_slices_per_call_and_result_independent_of_it(unet, batch_size):
     md, predict = unet
     vol = _volume()
-    reference = segment_canonical(vol, md, predict, options=PipelineOptions(fit="resize", batch_size=1, prefetch=False)).labels
+    reference = segment_canonical(
+        vol, md, predict, options=PipelineOptions(fit="resize", batch_size=1, prefetch=False)
+    ).labels
     rec = Recorder(predict)
     run = segment_canonical(vol, md, rec, options=PipelineOptions(fit="resize", batch_size=batch_size))
     assert max(rec.sizes) <= batch_size
@@ -90,23 +98,36 @@ def test_never_more_than_batch_size_slices_per_call_and_result_independent_of_it
 def test_progress_reports_every_batch_up_to_the_slice_count(unet):
     md, predict = unet
     seen = []
-    segment_canonical(_volume(), md, predict, options=PipelineOptions(fit="resize", batch_size=4), progress=lambda d, t: seen.append((d, t)))
+    segment_canonical(
+        _volume(),
+        md,
+        predict,
+        options=PipelineOptions(fit="resize", batch_size=4),
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert seen == [(4, 11), (8, 11), (11, 11)]
 
 
 def test_auto_batch_size_follows_the_memory_budget():
     assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=512, max_batch=16) == 16
     per_slice = 38 * 272 * 240 * 4 + 2 * 272 * 240 * 4 + 512 * 512 * 4
-    assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64, max_batch=16) == (64 * 1024 * 1024) // per_slice
+    assert (
+        auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64, max_batch=16)
+        == (64 * 1024 * 1024) // per_slice
+    )
     assert 1 <= auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=64, max_batch=16) < 16
     # The default cap bounds the engine's own working memory (not counted in the budget).
     assert auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=4096) == DEFAULT_MAX_BATCH
     assert auto_batch_size(38, (272, 240), (4096, 4096), memory_budget_mb=16) == 1
-    tile = auto_batch_size(38, (272, 240), (512, 512), fit="tile", resampled_hw=(600, 600), memory_budget_mb=256, max_batch=16)
+    tile = auto_batch_size(
+        38, (272, 240), (512, 512), fit="tile", resampled_hw=(600, 600), memory_budget_mb=256, max_batch=16
+    )
     assert tile < auto_batch_size(38, (272, 240), (512, 512), memory_budget_mb=256, max_batch=16)
 
 
-@pytest.mark.parametrize("shapes", [((64, 48), (96, 80)), ((64, 48), (64, 80)), ((64, 48), (33, 48)), ((64, 48), (64, 48))])
+@pytest.mark.parametrize(
+    "shapes", [((64, 48), (96, 80)), ((64, 48), (64, 80)), ((64, 48), (33, 48)), ((64, 48), (64, 48))]
+)
 def test_resized_argmax_equals_argmax_of_resize_bilinear(shapes):
     (h, w), out_hw = shapes
     rng = np.random.default_rng(5)
@@ -121,7 +142,9 @@ def test_resized_argmax_equals_argmax_of_resize_bilinear(shapes):
 def test_auto_batch_size_is_used_when_asked(unet):
     md, predict = unet
     rec = Recorder(predict)
-    run = segment_canonical(_volume(), md, rec, options=PipelineOptions(fit="resize", batch_size="auto", memory_budget_mb=8))
+    run = segment_canonical(
+        _volume(), md, rec, options=PipelineOptions(fit="resize", batch_size="auto", memory_budget_mb=8)
+    )
     expected = auto_batch_size(md.classes, md.input_hw, (96, 80), memory_budget_mb=8)
     assert run.batch_size == expected and max(rec.sizes) <= expected
 
@@ -196,7 +219,9 @@ def test_tile_mode_resamples_to_the_trained_spacing_and_batches_tiles(unet):
 def test_tile_mode_needs_a_model_with_known_pixel_spacing(tiny_unet_no_spacing_path):
     md = read_metadata(tiny_unet_no_spacing_path)
     with pytest.raises(ModelError, match="pixel spacing"):
-        segment_canonical(_volume(), md, _session_predict(tiny_unet_no_spacing_path), options=PipelineOptions(fit="tile"))
+        segment_canonical(
+            _volume(), md, _session_predict(tiny_unet_no_spacing_path), options=PipelineOptions(fit="tile")
+        )
 
 
 def test_wrong_logits_shape_is_a_model_error(unet):

@@ -11,7 +11,7 @@ from limbseg_rt.runtime.model.metadata import read_metadata
 
 def _two_muscles(nz=30):
     lab = np.zeros((40, 40, nz), np.uint8)
-    lab[5:20, 5:20, :] = 1    # muscle 1 runs through the whole scan (truly cut at both ends)
+    lab[5:20, 5:20, :] = 1  # muscle 1 runs through the whole scan (truly cut at both ends)
     lab[22:35, 22:35, 2:15] = 2  # muscle 2 ends inside the scan
     return lab
 
@@ -79,7 +79,8 @@ def test_pipeline_relabels_strays_and_records_it(tiny_unet_path):
     run = segment_canonical(vol, md, model(True), options=opts)
     assert run.strays is not None and run.strays.voxels > 0 and run.strays.classes == (5,)
     assert np.array_equal(run.labels, clean.labels)
-    off = segment_canonical(vol, md, model(True), options=PipelineOptions(fit="resize", batch_size=4, prefetch=False,
-                                                                        suppress_strays=False))
+    off = segment_canonical(
+        vol, md, model(True), options=PipelineOptions(fit="resize", batch_size=4, prefetch=False, suppress_strays=False)
+    )
     assert off.strays is None and 5 in np.unique(off.labels[:, :, -1])
     assert 5 not in np.unique(run.labels[:, :, -1])

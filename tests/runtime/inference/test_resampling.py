@@ -27,8 +27,9 @@ def test_exact_mode_is_the_paper_resize_bit_for_bit():
 def test_antialias_matches_torch_antialiased_bilinear(shape, out):
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(1).random((2, *shape), dtype=np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[:, None], size=out, mode="bilinear",
-                                          antialias=True, align_corners=False)[:, 0].numpy()
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[:, None], size=out, mode="bilinear", antialias=True, align_corners=False
+    )[:, 0].numpy()
     np.testing.assert_allclose(resize_linear(x, out, "antialias"), ref, atol=3e-5)
 
 
@@ -95,18 +96,22 @@ def test_pipeline_feeds_the_model_with_its_recorded_resampling(tiny_unet_path):
 
 # --- --fit auto ---------------------------------------------------------------------------------
 
+
 def _demo_like(md: ModelMetadata, spacing=(448 / 272, 448 / 240)) -> ModelMetadata:
     """The bundled models' geometry: 272 x 240 inputs trained on 448 mm phantoms."""
     return ModelMetadata(**{**md.__dict__, "input_hw": (272, 240), "pixel_spacing_mm": spacing})
 
 
-@pytest.mark.parametrize("shape,spacing,want", [
-    ((256, 256), (1.75, 1.75), "resize"),    # the trained acquisition
-    ((512, 512), (0.875, 0.875), "resize"),  # finer grid, same field of view: resize is right
-    ((320, 320), (1.75, 1.75), "tile"),      # 560 mm field of view: the limb would shrink by 0.8
-    ((256, 256), (1.2, 1.2), "tile"),        # 307 mm field of view (one leg)
-    ((280, 280), (1.75, 1.75), "resize"),    # 490 mm: within the tolerance
-])
+@pytest.mark.parametrize(
+    "shape,spacing,want",
+    [
+        ((256, 256), (1.75, 1.75), "resize"),  # the trained acquisition
+        ((512, 512), (0.875, 0.875), "resize"),  # finer grid, same field of view: resize is right
+        ((320, 320), (1.75, 1.75), "tile"),  # 560 mm field of view: the limb would shrink by 0.8
+        ((256, 256), (1.2, 1.2), "tile"),  # 307 mm field of view (one leg)
+        ((280, 280), (1.75, 1.75), "resize"),  # 490 mm: within the tolerance
+    ],
+)
 def test_auto_fit_chooses_from_field_of_view_against_the_trained_spacing(tiny_unet_path, shape, spacing, want):
     from limbseg_rt.runtime.inference.pipeline import choose_fit
 
@@ -136,7 +141,9 @@ def test_auto_fit_runs_exactly_what_it_chose(tiny_unet_path):
     for scale, want in ((1.0, "resize"), (1.6, "tile")):
         spacing = (fov_h * scale / 90, md.input_hw[1] * md.pixel_spacing_mm[1] * scale / 70)
         auto = segment_canonical(vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(prefetch=False))
-        explicit = segment_canonical(vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(fit=want, prefetch=False))
+        explicit = segment_canonical(
+            vol, md, predict, spacing_xy_mm=spacing, options=PipelineOptions(fit=want, prefetch=False)
+        )
         assert auto.fit == want and explicit.fit == want and explicit.fit_reason == "asked for"
         assert np.array_equal(auto.labels, explicit.labels)
         assert want in auto.fit_reason or (want == "resize" and "within" in auto.fit_reason)

@@ -25,7 +25,7 @@ def test_windows_cover_every_pixel_and_stay_inside(image_hw, overlap):
     assert len(locs) == len(set(locs))
     for top, left in locs:
         assert 0 <= top <= ph - 64 and 0 <= left <= pw - 48
-        covered[top:top + 64, left:left + 48] += 1
+        covered[top : top + 64, left : left + 48] += 1
     assert covered.min() >= 1
 
 
@@ -70,7 +70,7 @@ def test_tiles_are_sent_in_batches_of_at_most_batch_size_with_their_slice_index(
         sizes.append(batch.shape[0])
         assert batch.shape[1:] == (1, 64, 48)
         for tile, c in zip(batch, coords):
-            np.testing.assert_array_equal(tile[0], images[c.index, 0, c.top:c.top + 64, c.left:c.left + 48])
+            np.testing.assert_array_equal(tile[0], images[c.index, 0, c.top : c.top + 64, c.left : c.left + 48])
         # Two channels: the tile and the slice index, to check the merger keeps slices apart.
         idx = np.array([c.index for c in coords], dtype=np.float32)[:, None, None, None]
         return np.concatenate([batch, np.broadcast_to(idx, batch.shape)], axis=1)

@@ -79,8 +79,10 @@ def test_zip_and_per_file_rescale(tmp_path, phantom):
 def test_localizer_and_non_dicom_files_are_skipped(tmp_path, phantom):
     folder = tmp_path / "study"
     write_series(phantom, folder / "t1", series_number=4)
-    sag = nib.Nifti1Image(np.asarray(phantom.dataobj)[20:21].transpose(1, 2, 0).astype(np.int16),
-                          np.array([[0, 0, -1.5, 0], [-1.75, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1.0]]))
+    sag = nib.Nifti1Image(
+        np.asarray(phantom.dataobj)[20:21].transpose(1, 2, 0).astype(np.int16),
+        np.array([[0, 0, -1.5, 0], [-1.75, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 1.0]]),
+    )
     write_series(sag, folder / "loc", series_number=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     (folder / "readme.txt").write_text("not DICOM")
     found, series = list_series(folder)
@@ -136,7 +138,11 @@ def test_non_uniform_spacing_is_refused(tmp_path, phantom):
     paths = _series(tmp_path, phantom)
     for p in paths[5:]:  # every slice from the sixth on moves 1.2 mm: one step of 5.2 mm
         ds = pydicom.dcmread(p)
-        ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]), float(ds.ImagePositionPatient[1]), float(ds.ImagePositionPatient[2]) + 1.2]
+        ds.ImagePositionPatient = [
+            float(ds.ImagePositionPatient[0]),
+            float(ds.ImagePositionPatient[1]),
+            float(ds.ImagePositionPatient[2]) + 1.2,
+        ]
         ds.save_as(p)
     _refused(tmp_path / "s", "not uniform")
 
@@ -206,6 +212,7 @@ def test_missing_extra_gives_the_install_line(monkeypatch, tmp_path):
 
 # -- against dcm2niix, on third-party files and on our own series ---------------------------------
 
+
 def _against_dcm2niix(tmp_path, folder: Path, reference: Path | None = None, **kw):
     vol, props, _ = read_dicom(folder, **kw)
     outs = dcm2niix(reference or folder, tmp_path / "d2n")
@@ -225,8 +232,17 @@ def test_enhanced_mr_philips_matches_dcm2niix(tmp_path):
     _against_dcm2niix(tmp_path, tmp_path / "in")
 
 
-@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
-                                  "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
+)
 def test_pydicom_mr_files_in_several_transfer_syntaxes_match_dcm2niix(tmp_path, name):
     (tmp_path / "in").mkdir()
     shutil.copy(PYDICOM_FILES / name, tmp_path / "in" / name)

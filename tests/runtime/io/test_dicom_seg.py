@@ -18,8 +18,10 @@ ALGO = AlgorithmInfo("limbseg-rt unet", "0.1.0", "ab" * 32, demo=True)
 # dicom3tools as packaged in Debian 12 predates the Label Map Segmentation IOD (2024): it does not
 # know the SOP class and applies the BINARY rule that segment numbers start at 1 (a LABELMAP lists
 # background as segment 0). These two lines are all it may say about a LABELMAP SEG.
-OLD_DCIODVFY_LABELMAP = ("Error - Information Object Not found",
-                         "Error - SegmentNumber not monotonically increasing from one by one")
+OLD_DCIODVFY_LABELMAP = (
+    "Error - Information Object Not found",
+    "Error - SegmentNumber not monotonically increasing from one by one",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +35,20 @@ def _labels_back(seg_path, source, present) -> np.ndarray:
     """The SEG as table indices on the input grid ``[columns, rows, slices]`` (via highdicom)."""
     seg = hd.seg.segread(seg_path)
     if source.enhanced:
-        arr = seg.get_pixels_by_source_frame(source_sop_instance_uid=str(source.datasets[0].SOPInstanceUID),
-                                             source_frame_numbers=[f + 1 for _, f in source.frames],
-                                             combine_segments=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)
+        arr = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=str(source.datasets[0].SOPInstanceUID),
+            source_frame_numbers=[f + 1 for _, f in source.frames],
+            combine_segments=True,
+            skip_overlap_checks=True,
+            assert_missing_frames_are_empty=True,
+        )
     else:
-        arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds, _ in source.frames],
-                                                combine_segments=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)
+        arr = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds, _ in source.frames],
+            combine_segments=True,
+            skip_overlap_checks=True,
+            assert_missing_frames_are_empty=True,
+        )
     lut = np.zeros(len(present) + 1, dtype=np.int64)
     lut[1:] = present
     return lut[arr].transpose(2, 1, 0)
@@ -74,7 +84,9 @@ def test_binary_seg_valid_and_equal_to_the_labels(tmp_path, phantom, codes, tilt
     src_pos = {str(d.SOPInstanceUID): [float(v) for v in d.ImagePositionPatient] for d in source.datasets}
     for item in ds.PerFrameFunctionalGroupsSequence:
         uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        np.testing.assert_allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient], src_pos[uid], atol=1e-3)
+        np.testing.assert_allclose(
+            [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient], src_pos[uid], atol=1e-3
+        )
 
 
 def test_labelmap_seg(tmp_path, phantom):
@@ -97,7 +109,7 @@ def test_enhanced_mr_source_frames(tmp_path):
     src = gunzip(NIBABEL_DICOM / "philips_mprage.dcm.gz", tmp_path / "in" / "mprage.dcm")
     vol, props, source = read_dicom(src)
     labels = np.zeros(vol.shape, np.uint8)
-    labels[10:30, 40:60, 100:120] = 5   # a block: only some frames carry it
+    labels[10:30, 40:60, 100:120] = 5  # a block: only some frames carry it
     labels[60:70, 80:90, 30:40] = 12
     out = write_seg(labels, props, tmp_path / "seg.dcm", table=TABLE, algorithm=ALGO)
     assert dciodvfy_errors(out) == []
@@ -116,4 +128,3 @@ def test_no_muscle_gives_no_seg_and_bad_folder_is_refused(tmp_path, phantom):
     assert not (tmp_path / "seg.dcm").exists()
     with pytest.raises(OutputError, match="does not exist"):
         write_seg(empty + 1, props, tmp_path / "nope" / "seg.dcm", table=TABLE, algorithm=ALGO)
-

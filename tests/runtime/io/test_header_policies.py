@@ -75,7 +75,9 @@ def test_a_vox_offset_inside_the_header_is_read_and_the_labels_still_write(tmp_p
     _, props = read_image(path)
     assert any("vox_offset 100" in w for w in props.warnings)
     labels = np.ones(props.canonical_shape, np.uint8)
-    out = labelio.write_labels(labels, tmp_path / "s_labels.nii.gz", props, table=default_label_table(), descriptions=False)
+    out = labelio.write_labels(
+        labels, tmp_path / "s_labels.nii.gz", props, table=default_label_table(), descriptions=False
+    )
     assert np.all(np.asarray(nib.load(out.labels).dataobj) == 1)
 
 
@@ -92,7 +94,9 @@ def test_a_huge_slope_is_named(tmp_path):
     path = _scan(tmp_path / "s.nii")
     img = nib.load(path)
     img.header.set_slope_inter(1e37, 0.0)
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.int16), img.affine, img.header), str(tmp_path / "slope.nii"))
+    nib.save(
+        nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.int16), img.affine, img.header), str(tmp_path / "slope.nii")
+    )
     raw = tmp_path / "slope.nii"
     _patch(raw, 112, "f", 1e37)  # scl_slope; nibabel rescales on save otherwise
     with pytest.raises(InputError, match="scl_slope 1e\\+37 exceed the float32 range"):

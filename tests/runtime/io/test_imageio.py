@@ -79,6 +79,7 @@ def _sha(path: Path) -> str:
 
 # -- real files (nibabel's test data) --------------------------------------------------------------
 
+
 def test_anatomical_big_endian_las_reads_and_round_trips_exactly():
     path = NIB_DATA / "anatomical.nii"
     before = _sha(path)
@@ -131,6 +132,7 @@ def test_nifti2_reads():
 
 
 # -- names, magic and gzip -------------------------------------------------------------------------
+
 
 def test_missing_file_and_folder(tmp_path):
     _input_error(tmp_path / "nope.nii.gz", "file not found")
@@ -231,6 +233,7 @@ def test_trailing_bytes_are_reported(tmp_path):
 
 # -- dimensions and datatypes ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dims", [(3, 6, 0, 8), (3, 6, -7, 8)])
 def test_zero_or_negative_dimension(tmp_path, dims):
     raw = _patch(_nii_bytes(_image(_volume())), DIM, "4h", *dims)
@@ -293,7 +296,9 @@ def test_a_line_of_voxels_is_refused_even_with_allow_2d(tmp_path):
     _input_error(path, "along one line", allow_2d=True)
 
 
-@pytest.mark.parametrize("dtype, match", [(np.complex64, "complex64"), (np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]), "RGB colour")])
+@pytest.mark.parametrize(
+    "dtype, match", [(np.complex64, "complex64"), (np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]), "RGB colour")]
+)
 def test_complex_and_rgb_are_refused(tmp_path, dtype, match):
     data = np.zeros(SHAPE, dtype=dtype)
     path = _save(tmp_path, "odd.nii.gz", _nii_bytes(nib.Nifti1Image(data, np.eye(4))))
@@ -313,6 +318,7 @@ def test_every_supported_type_becomes_native_float32(tmp_path, dtype):
 
 
 # -- scaling and non-finite voxels ----------------------------------------------------------------
+
 
 def _scaled(tmp_path, slope, inter, name="scaled.nii"):
     return _save(tmp_path, name, _patch(_nii_bytes(_image(_volume())), SCL_SLOPE, "2f", slope, inter))
@@ -402,7 +408,9 @@ def test_qform_and_sform_with_different_directions_are_ambiguous(tmp_path):
 def test_agreeing_forms_use_the_sform_and_warn_when_far_apart(tmp_path):
     shifted = RAS.copy()
     shifted[:3, 3] = [5.0, 0.0, 0.0]
-    _, props = read_image(_save(tmp_path, "far.nii.gz", _nii_bytes(_image(_volume(), qform=(RAS, 1), sform=(shifted, 1)))))
+    _, props = read_image(
+        _save(tmp_path, "far.nii.gz", _nii_bytes(_image(_volume(), qform=(RAS, 1), sform=(shifted, 1))))
+    )
     assert props.affine_source == "sform" and props.affine[0, 3] == 5.0
     assert any("5.0 mm apart" in w for w in props.warnings)
 
@@ -410,8 +418,9 @@ def test_agreeing_forms_use_the_sform_and_warn_when_far_apart(tmp_path):
 def test_only_a_qform(tmp_path):
     _, props = read_image(_save(tmp_path, "q.nii", _nii_bytes(_image(_volume(), qform=(LAS, 1)))))
     assert props.affine_source == "qform" and props.orientation == ("L", "A", "S")
-    _, props = read_image(_save(tmp_path, "q2.nii", _nii_bytes(_image(_volume(), qform=(LAS, 1)))),
-                          options=ReadOptions(prefer="sform"))
+    _, props = read_image(
+        _save(tmp_path, "q2.nii", _nii_bytes(_image(_volume(), qform=(LAS, 1)))), options=ReadOptions(prefer="sform")
+    )
     assert props.affine_source == "qform" and any("no sform" in w for w in props.warnings)
 
 
@@ -430,12 +439,15 @@ def test_no_geometry_needs_an_assumed_orientation(tmp_path):
         ReadOptions(assume_orientation="RRS")
 
 
-@pytest.mark.parametrize("offset, fmt, values, match", [
-    (PIXDIM + 4, "f", (0.0,), "qform is degenerate"),
-    (PIXDIM + 4, "f", (-2.0,), "qform cannot be computed"),
-    (PIXDIM + 4, "f", (float("nan"),), "NaN or infinite"),
-    (256, "3f", (0.9, 0.9, 0.9), "qform cannot be computed"),  # quaternion b, c, d longer than 1
-])
+@pytest.mark.parametrize(
+    "offset, fmt, values, match",
+    [
+        (PIXDIM + 4, "f", (0.0,), "qform is degenerate"),
+        (PIXDIM + 4, "f", (-2.0,), "qform cannot be computed"),
+        (PIXDIM + 4, "f", (float("nan"),), "NaN or infinite"),
+        (256, "3f", (0.9, 0.9, 0.9), "qform cannot be computed"),  # quaternion b, c, d longer than 1
+    ],
+)
 def test_damaged_qform_is_refused(tmp_path, offset, fmt, values, match):
     raw = _nii_bytes(_image(_volume(), qform=(RAS, 1)))
     _input_error(_save(tmp_path, "q.nii", _patch(raw, offset, fmt, *values)), match)
@@ -444,7 +456,9 @@ def test_damaged_qform_is_refused(tmp_path, offset, fmt, values, match):
 def test_sheared_sform_is_refused(tmp_path):
     sheared = RAS.copy()
     sheared[0, 2] = 0.5
-    msg = _input_error(_save(tmp_path, "shear.nii", _nii_bytes(_image(_volume(), sform=(sheared, 1)))), "sform is sheared")
+    msg = _input_error(
+        _save(tmp_path, "shear.nii", _nii_bytes(_image(_volume(), sform=(sheared, 1)))), "sform is sheared"
+    )
     assert "resample" in msg
     both = _image(_volume(), qform=(RAS, 1), sform=(sheared, 1))
     _input_error(_save(tmp_path, "shear2.nii", _nii_bytes(both)), r"sheared .*--prefer-qform")
@@ -473,6 +487,7 @@ def test_canonical_volume_is_ras_with_axial_last(tmp_path, codes):
 
 
 # -- in-memory images and file safety --------------------------------------------------------------
+
 
 def test_from_nibabel_matches_read_image(tmp_path):
     img = _image(_volume(), geometry.affine_from_axcodes((1.0, 2.0, 3.0), "PIR"))

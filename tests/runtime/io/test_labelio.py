@@ -167,7 +167,9 @@ def _itksnap_rows(path: Path) -> list[list[str]]:
 
 def test_itksnap_and_slicer_tables_list_every_label(tmp_path):
     _, props = read_image(_scan(tmp_path, np.eye(4)))
-    files = labelio.write_labels(_canonical_labels(props.canonical_shape), tmp_path / "case_labels.nii.gz", props, table=TABLE)
+    files = labelio.write_labels(
+        _canonical_labels(props.canonical_shape), tmp_path / "case_labels.nii.gz", props, table=TABLE
+    )
     assert files.itksnap == tmp_path / "case_labels.itksnap.txt"
     assert files.slicer == tmp_path / "case_labels.ctbl"
 

@@ -78,8 +78,9 @@ def test_phantom_in_every_orientation_round_trips_byte_for_byte(ornt, ras_phanto
     truth_canon, _ = read_labels(tmp_path / "truth.nii.gz", grid="canonical")
     assert np.array_equal(truth_canon, ras_phantom[1])
 
-    files = labelio.write_labels(truth_canon, tmp_path / "out_labels.nii.gz", props, table=default_label_table(),
-                                 descriptions=False)
+    files = labelio.write_labels(
+        truth_canon, tmp_path / "out_labels.nii.gz", props, table=default_label_table(), descriptions=False
+    )
     written = nib.load(files.labels)
     stored = np.asarray(labels.dataobj)
     got = np.asarray(written.dataobj)

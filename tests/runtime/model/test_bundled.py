@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from onnx_factory import make_tiny_model
 
+from limbseg_rt.runtime.errors import ModelError
 from limbseg_rt.runtime.model import bundled
 from limbseg_rt.runtime.model.bundled import list_bundled, resolve_model
-from limbseg_rt.runtime.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,13 @@ def test_auto_precision_follows_the_provider(models_dir):
 
 
 def test_missing_bundles_list_what_is_bundled(models_dir):
-    with pytest.raises(ModelError, match=r"no bundled attention-unet model .*bundled: unet \(fp32\), unet \(int8\), sc-unet \(fp32\)"):
+    with pytest.raises(
+        ModelError, match=r"no bundled attention-unet model .*bundled: unet \(fp32\), unet \(int8\), sc-unet \(fp32\)"
+    ):
         resolve_model("attention-unet", provider="cpu", models_dir=models_dir)
-    with pytest.raises(ModelError, match=r"no bundled sc-unet model in int8 .*; use --precision fp32 or give a .onnx file"):
+    with pytest.raises(
+        ModelError, match=r"no bundled sc-unet model in int8 .*; use --precision fp32 or give a .onnx file"
+    ):
         resolve_model("sc-unet", precision="int8", provider="cpu", models_dir=models_dir)
     with pytest.raises(ModelError, match=r"no bundled attention-unet model .*; give a .onnx file instead"):
         resolve_model("attention-unet", precision="fp32", provider="cuda", models_dir=models_dir)
@@ -64,5 +68,8 @@ def test_paths_are_used_as_given_and_checked_against_their_metadata(models_dir, 
 
 
 def test_default_models_dir_is_inside_the_runtime_package():
-    assert bundled.MODELS_DIR.parts[-3:] == ("runtime", "data", "models") or bundled.MODELS_DIR.parts[-3:-1] == ("data", "models")
+    assert bundled.MODELS_DIR.parts[-3:] == ("runtime", "data", "models") or bundled.MODELS_DIR.parts[-3:-1] == (
+        "data",
+        "models",
+    )
     assert all(m.path.parent == bundled.MODELS_DIR for m in list_bundled())

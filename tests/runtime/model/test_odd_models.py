@@ -62,11 +62,16 @@ def _odd(kind: str, folder: Path) -> Path:
         size = int(kind.removeprefix("input-size-").replace("minus", "-"))
         return _edit_metadata(make_tiny_model(path, hw=HW), input_hw=[size, HW[1]])
     if kind == "promised-position-missing":
-        return _edit_metadata(make_tiny_model(path, hw=HW), architecture="sc-unet", inputs=["image", "position"],
-                              position=PositionSpec().to_dict())
+        return _edit_metadata(
+            make_tiny_model(path, hw=HW),
+            architecture="sc-unet",
+            inputs=["image", "position"],
+            position=PositionSpec().to_dict(),
+        )
     if kind == "unpromised-position":
-        return _edit_metadata(make_tiny_model(path, hw=HW, position=True), architecture="unet", inputs=["image"],
-                              position=None)
+        return _edit_metadata(
+            make_tiny_model(path, hw=HW, position=True), architecture="unet", inputs=["image"], position=None
+        )
     if kind == "image-input-renamed":
         return _rename_graph_tensor(make_tiny_model(path, hw=HW), "image", "input")
     if kind == "metadata-input-renamed":
@@ -122,9 +127,24 @@ def test_odd_model_is_refused_at_load_with_one_line_and_exit_4(kind, words, scan
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     before = _sha(scan)
-    code = cli_main(["run", str(scan), "--model", str(model), "--provider", "cpu", "--threads", "1",
-                     "--out", str(out_dir / "seg.nii.gz"), "--report", str(out_dir / "r.json"),
-                     "--csv", str(out_dir / "v.csv")])
+    code = cli_main(
+        [
+            "run",
+            str(scan),
+            "--model",
+            str(model),
+            "--provider",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(out_dir / "seg.nii.gz"),
+            "--report",
+            str(out_dir / "r.json"),
+            "--csv",
+            str(out_dir / "v.csv"),
+        ]
+    )
     out, err = capfd.readouterr()  # file-descriptor level: ONNX Runtime's own log lines count too
     assert code == EXIT_MODEL, err
     lines = err.splitlines()
@@ -146,8 +166,9 @@ def test_info_refuses_an_odd_model_the_same_way(kind, tmp_path, capfd):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the openvino package")
-@pytest.mark.parametrize("kind", ["promised-position-missing", "image-input-renamed", "class-count-disagrees",
-                                  "input-size-huge"])
+@pytest.mark.parametrize(
+    "kind", ["promised-position-missing", "image-input-renamed", "class-count-disagrees", "input-size-huge"]
+)
 def test_the_openvino_runtime_engine_checks_the_same(kind, tmp_path):
     model = _odd(kind, tmp_path)
     words = dict(CASES)[kind]

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
 from limbseg_rt.runtime.hashing import sha256_file
+from limbseg_rt.runtime.model.bundled import MODELS_DIR, list_bundled
 from limbseg_rt.runtime.model.metadata import ARCHITECTURES, read_metadata
 
 SHIPPED = list_bundled()
@@ -88,8 +88,12 @@ def test_sc_unet_needs_its_true_slice_positions():
     from limbseg_rt.export.demo_models import evaluate_model  # the cards' own measurement (runtime only, no torch)
 
     (model,) = [m for m in SHIPPED if m.arch == "sc-unet"]
-    check = re.search(rf"^Position input check \({re.escape(model.path.name)}\): mean DSC with true positions "
-                      r"([0-9.]+), with shuffled positions ([0-9.]+)\.$", _card("sc-unet"), re.M)
+    check = re.search(
+        rf"^Position input check \({re.escape(model.path.name)}\): mean DSC with true positions "
+        r"([0-9.]+), with shuffled positions ([0-9.]+)\.$",
+        _card("sc-unet"),
+        re.M,
+    )
     assert check, "sc-unet.md has no position input check for the shipped file"
     true_dsc, shuffled_dsc = float(check.group(1)), float(check.group(2))
     measured = evaluate_model(model.path, HELDOUT_SEEDS, shuffle_positions=True)["mean"]["dsc"]

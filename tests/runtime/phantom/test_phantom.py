@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from limbseg_rt.runtime.phantom import generate as P
 from limbseg_rt.runtime.errors import InputError
 from limbseg_rt.runtime.model.labels import default_label_table
+from limbseg_rt.runtime.phantom import generate as P
 
 # Small but anatomically complete: 442 mm FOV like the default, coarser voxels, fewer slices.
 SMALL = dict(slices=40, shape=(96, 88), spacing=(4.6, 5.0, 20.0))
@@ -165,8 +165,27 @@ def test_cli_writes_both_files(tmp_path):
     from limbseg_rt.cli import main
 
     out, lab = tmp_path / "ph.nii.gz", tmp_path / "lab.nii.gz"
-    rc = main(["phantom", str(out), "--labels", str(lab), "--seed", "3", "--slices", "12", "--shape", "64", "64",
-               "--spacing", "7", "7", "60", "--orientation", "LPS"])
+    rc = main(
+        [
+            "phantom",
+            str(out),
+            "--labels",
+            str(lab),
+            "--seed",
+            "3",
+            "--slices",
+            "12",
+            "--shape",
+            "64",
+            "64",
+            "--spacing",
+            "7",
+            "7",
+            "60",
+            "--orientation",
+            "LPS",
+        ]
+    )
     assert rc == 0
     img = nib.load(str(out))
     assert img.shape == (64, 64, 12) and "".join(nib.aff2axcodes(img.affine)) == "LPS"

@@ -22,8 +22,8 @@ CODE = {lab.code: lab.index for lab in TABLE.labels}
 SHAPE = (80, 60, 30)
 SPACING = (1.5, 1.25, 4.0)
 # Canonical RAS+ boxes (x0, x1, y0, y1) inclusive; x grows toward the patient's right.
-LEFT_LEG = {"VL": (12, 22, 18, 34), "SAR": (24, 28, 36, 44)}    # small x: the patient's left
-RIGHT_LEG = {"TA": (56, 66, 22, 38), "VM": (50, 54, 40, 46)}    # large x: the patient's right
+LEFT_LEG = {"VL": (12, 22, 18, 34), "SAR": (24, 28, 36, 44)}  # small x: the patient's left
+RIGHT_LEG = {"TA": (56, 66, 22, 38), "VM": (50, 54, 40, 46)}  # large x: the patient's right
 
 
 def _volume():
@@ -33,8 +33,8 @@ def _volume():
     for cx in (20, 60):
         img[((xx - cx) / 16.0) ** 2 + ((yy - 30) / 24.0) ** 2 <= 1.0] = 300
     for code, (x0, x1, y0, y1) in {**LEFT_LEG, **RIGHT_LEG}.items():
-        lab[x0:x1 + 1, y0:y1 + 1, 4:26] = CODE[code]
-        img[x0:x1 + 1, y0:y1 + 1, 4:26] = 200
+        lab[x0 : x1 + 1, y0 : y1 + 1, 4:26] = CODE[code]
+        img[x0 : x1 + 1, y0 : y1 + 1, 4:26] = 200
     return img, lab
 
 
@@ -42,7 +42,9 @@ def _store(data, orientation: str, path):
     """Save canonical RAS data as a NIfTI stored in ``orientation`` (same anatomy, same world mm)."""
     affine = np.diag([*SPACING, 1.0])
     affine[:3, 3] = (-40.0, -30.0, -50.0)
-    t = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(tuple(orientation)))
+    t = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(tuple(orientation))
+    )
     stored = nib.orientations.apply_orientation(data, t)
     new_affine = affine @ nib.orientations.inv_ornt_aff(t, data.shape)
     nib.save(nib.Nifti1Image(np.ascontiguousarray(stored), new_affine), str(path))
@@ -81,7 +83,7 @@ def _by_slug(overlays, slug):
 def test_levels_come_from_the_labels_present():
     img, lab = _volume()
     levels = views.axial_levels(views.slice_areas(lab, len(TABLE)), TABLE)
-    assert [name for name, _ in levels] == ["mid-thigh"]      # only thigh muscles: no hip, knee or calf level
+    assert [name for name, _ in levels] == ["mid-thigh"]  # only thigh muscles: no hip, knee or calf level
     assert levels[0][1] == (4 + 25) // 2
 
 
@@ -154,7 +156,7 @@ def test_a_scale_bar_of_round_length_is_drawn(rendered):
     x0, y0, x1, y1 = box
     # The scale bar: rows of pure white pixels in the bottom band of the image area, as long as a
     # round number of mm (the drawn length is the rounded pixel count, +1 for the inclusive end).
-    band = rgb[y1 - 16:y1 - 8, x0:x0 + (x1 - x0) // 3]
+    band = rgb[y1 - 16 : y1 - 8, x0 : x0 + (x1 - x0) // 3]
     longest = int(np.all(band == 255, axis=2).sum(axis=1).max())
     mm = float(text["limbseg-rt:mm_per_pixel"])
     assert any(abs(longest - (step / mm + 1)) <= 2 for step in (10, 20, 50, 100, 200)), longest * mm

@@ -44,9 +44,16 @@ def side_report(base: dict) -> dict:
     records = []
     for m in base["muscles"]:
         for side, share in (("L", 0.45), ("R", 0.55)):
-            r = dict(m, side=side, volume_ml=m["volume_ml"] * share, max_acsa_mm2=100.0 + m["index"],
-                     length_mm=10.0 * m["index"], imat_percent=5.0 + m["index"] / 10,
-                     centroid_z_mm=3.5, acsa_profile_mm2=[float(k + m["index"]) for k in range(6)])
+            r = dict(
+                m,
+                side=side,
+                volume_ml=m["volume_ml"] * share,
+                max_acsa_mm2=100.0 + m["index"],
+                length_mm=10.0 * m["index"],
+                imat_percent=5.0 + m["index"] / 10,
+                centroid_z_mm=3.5,
+                acsa_profile_mm2=[float(k + m["index"]) for k in range(6)],
+            )
             records.append(r)
     rep["muscles"] = records
     rep["warnings"] = list(rep["warnings"]) + [
@@ -77,13 +84,13 @@ def test_the_browser_shows_the_table_and_every_muscle_row(real_run, tmp_path):
     html = written["html"]
     dom = dump_dom(html)
     codes = re.findall(r'<tr data-code="([^"]+)"', dom)
-    assert codes == [m.code for m in result.report.muscles]            # every muscle, in report order
-    assert 'id="warnings"' in dom and "field of view" in dom           # fov_cut is shown
+    assert codes == [m.code for m in result.report.muscles]  # every muscle, in report order
+    assert 'id="warnings"' in dom and "field of view" in dom  # fov_cut is shown
     shot = screenshot(html, tmp_path / "shot.png")
     assert shot.std() > 20, "blank screenshot"
     header_rows = np.flatnonzero(np.all(shot == HEADER_RGB, axis=2).sum(axis=1) > 200)
     assert header_rows.size, "the muscle table's header is not in the screenshot"
-    below = shot[header_rows.max() + 1:header_rows.max() + 1 + 30 * len(result.report.muscles), :120]
+    below = shot[header_rows.max() + 1 : header_rows.max() + 1 + 30 * len(result.report.muscles), :120]
     for m in result.report.found[:10]:
         colour = TABLE[m.index].colour
         assert np.all(below == colour, axis=2).sum() >= 20, f"no swatch for {m.code} in the table"
@@ -104,8 +111,8 @@ def test_new_per_side_measures_appear_without_code_changes(real_run, tmp_path):
     assert "ACSA profile along the limb" in dom
     assert "IMAT (T1w estimate) per muscle" in dom
     assert 'id="demo-model"' in dom
-    warnings = dom[dom.index('id="warnings"'):]
-    warnings = warnings[:warnings.index("</div>")]
+    warnings = dom[dom.index('id="warnings"') :]
+    warnings = warnings[: warnings.index("</div>")]
     assert "NaN/infinite voxels" in warnings and "fell back to cpu" in warnings and "field of view" in warnings
 
 
@@ -137,8 +144,10 @@ def probe_server():
 
 def test_the_pages_policy_blocks_every_request_outside_the_file(probe_server, tmp_path):
     url, hits = probe_server
-    remote = (f'<img src="{url}/img.png"><link rel="stylesheet" href="{url}/style.css">'
-              f'<iframe src="{url}/frame"></iframe><script src="{url}/script.js"></script></body></html>')
+    remote = (
+        f'<img src="{url}/img.png"><link rel="stylesheet" href="{url}/style.css">'
+        f'<iframe src="{url}/frame"></iframe><script src="{url}/script.js"></script></body></html>'
+    )
     guarded = tmp_path / "guarded.html"
     guarded.write_text(page.html_head("probe") + "<h1>probe</h1>" + remote, encoding="utf-8")
     dump_dom(guarded)

@@ -98,9 +98,19 @@ def _shaped_pairs():
     one_b = np.zeros(s, bool)
     one_b[20, 3, 11] = True
     pairs.append(("single voxels", one_a, one_b))
-    pairs.append(("single voxel inside a sphere", one_a | _ellipsoid(s, (4, 5, 6), (0.5, 0.5, 0.5)), _ellipsoid(s, (6, 6, 7), (5, 5, 3))))
+    pairs.append(
+        (
+            "single voxel inside a sphere",
+            one_a | _ellipsoid(s, (4, 5, 6), (0.5, 0.5, 0.5)),
+            _ellipsoid(s, (6, 6, 7), (5, 5, 3)),
+        )
+    )
     multi_a = _ellipsoid(s, (6, 6, 4), (4, 4, 2)) | _ellipsoid(s, (22, 18, 10), (5, 4, 3))
-    multi_b = _ellipsoid(s, (7, 5, 4), (4, 5, 2)) | _ellipsoid(s, (25, 5, 3), (3, 3, 2)) | _ellipsoid(s, (21, 19, 11), (4, 4, 2))
+    multi_b = (
+        _ellipsoid(s, (7, 5, 4), (4, 5, 2))
+        | _ellipsoid(s, (25, 5, 3), (3, 3, 2))
+        | _ellipsoid(s, (21, 19, 11), (4, 4, 2))
+    )
     pairs.append(("multiple components", multi_a, multi_b))
     border_a = np.zeros(s, bool)
     border_a[:8, :, :3] = True  # touches five faces of the array
@@ -236,7 +246,9 @@ def test_a_label_touching_the_volume_border_counts_the_border_as_surface():
     pred = ref.copy()
     pred[:, :, 0] = 0  # the bottom slice missing: the new bottom face is one slice up
     row = evaluate_labels(pred, ref, spacing=SPACING_3D, label_ids=[1]).rows[0]
-    np.testing.assert_allclose((row.hd_mm, row.hd95_mm, row.assd_mm), _brute_metrics(pred == 1, ref == 1, SPACING_3D), atol=TOL)
+    np.testing.assert_allclose(
+        (row.hd_mm, row.hd95_mm, row.assd_mm), _brute_metrics(pred == 1, ref == 1, SPACING_3D), atol=TOL
+    )
     assert row.hd_mm == pytest.approx(SPACING_3D[2])  # the nearest surface of the cut face is one slice away
 
 
@@ -252,7 +264,9 @@ def test_cropping_and_the_one_pass_give_the_full_volume_numbers():
     big_r = np.zeros_like(big_p)
     big_p[30:70, 20:56, 17:29] = pred
     big_r[30:70, 20:56, 17:29] = ref
-    wide = evaluate_labels(np.asfortranarray(big_p), np.asfortranarray(big_r), spacing=SPACING_3D, label_ids=range(1, 7))
+    wide = evaluate_labels(
+        np.asfortranarray(big_p), np.asfortranarray(big_r), spacing=SPACING_3D, label_ids=range(1, 7)
+    )
     for t, w in zip(tight.rows, wide.rows):
         for f in ("dsc", "rve_percent", "hd_mm", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_ref_ml"):
             tv, wv = getattr(t, f), getattr(w, f)
@@ -531,5 +545,7 @@ def test_overlap_metrics_run_without_scipy_and_distances_name_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == '12 surface distances (HD, HD95, ASSD) need scipy, which is not installed: pip install "limbseg-rt[eval]"'
-
+    assert (
+        out.stdout.strip()
+        == '12 surface distances (HD, HD95, ASSD) need scipy, which is not installed: pip install "limbseg-rt[eval]"'
+    )

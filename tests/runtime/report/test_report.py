@@ -26,9 +26,9 @@ TABLE = default_label_table()
 
 def _labels():
     lab = np.zeros((10, 8, 6), dtype=np.uint8)
-    lab[2:5, 1:3, 0:3] = 1      # ADB: 3*2*3 = 18 voxels, touches the first (inferior) slice
-    lab[6:8, 4:7, 2:4] = 5      # BFS: 2*3*2 = 12 voxels, inside
-    lab[0:1, 0:1, 5] = 37       # VM: 1 voxel on the last (superior) slice
+    lab[2:5, 1:3, 0:3] = 1  # ADB: 3*2*3 = 18 voxels, touches the first (inferior) slice
+    lab[6:8, 4:7, 2:4] = 5  # BFS: 2*3*2 = 12 voxels, inside
+    lab[0:1, 0:1, 5] = 37  # VM: 1 voxel on the last (superior) slice
     return lab
 
 

@@ -18,7 +18,9 @@ TABLE = default_label_table()
 def _report() -> Report:
     lab = np.zeros((6, 5, 4), np.uint8)
     lab[1:3, 1:3, 1:3] = 2
-    return Report(muscle_stats(lab, np.ones(lab.shape), TABLE, 1.0), {"model": {"sha256": "abc"}, "qc": {"n": 1}}, ["fov_cut"], [])
+    return Report(
+        muscle_stats(lab, np.ones(lab.shape), TABLE, 1.0), {"model": {"sha256": "abc"}, "qc": {"n": 1}}, ["fov_cut"], []
+    )
 
 
 def test_report_and_manifest_are_frozen_and_read_like_dicts():
@@ -44,7 +46,10 @@ def test_the_schema_documents_every_field_of_the_records():
     assert set(side_props) == {f.name for f in dataclasses.fields(MuscleSide)}
     for name, prop in {**side_props, **defs["muscle"]["properties"]}.items():
         assert prop.get("description"), name
-    stats_fields = {f.name for f in dataclasses.fields(muscle_stats(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 2)), TABLE, 1.0)[0])}
+    stats_fields = {
+        f.name
+        for f in dataclasses.fields(muscle_stats(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 2)), TABLE, 1.0)[0])
+    }
     assert set(defs["muscle"]["properties"]) == stats_fields
     # Every CSV column is a record field (or one coordinate of the centroid).
     assert set(CSV_COLUMNS) - set(side_props) == {"centroid_x_mm", "centroid_y_mm", "centroid_z_mm"}
@@ -54,8 +59,10 @@ def test_the_schema_rejects_what_it_should(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(schema_path().read_text())
     good = json.loads(_report().to_json())
-    good["manifest"] = {k: good["manifest"].get(k, {}) for k in
-                        ("model", "engine", "pipeline", "timings_s", "versions", "input", "report_units")}
+    good["manifest"] = {
+        k: good["manifest"].get(k, {})
+        for k in ("model", "engine", "pipeline", "timings_s", "versions", "input", "report_units")
+    }
     good["manifest"]["peak_rss_mib"] = 1.0
     jsonschema.validate(good, schema)
     bad = json.loads(json.dumps(good))

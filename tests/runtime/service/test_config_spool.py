@@ -52,19 +52,28 @@ def test_a_good_config_loads_with_paths_relative_to_the_file(tmp_path):
     assert not c.address_allowed("192.168.11.1") and not c.address_allowed("not-an-ip")
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (("stable_seconds = 5", "stable_secnds = 5"), "unknown setting(s): stable_secnds"),
-    (('allowed_calling_ae = ["MRI1", "MRI2"]', "allowed_calling_ae = []"), "allowed_calling_ae is empty"),
-    (('ae_title = "LIMBSEG"', 'ae_title = "A_TITLE_FAR_TOO_LONG"'), "is not a DICOM AE title"),
-    (("port = 11112", "port = 70000"), "is not a TCP port"),
-    (("port = 11112", 'port = "11112"'), "port must be int"),
-    (('"127.0.0.1"]', '"localhost"]'), "is not an IP address or network"),
-    (('provider = "cpu"', 'provider = "gpu"'), "provider 'gpu' is not one of"),
-    (("quota_mb = 100", "quota_mb = 0"), "quota_mb must be > 0"),
-    (("[[destination]]", "[tls]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n[[destination]]"), "[tls] cert file"),
-    (('ae_title = "PACS"', 'ae_title = "PACS"\n[[destination]]\nname = "pacs"\nhost = "h"\nport = 1\nae_title = "X"'), "must be unique"),
-    (("[node]", "[node\n"), "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("stable_seconds = 5", "stable_secnds = 5"), "unknown setting(s): stable_secnds"),
+        (('allowed_calling_ae = ["MRI1", "MRI2"]', "allowed_calling_ae = []"), "allowed_calling_ae is empty"),
+        (('ae_title = "LIMBSEG"', 'ae_title = "A_TITLE_FAR_TOO_LONG"'), "is not a DICOM AE title"),
+        (("port = 11112", "port = 70000"), "is not a TCP port"),
+        (("port = 11112", 'port = "11112"'), "port must be int"),
+        (('"127.0.0.1"]', '"localhost"]'), "is not an IP address or network"),
+        (('provider = "cpu"', 'provider = "gpu"'), "provider 'gpu' is not one of"),
+        (("quota_mb = 100", "quota_mb = 0"), "quota_mb must be > 0"),
+        (("[[destination]]", '[tls]\ncert = "nope.pem"\nkey = "nope.key"\n[[destination]]'), "[tls] cert file"),
+        (
+            (
+                'ae_title = "PACS"',
+                'ae_title = "PACS"\n[[destination]]\nname = "pacs"\nhost = "h"\nport = 1\nae_title = "X"',
+            ),
+            "must be unique",
+        ),
+        (("[node]", "[node\n"), "is not valid TOML"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_setting(tmp_path, edit, message):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, GOOD.replace(*edit, 1)))
@@ -81,7 +90,11 @@ def test_uids_and_keys():
     assert valid_uid("1.2.840.10008.5.1.4.1.1.4") and not valid_uid("../etc") and not valid_uid("1." * 40)
     k = series_key("1.2.3", "ab" * 32, {"precision": "int8"})
     assert k == series_key("1.2.3", "ab" * 32, {"precision": "int8"})
-    assert k != series_key("1.2.3", "cd" * 32, {"precision": "int8"}) != series_key("1.2.3", "ab" * 32, {"precision": "fp32"})
+    assert (
+        k
+        != series_key("1.2.3", "cd" * 32, {"precision": "int8"})
+        != series_key("1.2.3", "ab" * 32, {"precision": "fp32"})
+    )
 
 
 def test_backoff_doubles_up_to_the_cap():
@@ -96,7 +109,11 @@ def test_spool_writes_instances_and_state_and_refuses_past_the_quota(tmp_path):
     assert state["instances"] == 1 and state["calling_ae"] == "MRI1"
     t1 = state["last_received"]
     st = spool.store_instance("1.2.3", "1.2", "1.2.3.1", b"y" * 6000, "MRI1")  # resent: replaced, clock restarted
-    assert st.instances == 1 and st.last_received >= t1 and spool.used_bytes == 6000 + (tmp_path / "s/incoming/1.2.3/series.json").stat().st_size
+    assert (
+        st.instances == 1
+        and st.last_received >= t1
+        and spool.used_bytes == 6000 + (tmp_path / "s/incoming/1.2.3/series.json").stat().st_size
+    )
     with pytest.raises(SpoolFull):
         spool.store_instance("1.2.3", "1.2", "1.2.3.2", b"z" * 15000, "MRI1")
     assert not (tmp_path / "s/incoming/1.2.3/1.2.3.2.dcm").exists()

@@ -186,8 +186,10 @@ def test_four_senders_at_once(tmp_path, make_node):
     series = [make_series(tmp_path / f"scan{i}", slices=2, seed=i) for i in range(4)]
     with storescp(tmp_path / "pacs", pacs_port):
         node = make_node(node_config(tmp_path, port, pacs_port=pacs_port))
-        procs = [subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "LIMBSEG", "127.0.0.1", str(port), *map(str, f)])
-                 for _, f in series]
+        procs = [
+            subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "LIMBSEG", "127.0.0.1", str(port), *map(str, f)])
+            for _, f in series
+        ]
         assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
         wait_for(lambda: len(received(tmp_path / "pacs")) == 4, 60, "four SEGs at storescp")
         wait_for(lambda: node.status()["counters"]["delivered"] == 4, 10, "the deliveries recorded")

@@ -30,9 +30,29 @@ pytestmark = [pytest.mark.timeout(120)]
 
 def _self_signed(folder, name):
     key, crt = folder / f"{name}.key", folder / f"{name}.crt"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
-                    "-days", "1", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return key, crt
 
 
@@ -99,8 +119,12 @@ def test_c_echo_answers(tmp_path):
     node = Node(node_config(tmp_path, port), threshold_seg, IDENTITY)
     node.start()
     try:
-        echo = subprocess.run(["echoscu", "-v", "-aet", "SCANNER", "-aec", "LIMBSEG", "127.0.0.1", str(port)],
-                              capture_output=True, text=True, timeout=30)
+        echo = subprocess.run(
+            ["echoscu", "-v", "-aet", "SCANNER", "-aec", "LIMBSEG", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert echo.returncode == 0 and "Received Echo Response (Success)" in echo.stderr, echo.stderr
     finally:
         node.stop()
@@ -151,8 +175,11 @@ def test_sigkill_with_an_undelivered_result_sends_it_after_the_restart(tmp_path)
     proc = start_node_process(toml, log)
     try:
         assert storescu(port, files).returncode == 0
-        wait_for(lambda: committed(config.spool) and not any((config.spool / "incoming").iterdir()), 30,
-                 "the result in the outbox (PACS down) and the series' instances cleaned up")
+        wait_for(
+            lambda: committed(config.spool) and not any((config.spool / "incoming").iterdir()),
+            30,
+            "the result in the outbox (PACS down) and the series' instances cleaned up",
+        )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         with storescp(tmp_path / "pacs", pacs_port):
