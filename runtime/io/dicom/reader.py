@@ -123,9 +123,8 @@ def read_dicom(path, series: str | int | None = None, *, options: ReadOptions = 
     need = rows * cols * len(frames) * (4 + 4)  # pixels read (float32 at most) + the float32 volume
     if need > options.max_bytes:
         raise InputError(f"{src}: {chosen.label()} needs {need / 1024**3:.1f} GiB, above the memory limit; raise the limit if the scan is really that big")
-    data = _pixels(frames, src)
     affine = LPS_TO_RAS @ affine_lps
-    img = _nifti_image(data, affine)
+    img = _nifti_image(_pixels(frames, src, _canonical_ornt(affine)), affine)
     volume, props = from_nibabel(img, options=dataclasses.replace(options, prefer=None, assume_orientation=None), source=src)
     first = frames[0].instance.ds
     ts = str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -240,9 +239,24 @@ def _geometry(frames: list[ser.Frame], src: str, allow_2d: bool):
     return [int(i) for i in order], a, warnings
 
 
-def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
-    """``[columns, rows, slices]`` (Fortran order): the stored integers when no frame is rescaled
-    (the NIfTI reader makes its one float32 copy from them), else float32 rescaled per frame."""
+def _canonical_ornt(affine: np.ndarray):
+    """The orientation the NIfTI reader will find for ``affine`` (from the float32 sform it stores)."""
+    from limbseg_rt.runtime.io import geometry
+
+    try:
+        return geometry.ornt_from_affine(np.asarray(affine, dtype=np.float32).astype(np.float64))
+    except ValueError:
+        return None
+
+
+def _pixels(frames: list[ser.Frame], src: str, ornt=None) -> np.ndarray:
+    """``[columns, rows, slices]``: the stored integers when no frame is rescaled (the NIfTI reader
+    makes its one float32 copy from them), else float32 rescaled per frame.
+
+    With ``ornt`` (the grid's orientation), the array is a view of a buffer laid out in the
+    canonical RAS+ order, Fortran-contiguous: the NIfTI reader's canonical view of it is then
+    contiguous, and its float32 copy a straight pass over memory. Values are the same either way.
+    """
     rows, cols = frames[0].rows, frames[0].columns
     plain = all(f.slope == 1.0 and f.intercept == 0.0 for f in frames)
     out = None
@@ -259,7 +273,7 @@ def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
         if arr.shape[-2:] != (rows, cols) or f.index >= arr.shape[0]:
             raise InputError(f"{f.ref}: the pixel data holds {arr.shape} values, not the {rows}x{cols} image its header describes; copy it again")
         if out is None:
-            out = np.empty((cols, rows, len(frames)), dtype=arr.dtype if plain else np.float32, order="F")
+            out = _empty((cols, rows, len(frames)), arr.dtype if plain else np.float32, ornt)
         plane = arr[f.index]
         if plain:
             if plane.dtype != out.dtype:
@@ -268,6 +282,17 @@ def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
         else:
             out[:, :, k] = plane.T.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
     return out
+
+
+def _empty(shape: tuple[int, int, int], dtype, ornt) -> np.ndarray:
+    """An uninitialised input-grid array whose canonical view (``ornt``) is Fortran-contiguous."""
+    from limbseg_rt.runtime.io import geometry
+
+    if ornt is None:
+        return np.empty(shape, dtype=dtype, order="F")
+    canon = np.empty(geometry.canonical_shape(shape, ornt), dtype=dtype, order="F")
+    view = geometry.input_array(canon, ornt)
+    return view if view.shape == shape else np.empty(shape, dtype=dtype, order="F")
 
 
 def _frames_of(ds) -> int:
