@@ -302,16 +302,19 @@ def _frames_of(ds) -> int:
 def _decode(instance) -> np.ndarray:
     ds = instance.ds
     ref = instance.ref
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if instance.pixels is None and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(f"{ref}: has no pixel data; export the series again with its images")
     spp = ser.raw_us(ds, 0x00280002, 1)
     if spp != 1:
         raise InputError(f"{ref}: is a colour image ({spp} samples per pixel); give a greyscale MR series")
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    fast = _native_pixels(ds, ts, ref)
+    fast = _native_pixels(ds, ts, ref, instance.pixels)
     if fast is not None:
         return fast
+    if instance.pixels is not None:  # parsed without its pixels, which pydicom must decode: parse it all
+        ds = instance.ds = require_pydicom().dcmread(instance.ref)
+        instance.pixels = None
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -332,18 +335,25 @@ def _decode(instance) -> np.ndarray:
 _NATIVE_LITTLE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 
 
-def _native_pixels(ds, ts, ref: str) -> np.ndarray | None:
+def _native_pixels(ds, ts, ref: str, pixels=None) -> np.ndarray | None:
     """Uncompressed little-endian integer pixels straight from the bytes (pydicom's plugin path
-    costs a few ms per file); None for anything else (pydicom decodes it)."""
-    if ts is None or str(ts) not in _NATIVE_LITTLE or "PixelData" not in ds:
+    costs a few ms per file), or from the file at ``pixels`` = (offset, length) when discovery
+    parsed the header only; None for anything else (pydicom decodes it)."""
+    if ts is None or str(ts) not in _NATIVE_LITTLE or (pixels is None and "PixelData" not in ds):
         return None
     bits, stored = ser.raw_us(ds, 0x00280100), ser.raw_us(ds, 0x00280101)
     signed = ser.raw_us(ds, 0x00280103) == 1
     if bits not in (8, 16, 32) or stored != bits:
         return None
     rows, cols, n = ser.raw_us(ds, 0x00280010), ser.raw_us(ds, 0x00280011), ser.frame_count(ds) if 0x00280008 in ds else 1
-    raw = ds.PixelData
     need = rows * cols * n * bits // 8
+    if pixels is None:
+        raw = ds.PixelData
+    else:
+        offset, length = pixels
+        with open(ref, "rb") as fh:
+            fh.seek(offset)
+            raw = fh.read(min(length, need))
     if len(raw) < need:
         raise InputError(f"{ref}: the pixel data is truncated ({len(raw)} bytes, the header needs {need}); copy the file again")
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
