@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,9 +352,14 @@ def _native_pixels(ds, ts, ref: str, pixels=None) -> np.ndarray | None:
         raw = ds.PixelData
     else:
         offset, length = pixels
-        with open(ref, "rb") as fh:
-            fh.seek(offset)
-            raw = fh.read(min(length, need))
+        try:
+            fd = os.open(ref, os.O_RDONLY)
+            try:
+                raw = os.pread(fd, min(length, need), offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise InputError(f"{ref}: the pixel data cannot be read ({exc.strerror or exc}); copy the file again") from None
     if len(raw) < need:
         raise InputError(f"{ref}: the pixel data is truncated ({len(raw)} bytes, the header needs {need}); copy the file again")
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
