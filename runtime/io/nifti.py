@@ -578,8 +578,11 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         if slope is not None:
             volume *= np.float32(slope)
             volume += np.float32(inter)
-    bad = ~np.isfinite(volume)
-    nbad = int(np.count_nonzero(bad))
+    # Integers (no scaling) are finite in float32 and round monotonically to it, so the finite check
+    # is skipped and min/max come from the (smaller) integer data: the same values, one pass less.
+    exact = slope is None and np.asarray(data).dtype.kind in "biu"
+    bad = None if exact else ~np.isfinite(volume)
+    nbad = 0 if exact else int(np.count_nonzero(bad))
     if nbad:
         _check_float32_range(data, nbad, slope, src)
         share = nbad / volume.size
@@ -606,8 +609,8 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         slice_axis=axis,
         tilt_deg=tilt,
         voxel_volume_mm3=float(abs(np.linalg.det(affine[:3, :3]))),
-        data_min=float(volume.min()),
-        data_max=float(volume.max()),
+        data_min=float(np.float32(data.min()) if exact else volume.min()),
+        data_max=float(np.float32(data.max()) if exact else volume.max()),
         nifti_version=version,
         volume_index=vol_index,
         header=header,

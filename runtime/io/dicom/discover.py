@@ -55,6 +55,9 @@ class Instance:
 
     ref: str
     ds: object = field(repr=False)
+    # Uncompressed little-endian files are parsed without their pixel data (PixelData is not in
+    # ``ds``): ``pixels`` = (byte offset of the PixelData value in the file ``ref``, its length).
+    pixels: tuple[int, int] | None = None
 
 
 @dataclass
@@ -72,6 +75,10 @@ def _parse(data_or_path, ref: str, pydicom):
     from pydicom.errors import InvalidDicomError
 
     try:
+        if isinstance(data_or_path, str):
+            found = _parse_headers(data_or_path, pydicom)
+            if found is not None:
+                return found
         fp, defer = _source(data_or_path)
         return pydicom.dcmread(fp, defer_size=defer)
     except InvalidDicomError:
@@ -94,6 +101,38 @@ def _parse(data_or_path, ref: str, pydicom):
     except Exception:
         pass
     return None
+
+
+_NATIVE_LITTLE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
+def _parse_headers(path: str, pydicom):
+    """(dataset without PixelData, (offset, length)) for an uncompressed little-endian file whose
+    PixelData has a defined length; None otherwise (the caller parses the whole file).
+
+    The bare parse of the pixel bytes costs twice the header parse; the reader later reads them
+    from the offset straight into its volume."""
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+        if ts not in _NATIVE_LITTLE:
+            return None
+        start = fh.tell()
+        head = fh.read(12)
+        end = fh.seek(0, os.SEEK_END)
+    if len(head) < 8 or head[:4] != _PIXEL_TAG:
+        return None
+    if ts == "1.2.840.10008.1.2":
+        length, offset = int.from_bytes(head[4:8], "little"), start + 8
+    else:
+        if len(head) < 12 or head[4:6] not in (b"OB", b"OW"):
+            return None
+        length, offset = int.from_bytes(head[8:12], "little"), start + 12
+    if length == 0xFFFFFFFF:  # undefined length: encapsulated, not native
+        return None
+    return ds, (offset, min(length, max(0, end - offset)))
 
 
 def _source(data_or_path):
@@ -146,10 +185,13 @@ def _add(found: Discovery, ds, ref: str) -> None:
     if ds is None:
         found.skipped_non_dicom += 1
         return
-    meta = getattr(ds, "file_meta", None)
+    meta = getattr(ds[0] if isinstance(ds, tuple) else ds, "file_meta", None)
     media = meta.get_item(0x00020002) if meta is not None else None
     media = media.value.decode("ascii", "replace").strip(" \x00") if media is not None and isinstance(media.value, bytes) else str(getattr(media, "value", "") or "")
-    if media == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in ds:
+    if media == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in (ds[0] if isinstance(ds, tuple) else ds):
         found.skipped_dicomdir += 1
         return
-    found.instances.append(Instance(ref, ds))
+    pixels = None
+    if isinstance(ds, tuple):
+        ds, pixels = ds
+    found.instances.append(Instance(ref, ds, pixels))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,9 +124,8 @@ def read_dicom(path, series: str | int | None = None, *, options: ReadOptions = 
     need = rows * cols * len(frames) * (4 + 4)  # pixels read (float32 at most) + the float32 volume
     if need > options.max_bytes:
         raise InputError(f"{src}: {chosen.label()} needs {need / 1024**3:.1f} GiB, above the memory limit; raise the limit if the scan is really that big")
-    data = _pixels(frames, src)
     affine = LPS_TO_RAS @ affine_lps
-    img = _nifti_image(data, affine)
+    img = _nifti_image(_pixels(frames, src, _canonical_ornt(affine)), affine)
     volume, props = from_nibabel(img, options=dataclasses.replace(options, prefer=None, assume_orientation=None), source=src)
     first = frames[0].instance.ds
     ts = str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -240,9 +240,24 @@ def _geometry(frames: list[ser.Frame], src: str, allow_2d: bool):
     return [int(i) for i in order], a, warnings
 
 
-def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
-    """``[columns, rows, slices]`` (Fortran order): the stored integers when no frame is rescaled
-    (the NIfTI reader makes its one float32 copy from them), else float32 rescaled per frame."""
+def _canonical_ornt(affine: np.ndarray):
+    """The orientation the NIfTI reader will find for ``affine`` (from the float32 sform it stores)."""
+    from limbseg_rt.runtime.io import geometry
+
+    try:
+        return geometry.ornt_from_affine(np.asarray(affine, dtype=np.float32).astype(np.float64))
+    except ValueError:
+        return None
+
+
+def _pixels(frames: list[ser.Frame], src: str, ornt=None) -> np.ndarray:
+    """``[columns, rows, slices]``: the stored integers when no frame is rescaled (the NIfTI reader
+    makes its one float32 copy from them), else float32 rescaled per frame.
+
+    With ``ornt`` (the grid's orientation), the array is a view of a buffer laid out in the
+    canonical RAS+ order, Fortran-contiguous: the NIfTI reader's canonical view of it is then
+    contiguous, and its float32 copy a straight pass over memory. Values are the same either way.
+    """
     rows, cols = frames[0].rows, frames[0].columns
     plain = all(f.slope == 1.0 and f.intercept == 0.0 for f in frames)
     out = None
@@ -259,7 +274,7 @@ def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
         if arr.shape[-2:] != (rows, cols) or f.index >= arr.shape[0]:
             raise InputError(f"{f.ref}: the pixel data holds {arr.shape} values, not the {rows}x{cols} image its header describes; copy it again")
         if out is None:
-            out = np.empty((cols, rows, len(frames)), dtype=arr.dtype if plain else np.float32, order="F")
+            out = _empty((cols, rows, len(frames)), arr.dtype if plain else np.float32, ornt)
         plane = arr[f.index]
         if plain:
             if plane.dtype != out.dtype:
@@ -270,6 +285,17 @@ def _pixels(frames: list[ser.Frame], src: str) -> np.ndarray:
     return out
 
 
+def _empty(shape: tuple[int, int, int], dtype, ornt) -> np.ndarray:
+    """An uninitialised input-grid array whose canonical view (``ornt``) is Fortran-contiguous."""
+    from limbseg_rt.runtime.io import geometry
+
+    if ornt is None:
+        return np.empty(shape, dtype=dtype, order="F")
+    canon = np.empty(geometry.canonical_shape(shape, ornt), dtype=dtype, order="F")
+    view = geometry.input_array(canon, ornt)
+    return view if view.shape == shape else np.empty(shape, dtype=dtype, order="F")
+
+
 def _frames_of(ds) -> int:
     return ser.frame_count(ds)
 
@@ -277,16 +303,19 @@ def _frames_of(ds) -> int:
 def _decode(instance) -> np.ndarray:
     ds = instance.ds
     ref = instance.ref
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if instance.pixels is None and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(f"{ref}: has no pixel data; export the series again with its images")
     spp = ser.raw_us(ds, 0x00280002, 1)
     if spp != 1:
         raise InputError(f"{ref}: is a colour image ({spp} samples per pixel); give a greyscale MR series")
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    fast = _native_pixels(ds, ts, ref)
+    fast = _native_pixels(ds, ts, ref, instance.pixels)
     if fast is not None:
         return fast
+    if instance.pixels is not None:  # parsed without its pixels, which pydicom must decode: parse it all
+        ds = instance.ds = require_pydicom().dcmread(instance.ref)
+        instance.pixels = None
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -307,18 +336,30 @@ def _decode(instance) -> np.ndarray:
 _NATIVE_LITTLE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 
 
-def _native_pixels(ds, ts, ref: str) -> np.ndarray | None:
+def _native_pixels(ds, ts, ref: str, pixels=None) -> np.ndarray | None:
     """Uncompressed little-endian integer pixels straight from the bytes (pydicom's plugin path
-    costs a few ms per file); None for anything else (pydicom decodes it)."""
-    if ts is None or str(ts) not in _NATIVE_LITTLE or "PixelData" not in ds:
+    costs a few ms per file), or from the file at ``pixels`` = (offset, length) when discovery
+    parsed the header only; None for anything else (pydicom decodes it)."""
+    if ts is None or str(ts) not in _NATIVE_LITTLE or (pixels is None and "PixelData" not in ds):
         return None
     bits, stored = ser.raw_us(ds, 0x00280100), ser.raw_us(ds, 0x00280101)
     signed = ser.raw_us(ds, 0x00280103) == 1
     if bits not in (8, 16, 32) or stored != bits:
         return None
     rows, cols, n = ser.raw_us(ds, 0x00280010), ser.raw_us(ds, 0x00280011), ser.frame_count(ds) if 0x00280008 in ds else 1
-    raw = ds.PixelData
     need = rows * cols * n * bits // 8
+    if pixels is None:
+        raw = ds.PixelData
+    else:
+        offset, length = pixels
+        try:
+            fd = os.open(ref, os.O_RDONLY)
+            try:
+                raw = os.pread(fd, min(length, need), offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise InputError(f"{ref}: the pixel data cannot be read ({exc.strerror or exc}); copy the file again") from None
     if len(raw) < need:
         raise InputError(f"{ref}: the pixel data is truncated ({len(raw)} bytes, the header needs {need}); copy the file again")
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
