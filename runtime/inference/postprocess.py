@@ -72,7 +72,7 @@ def _fill(labels: np.ndarray, stray: np.ndarray) -> None:
             src = np.roll(labels, step, axis=axis)
             ok = np.roll(known, step, axis=axis)
             # np.roll wraps around: the wrapped row/column is not a neighbour.
-            edge = [slice(None)] * 3
+            edge: list[slice | int] = [slice(None)] * 3
             edge[axis] = 0 if step == 1 else -1
             ok[tuple(edge)] = False
             grab = todo & ok & ~taken

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from limbseg_rt.runtime.io import geometry
 from limbseg_rt.runtime.errors import InputError
+from limbseg_rt.runtime.io import geometry
 
 GIB = 1024**3
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -51,10 +51,28 @@ _CHUNK = 16 * 1024 * 1024
 _N1_MAGIC, _N1_PAIR = b"n+1\x00", b"ni1\x00"
 _N2_MAGIC, _N2_PAIR = b"n+2\x00\r\n\x1a\n", b"ni2\x00\r\n\x1a\n"
 # NIfTI datatype codes we read; everything else (binary, complex, RGB, float128) is refused.
-_SUPPORTED_CODES = {2: "uint8", 4: "int16", 8: "int32", 16: "float32", 64: "float64", 256: "int8",
-                    512: "uint16", 768: "uint32", 1024: "int64", 1280: "uint64"}
-_REFUSED_CODES = {0: "unknown", 1: "1-bit binary", 32: "complex64", 128: "RGB colour", 1536: "float128",
-                  1792: "complex128", 2048: "complex256", 2304: "RGBA colour"}
+_SUPPORTED_CODES = {
+    2: "uint8",
+    4: "int16",
+    8: "int32",
+    16: "float32",
+    64: "float64",
+    256: "int8",
+    512: "uint16",
+    768: "uint32",
+    1024: "int64",
+    1280: "uint64",
+}
+_REFUSED_CODES = {
+    0: "unknown",
+    1: "1-bit binary",
+    32: "complex64",
+    128: "RGB colour",
+    1536: "float128",
+    1792: "complex128",
+    2048: "complex256",
+    2304: "RGBA colour",
+}
 _FIX_EXPORT = "export the scan again from the scanner or PACS"
 OBLIQUE_WARNING_DEG = 30.0  # beyond this the "axial" slices are closer to another plane
 
@@ -83,7 +101,9 @@ class ReadOptions:
             raise ValueError(f"prefer must be None, 'sform' or 'qform', got {self.prefer!r}")
         if self.assume_orientation is not None:
             geometry.ornt_from_axcodes(self.assume_orientation)  # raises ValueError if malformed
-        if self.volume_index is not None and (not isinstance(self.volume_index, (int, np.integer)) or self.volume_index < 0):
+        if self.volume_index is not None and (
+            not isinstance(self.volume_index, (int, np.integer)) or self.volume_index < 0
+        ):
             raise ValueError(f"volume_index must be a non-negative integer, got {self.volume_index!r}")
         if not 0.0 <= self.max_nonfinite_fraction < 1.0:
             raise ValueError("max_nonfinite_fraction must be in [0, 1)")
@@ -159,8 +179,9 @@ def read_image(path, *, options: ReadOptions = ReadOptions()) -> tuple[np.ndarra
     return _assemble(data, header, version, src, options, warnings + more, slope, inter)
 
 
-def read_labels(path, *, options: ReadOptions = ReadOptions(allow_2d=True), grid: str = "file",
-                what: str = "label map") -> tuple[np.ndarray, ImageProps]:
+def read_labels(
+    path, *, options: ReadOptions = ReadOptions(allow_2d=True), grid: str = "file", what: str = "label map"
+) -> tuple[np.ndarray, ImageProps]:
     """Read a label NIfTI with the same checks as ``read_image`` -> (integer labels, props).
 
     ``grid="file"``: labels on the file's own grid, with the file's spatial dimensions (a 2D map
@@ -183,7 +204,9 @@ def read_labels(path, *, options: ReadOptions = ReadOptions(allow_2d=True), grid
     return np.ascontiguousarray(on_file.reshape(on_file.shape[:ndim])), props
 
 
-def from_nibabel(img, *, options: ReadOptions = ReadOptions(), source: str | None = None) -> tuple[np.ndarray, ImageProps]:
+def from_nibabel(
+    img, *, options: ReadOptions = ReadOptions(), source: str | None = None
+) -> tuple[np.ndarray, ImageProps]:
     """Like ``read_image`` for an in-memory nibabel image (NIfTI, or anything nibabel can convert).
 
     For an image backed by a file, nibabel reads it and applies the file's scaling (use
@@ -196,7 +219,9 @@ def from_nibabel(img, *, options: ReadOptions = ReadOptions(), source: str | Non
         try:
             img = nib.Nifti1Image.from_image(img)
         except Exception as exc:
-            raise InputError(f"{source or 'image'}: cannot be converted to NIfTI ({exc}); pass a nibabel NIfTI image") from None
+            raise InputError(
+                f"{source or 'image'}: cannot be converted to NIfTI ({exc}); pass a nibabel NIfTI image"
+            ) from None
     src = source or img.get_filename() or "in-memory image"
     # A fresh image object syncs the header's sform/qform with img.affine without touching img.
     work = type(img)(img.dataobj, img.affine, img.header)
@@ -221,6 +246,7 @@ def from_nibabel(img, *, options: ReadOptions = ReadOptions(), source: str | Non
 
 # -- file level --------------------------------------------------------------------------------
 
+
 def read_raw(path, *, options: ReadOptions = ReadOptions()):
     """The verified file as stored: (nibabel header, NIfTI version 1 or 2, data, warnings).
 
@@ -233,7 +259,9 @@ def read_raw(path, *, options: ReadOptions = ReadOptions()):
     if not path.exists():
         raise InputError(f"{src}: file not found; check the path")
     if path.is_dir():
-        raise InputError(f"{src}: is a folder, not a file; give a .nii or .nii.gz file (convert DICOM series first, e.g. with dcm2niix)")
+        raise InputError(
+            f"{src}: is a folder, not a file; give a .nii or .nii.gz file (convert DICOM series first, e.g. with dcm2niix)"
+        )
     lower = path.name.lower()
     ext = ".nii.gz" if lower.endswith(".nii.gz") else ".nii" if lower.endswith(".nii") else None
     try:
@@ -261,9 +289,13 @@ def _gunzip_head(raw, src: str) -> bytes:
         with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             return gz.read(544)
     except EOFError:
-        raise InputError(f"{src}: the compressed file is truncated (it ends early); copy it again or {_FIX_EXPORT}") from None
+        raise InputError(
+            f"{src}: the compressed file is truncated (it ends early); copy it again or {_FIX_EXPORT}"
+        ) from None
     except (OSError, zlib.error) as exc:
-        raise InputError(f"{src}: the compressed file is damaged ({_why(exc)}); copy it again or {_FIX_EXPORT}") from None
+        raise InputError(
+            f"{src}: the compressed file is damaged ({_why(exc)}); copy it again or {_FIX_EXPORT}"
+        ) from None
 
 
 def _nifti_kind(content: bytes) -> tuple[int, str] | str | None:
@@ -291,10 +323,18 @@ def _nifti_kind(content: bytes) -> tuple[int, str] | str | None:
 
 def _sniff(content: bytes) -> str | None:
     """Human name of a common non-NIfTI file type, from its first bytes."""
-    signatures = [(b"\x89PNG", "a PNG picture"), (b"\xff\xd8\xff", "a JPEG picture"), (b"GIF8", "a GIF picture"),
-                  (b"II*\x00", "a TIFF picture"), (b"MM\x00*", "a TIFF picture"), (b"%PDF", "a PDF document"),
-                  (b"PK\x03\x04", "a ZIP archive"), (b"NRRD", "an NRRD image"), (b"ObjectType", "a MetaImage (.mha) file"),
-                  (b"BZh", "a bzip2 archive")]
+    signatures = [
+        (b"\x89PNG", "a PNG picture"),
+        (b"\xff\xd8\xff", "a JPEG picture"),
+        (b"GIF8", "a GIF picture"),
+        (b"II*\x00", "a TIFF picture"),
+        (b"MM\x00*", "a TIFF picture"),
+        (b"%PDF", "a PDF document"),
+        (b"PK\x03\x04", "a ZIP archive"),
+        (b"NRRD", "an NRRD image"),
+        (b"ObjectType", "a MetaImage (.mha) file"),
+        (b"BZh", "a bzip2 archive"),
+    ]
     for sig, name in signatures:
         if content.startswith(sig):
             return name
@@ -305,7 +345,9 @@ def _sniff(content: bytes) -> str | None:
 
 def _check_name(ext, compressed: bool, kind, content: bytes, src: str) -> None:
     if kind == "pair":
-        raise InputError(f"{src}: is the header of a .hdr/.img pair; convert it to a single .nii.gz file (e.g. nibabel or fslchfiletype)")
+        raise InputError(
+            f"{src}: is the header of a .hdr/.img pair; convert it to a single .nii.gz file (e.g. nibabel or fslchfiletype)"
+        )
     if kind in ("magic1", "magic2"):
         at = slice(344, 348) if kind == "magic1" else slice(4, 12)
         want = "n+1" if kind == "magic1" else "n+2"
@@ -317,14 +359,18 @@ def _check_name(ext, compressed: bool, kind, content: bytes, src: str) -> None:
         what = _sniff(content)
         inside = " inside the gzip compression" if compressed else ""
         what = f"is {what}" if what else f"has no NIfTI header{inside}"
-        raise InputError(f"{src}: {what}, not a NIfTI image; give a .nii or .nii.gz file (convert DICOM with e.g. dcm2niix)")
+        raise InputError(
+            f"{src}: {what}, not a NIfTI image; give a .nii or .nii.gz file (convert DICOM with e.g. dcm2niix)"
+        )
     if ext == ".nii.gz" and not compressed:
         raise InputError(f"{src}: is named .nii.gz but is not gzip-compressed; rename it to end in .nii")
     if ext == ".nii" and compressed:
         raise InputError(f"{src}: is gzip-compressed but named .nii; rename it to end in .nii.gz")
     if ext is None:
         want = ".nii.gz" if compressed else ".nii"
-        raise InputError(f"{src}: holds a NIfTI image but its name does not end in .nii or .nii.gz; rename it to end in {want}")
+        raise InputError(
+            f"{src}: holds a NIfTI image but its name does not end in .nii or .nii.gz; rename it to end in {want}"
+        )
 
 
 def _read_nifti(stream, kind, content: bytes, compressed: bool, size: int, src: str, options: ReadOptions):
@@ -342,7 +388,9 @@ def _read_nifti(stream, kind, content: bytes, compressed: bool, size: int, src: 
     _check_memory(nvox, itemsize, options, src)
     offset, warnings = _vox_offset(base, hsize + 4, src)
     if offset > options.max_bytes:
-        raise InputError(f"{src}: the header puts the image data {offset} bytes into the file; the header is damaged; {_FIX_EXPORT}")
+        raise InputError(
+            f"{src}: the header puts the image data {offset} bytes into the file; the header is damaged; {_FIX_EXPORT}"
+        )
     total = offset + nvox * itemsize
     if not compressed and size < total:
         raise InputError(
@@ -354,7 +402,7 @@ def _read_nifti(stream, kind, content: bytes, compressed: bool, size: int, src: 
     got = 0
     try:
         while got < total:
-            n = stream.readinto(view[got:min(total, got + _CHUNK)])
+            n = stream.readinto(view[got : min(total, got + _CHUNK)])
             if not n:
                 break
             got += n
@@ -364,11 +412,15 @@ def _read_nifti(stream, kind, content: bytes, compressed: bool, size: int, src: 
             )
         extra = _drain(stream, options.max_bytes, src)  # reaching EOF makes gzip check CRC32 and length
     except EOFError:
-        raise InputError(f"{src}: the compressed file is truncated (it ends early); copy it again or {_FIX_EXPORT}") from None
+        raise InputError(
+            f"{src}: the compressed file is truncated (it ends early); copy it again or {_FIX_EXPORT}"
+        ) from None
     except (OSError, zlib.error) as exc:
         if not compressed:
             raise InputError(f"{src}: cannot be read ({_why(exc)}); check the disk or copy the file again") from None
-        raise InputError(f"{src}: the compressed file is damaged ({_why(exc)}); copy it again or {_FIX_EXPORT}") from None
+        raise InputError(
+            f"{src}: the compressed file is damaged ({_why(exc)}); copy it again or {_FIX_EXPORT}"
+        ) from None
     finally:
         view.release()
     if extra:
@@ -386,7 +438,9 @@ def _drain(stream, limit: int, src: str) -> int:
             return extra
         extra += len(chunk)
         if extra > limit:
-            raise InputError(f"{src}: holds far more data than its header describes; the header is damaged; {_FIX_EXPORT}")
+            raise InputError(
+                f"{src}: holds far more data than its header describes; the header is damaged; {_FIX_EXPORT}"
+            )
 
 
 def _full_header(klass, buf: np.ndarray, hsize: int, offset: int, order: str, warnings: list[str]):
@@ -401,17 +455,23 @@ def _full_header(klass, buf: np.ndarray, hsize: int, offset: int, order: str, wa
 def _file_shape(hdr, src: str) -> tuple[int, ...]:
     dim = [int(d) for d in hdr["dim"]]
     if not 1 <= dim[0] <= 7:
-        raise InputError(f"{src}: the header says the image has {dim[0]} dimensions (must be 1-7); the header is damaged; {_FIX_EXPORT}")
-    shape = tuple(dim[1:dim[0] + 1])
+        raise InputError(
+            f"{src}: the header says the image has {dim[0]} dimensions (must be 1-7); the header is damaged; {_FIX_EXPORT}"
+        )
+    shape = tuple(dim[1 : dim[0] + 1])
     if any(s <= 0 for s in shape):
-        raise InputError(f"{src}: the header gives impossible dimensions {shape} (zero or negative); the header is damaged; {_FIX_EXPORT}")
+        raise InputError(
+            f"{src}: the header gives impossible dimensions {shape} (zero or negative); the header is damaged; {_FIX_EXPORT}"
+        )
     return shape
 
 
 def _vox_offset(hdr, minimum: int, src: str) -> tuple[int, list[str]]:
     value = float(hdr["vox_offset"])
     if not math.isfinite(value) or value < 0 or value != int(value):
-        raise InputError(f"{src}: the header's data offset (vox_offset {value:g}) is invalid; the header is damaged; {_FIX_EXPORT}")
+        raise InputError(
+            f"{src}: the header's data offset (vox_offset {value:g}) is invalid; the header is damaged; {_FIX_EXPORT}"
+        )
     if value < minimum:
         # Some old writers leave 0 here; the data of a single-file NIfTI starts right after the header.
         return minimum, [f"vox_offset {value:g} is below {minimum}; the data was read from byte {minimum}"]
@@ -422,7 +482,9 @@ def _check_datatype(code: int, src: str) -> None:
     if code in _SUPPORTED_CODES:
         return
     name = _REFUSED_CODES.get(code, f"code {code}")
-    raise InputError(f"{src}: voxel type {name} is not a greyscale intensity image; export a greyscale (magnitude) series")
+    raise InputError(
+        f"{src}: voxel type {name} is not a greyscale intensity image; export a greyscale (magnitude) series"
+    )
 
 
 def _check_memory(nvox: int, itemsize: int, options: ReadOptions, src: str) -> None:
@@ -448,7 +510,9 @@ def _scaling(slope: float, inter: float, src: str):
     if math.isinf(slope):
         return None, None, [f"scl_slope is {slope:g}; ignored (no scaling applied)"]
     if not math.isfinite(inter):
-        raise InputError(f"{src}: the header's intensity offset scl_inter is {inter:g}; the header is damaged; {_FIX_EXPORT}")
+        raise InputError(
+            f"{src}: the header's intensity offset scl_inter is {inter:g}; the header is damaged; {_FIX_EXPORT}"
+        )
     warnings = [f"scl_slope is negative ({slope:g}): intensities are inverted"] if slope < 0 else []
     if slope == 1 and inter == 0:
         return None, None, warnings
@@ -456,6 +520,7 @@ def _scaling(slope: float, inter: float, src: str):
 
 
 # -- shared by file and in-memory images --------------------------------------------------------
+
 
 def _plan_shape(file_shape: tuple[int, ...], options: ReadOptions, src: str):
     """-> (spatial shape (3,), volume index or None, index tuple selecting that volume)."""
@@ -479,7 +544,9 @@ def _plan_shape(file_shape: tuple[int, ...], options: ReadOptions, src: str):
     if big < 2:
         raise InputError(f"{src}: has only {max(spatial)} voxel(s) along one line ({dims}); give a 3D scan")
     if big == 2 and not options.allow_2d:
-        raise InputError(f"{src}: is a single 2D slice ({dims}); give a 3D scan, or use --allow-2d to segment one slice")
+        raise InputError(
+            f"{src}: is a single 2D slice ({dims}); give a 3D scan, or use --allow-2d to segment one slice"
+        )
     index: tuple = (slice(None),) * min(3, len(file_shape))
     if len(file_shape) > 3:
         index += (vi or 0,) + (0,) * (len(file_shape) - 4)
@@ -491,8 +558,9 @@ def _choose_affine(header, shape, options: ReadOptions, src: str, warnings: list
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
     for name, code in (("qform_code", qcode), ("sform_code", scode)):
         if not 0 <= code <= 5:
-            raise InputError(f"{src}: the header's {name} is {code}, not a NIfTI code (0..5); the header is damaged; "
-                             f"{_FIX_EXPORT}")
+            raise InputError(
+                f"{src}: the header's {name} is {code}, not a NIfTI code (0..5); the header is damaged; {_FIX_EXPORT}"
+            )
     if qcode <= 0 and scode <= 0:
         if options.assume_orientation is None:
             raise InputError(
@@ -536,7 +604,9 @@ def _form_matrix(header, name: str, src: str) -> np.ndarray:
     try:
         return np.asarray(header.get_sform() if name == "sform" else header.get_qform(), dtype=np.float64)
     except Exception as exc:
-        raise InputError(f"{src}: the {name} cannot be computed ({_why(exc)}); the header is damaged; {_FIX_EXPORT}") from None
+        raise InputError(
+            f"{src}: the {name} cannot be computed ({_why(exc)}); the header is damaged; {_FIX_EXPORT}"
+        ) from None
 
 
 def _checked(affine, name: str, alternative: str | None, src: str) -> np.ndarray:
@@ -549,7 +619,9 @@ def _checked(affine, name: str, alternative: str | None, src: str) -> np.ndarray
 
 
 def _corner_gap_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]).T
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    ).T
     return float(np.max(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0)))
 
 
@@ -582,7 +654,7 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
     # is skipped and min/max come from the (smaller) integer data: the same values, one pass less.
     exact = slope is None and np.asarray(data).dtype.kind in "biu"
     bad = None if exact else ~np.isfinite(volume)
-    nbad = 0 if exact else int(np.count_nonzero(bad))
+    nbad = 0 if bad is None else int(np.count_nonzero(bad))
     if nbad:
         _check_float32_range(data, nbad, slope, src)
         share = nbad / volume.size
@@ -593,7 +665,9 @@ def _assemble(data, header, version, src, options, warnings, slope, inter, *, fi
         volume[bad] = np.nan
         background = np.float32(np.nanmin(volume))
         volume[bad] = background
-        warnings.append(f"{nbad} NaN/infinite voxels ({share:.2%}) were set to the background value {float(background):g}")
+        warnings.append(
+            f"{nbad} NaN/infinite voxels ({share:.2%}) were set to the background value {float(background):g}"
+        )
     del bad
     spacing = geometry.voxel_spacing(affine)
     affine.setflags(write=False)
@@ -628,8 +702,10 @@ def _units_scale(header, src: str, warnings: list[str]) -> float:
     """mm per spatial unit of the file; InputError for a code NIfTI does not define."""
     code = int(header["xyzt_units"]) & 0x07
     if code not in _SPATIAL_UNITS:
-        raise InputError(f"{src}: the header's spatial unit code ({code}) is not a NIfTI unit (m, mm, um); "
-                         f"the header is damaged; {_FIX_EXPORT}")
+        raise InputError(
+            f"{src}: the header's spatial unit code ({code}) is not a NIfTI unit (m, mm, um); "
+            f"the header is damaged; {_FIX_EXPORT}"
+        )
     name, scale = _SPATIAL_UNITS[code]
     if scale != 1.0:
         warnings.append(f"the file stores positions in {name}; converted to mm (volumes in mL)")
@@ -642,5 +718,7 @@ def _check_float32_range(data, nbad: int, slope, src: str) -> None:
     finite_in_file = raw.size - int(np.count_nonzero(~np.isfinite(raw))) if raw.dtype.kind == "f" else raw.size
     if raw.size - finite_in_file < nbad:
         why = f"with scl_slope {slope:g} " if slope is not None and slope != 1.0 else ""
-        raise InputError(f"{src}: voxel values {why}exceed the float32 range (about 3.4e38); the image cannot be "
-                         f"used as it is; rescale it or {_FIX_EXPORT}")
+        raise InputError(
+            f"{src}: voxel values {why}exceed the float32 range (about 3.4e38); the image cannot be "
+            f"used as it is; rescale it or {_FIX_EXPORT}"
+        )

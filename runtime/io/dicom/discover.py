@@ -143,7 +143,9 @@ def _source(data_or_path):
 
 
 def _damaged(ref: str):
-    raise InputError(f"{ref}: is a DICOM file but cannot be parsed (damaged or truncated); copy it again from the scanner or PACS")
+    raise InputError(
+        f"{ref}: is a DICOM file but cannot be parsed (damaged or truncated); copy it again from the scanner or PACS"
+    )
 
 
 def discover(path) -> Discovery:
@@ -155,7 +157,7 @@ def discover(path) -> Discovery:
         raise InputError(f"{src}: not found; give a DICOM folder, a .zip of one, or a DICOM file")
     found = Discovery(src, [])
     if p.is_dir():
-        entries = []
+        entries: list = []
         for root, dirs, files in os.walk(p):
             dirs.sort()
             entries.extend(os.path.join(root, f) for f in sorted(files))
@@ -187,7 +189,11 @@ def _add(found: Discovery, ds, ref: str) -> None:
         return
     meta = getattr(ds[0] if isinstance(ds, tuple) else ds, "file_meta", None)
     media = meta.get_item(0x00020002) if meta is not None else None
-    media = media.value.decode("ascii", "replace").strip(" \x00") if media is not None and isinstance(media.value, bytes) else str(getattr(media, "value", "") or "")
+    media = (
+        media.value.decode("ascii", "replace").strip(" \x00")
+        if media is not None and isinstance(media.value, bytes)
+        else str(getattr(media, "value", "") or "")
+    )
     if media == MEDIA_DIRECTORY_SOP or "DirectoryRecordSequence" in (ds[0] if isinstance(ds, tuple) else ds):
         found.skipped_dicomdir += 1
         return

@@ -29,9 +29,9 @@ from limbseg_rt.runtime.io.dicom.discover import INSTALL_HINT, Discovery, discov
 from limbseg_rt.runtime.io.geometry import SHEAR_TOLERANCE
 from limbseg_rt.runtime.io.nifti import ImageProps, ReadOptions, from_nibabel
 
-DUPLICATE_MM = 0.01        # two slices closer than this along the normal are the same position
-SPACING_TOLERANCE = 0.01   # relative deviation of one step from the mean step (plus 0.02 mm)
-SHIFT_MM = 0.01            # in-plane drift allowed per slice on top of SHEAR_TOLERANCE x distance
+DUPLICATE_MM = 0.01  # two slices closer than this along the normal are the same position
+SPACING_TOLERANCE = 0.01  # relative deviation of one step from the mean step (plus 0.02 mm)
+SHIFT_MM = 0.01  # in-plane drift allowed per slice on top of SHEAR_TOLERANCE x distance
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -123,20 +123,34 @@ def read_dicom(path, series: str | int | None = None, *, options: ReadOptions = 
     rows, cols = frames[0].rows, frames[0].columns
     need = rows * cols * len(frames) * (4 + 4)  # pixels read (float32 at most) + the float32 volume
     if need > options.max_bytes:
-        raise InputError(f"{src}: {chosen.label()} needs {need / 1024**3:.1f} GiB, above the memory limit; raise the limit if the scan is really that big")
+        raise InputError(
+            f"{src}: {chosen.label()} needs {need / 1024**3:.1f} GiB, above the memory limit; raise the limit if the scan is really that big"
+        )
     affine = LPS_TO_RAS @ affine_lps
     img = _nifti_image(_pixels(frames, src, _canonical_ornt(affine)), affine)
-    volume, props = from_nibabel(img, options=dataclasses.replace(options, prefer=None, assume_orientation=None), source=src)
+    volume, props = from_nibabel(
+        img, options=dataclasses.replace(options, prefer=None, assume_orientation=None), source=src
+    )
     first = frames[0].instance.ds
     ts = str(getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "") or "")
     info = SourceInfo(
-        path=src, study_uid=str(first.get("StudyInstanceUID", "")), series_uid=chosen.uid, series_number=chosen.number,
-        description=chosen.description, modality=chosen.modality, sop_class=chosen.sop_class, transfer_syntax=ts,
+        path=src,
+        study_uid=str(first.get("StudyInstanceUID", "")),
+        series_uid=chosen.uid,
+        series_number=chosen.number,
+        description=chosen.description,
+        modality=chosen.modality,
+        sop_class=chosen.sop_class,
+        transfer_syntax=ts,
         enhanced=chosen.sop_class == ser.ENHANCED_MR_IMAGE_STORAGE,
-        frames=tuple((f.instance.ds, f.index) for f in frames), refs=tuple(f.ref for f in frames),
-        positions=tuple(f.ipp for f in frames), orientation=tuple(frames[0].iop), pixel_spacing=tuple(frames[0].pixel_spacing),
+        frames=tuple((f.instance.ds, f.index) for f in frames),
+        refs=tuple(f.ref for f in frames),
+        positions=tuple(f.ipp for f in frames),
+        orientation=tuple(frames[0].iop),
+        pixel_spacing=tuple(frames[0].pixel_spacing),
         slice_spacing=float(np.linalg.norm(affine_lps[:3, 2])),
-        skipped_files=found.skipped_non_dicom, notes=tuple(notes),
+        skipped_files=found.skipped_non_dicom,
+        notes=tuple(notes),
     )
     values = {f.name: getattr(props, f.name) for f in dataclasses.fields(ImageProps)}
     values["warnings"] = tuple(props.warnings) + tuple(warnings) + tuple(notes)
@@ -162,34 +176,50 @@ def _main_stack(s: ser.Series, src: str) -> tuple[list[ser.Frame], list[str]]:
     for f in s.frames:
         for value, name in ((f.iop, "ImageOrientationPatient"), (f.ipp, "ImagePositionPatient")):
             if value is None:
-                raise InputError(f"{f.ref}: has no usable {name}, so the slice cannot be placed; export the series again with full geometry")
+                raise InputError(
+                    f"{f.ref}: has no usable {name}, so the slice cannot be placed; export the series again with full geometry"
+                )
     for other in s.stacks[1:]:
         f, h = other[0], main[0]
         if f.iop is not None and h.iop is not None and ser.angle_deg(f.iop, h.iop) > ser.ORTHOGONAL_DEG:
             continue  # already a note from classify: an orthogonal localizer stack
         if (f.rows, f.columns) != (h.rows, h.columns):
-            raise InputError(f"{src}: {s.label()} mixes image sizes ({h.rows}x{h.columns} and {f.rows}x{f.columns} pixels, e.g. {f.ref}); "
-                             "export the series again or remove the odd images")
-        raise InputError(f"{src}: {s.label()} mixes slice orientations ({len(main)} and {len(other)} frames, e.g. {f.ref}); "
-                         "export one stack per series")
+            raise InputError(
+                f"{src}: {s.label()} mixes image sizes ({h.rows}x{h.columns} and {f.rows}x{f.columns} pixels, e.g. {f.ref}); "
+                "export the series again or remove the odd images"
+            )
+        raise InputError(
+            f"{src}: {s.label()} mixes slice orientations ({len(main)} and {len(other)} frames, e.g. {f.ref}); "
+            "export one stack per series"
+        )
     return list(main), notes
 
 
 def _geometry(frames: list[ser.Frame], src: str, allow_2d: bool):
     """-> (sort order, 4x4 LPS affine of the sorted grid, warnings). Raises InputError."""
     for f in frames:
-        for value, name in ((f.ipp, "ImagePositionPatient"), (f.iop, "ImageOrientationPatient"), (f.pixel_spacing, "PixelSpacing")):
+        for value, name in (
+            (f.ipp, "ImagePositionPatient"),
+            (f.iop, "ImageOrientationPatient"),
+            (f.pixel_spacing, "PixelSpacing"),
+        ):
             if value is None:
-                raise InputError(f"{f.ref}: has no usable {name}, so the slice cannot be placed; export the series again with full geometry")
+                raise InputError(
+                    f"{f.ref}: has no usable {name}, so the slice cannot be placed; export the series again with full geometry"
+                )
     iop = frames[0].iop
     r, c = np.asarray(iop[:3]), np.asarray(iop[3:])
     if abs(np.linalg.norm(r) - 1) > 1e-3 or abs(np.linalg.norm(c) - 1) > 1e-3 or abs(float(r @ c)) > 1e-3:
-        raise InputError(f"{frames[0].ref}: ImageOrientationPatient {list(iop)} is not two perpendicular unit vectors; the header is damaged")
+        raise InputError(
+            f"{frames[0].ref}: ImageOrientationPatient {list(iop)} is not two perpendicular unit vectors; the header is damaged"
+        )
     r, c = r / np.linalg.norm(r), c / np.linalg.norm(c)
     n = np.cross(r, c)
     spacings = {f.pixel_spacing for f in frames}
     if len(spacings) > 1:
-        raise InputError(f"{src}: the slices have different pixel spacings ({', '.join(str(list(s)) for s in sorted(spacings))}); export the series again")
+        raise InputError(
+            f"{src}: the slices have different pixel spacings ({', '.join(str(list(s)) for s in sorted(spacings))}); export the series again"
+        )
     pos = np.array([f.ipp for f in frames], dtype=np.float64)
     d = pos @ n
     order = np.argsort(d, kind="stable")
@@ -206,20 +236,26 @@ def _geometry(frames: list[ser.Frame], src: str, allow_2d: bool):
         if dup.size:
             i = int(dup[0])
             a, b = frames[order[i]], frames[order[i + 1]]
-            raise InputError(f"{src}: two slices at the same position {d[i]:.2f} mm ({a.ref} and {b.ref}; {dup.size} duplicate(s) in all, "
-                             "e.g. echoes, repeats or a copied file); remove the duplicates or export one volume per series")
+            raise InputError(
+                f"{src}: two slices at the same position {d[i]:.2f} mm ({a.ref} and {b.ref}; {dup.size} duplicate(s) in all, "
+                "e.g. echoes, repeats or a copied file); remove the duplicates or export one volume per series"
+            )
         dz = float((d[-1] - d[0]) / (len(d) - 1))
         typical = float(np.median(steps))
         gaps = np.flatnonzero(steps > 1.5 * typical)
         if gaps.size:
             i = int(gaps[0])
             missing = round(steps[i] / typical) - 1
-            raise InputError(f"{src}: about {missing} slice(s) missing between positions {d[i]:.2f} and {d[i + 1]:.2f} mm "
-                             f"(after {frames[order[i]].ref}; spacing {typical:.3g} mm elsewhere); copy the complete series")
+            raise InputError(
+                f"{src}: about {missing} slice(s) missing between positions {d[i]:.2f} and {d[i + 1]:.2f} mm "
+                f"(after {frames[order[i]].ref}; spacing {typical:.3g} mm elsewhere); copy the complete series"
+            )
         worst = float(np.max(np.abs(steps - typical)))
         if worst > SPACING_TOLERANCE * typical + 0.02:
-            raise InputError(f"{src}: the slice spacing is not uniform ({steps.min():.3g} to {steps.max():.3g} mm); "
-                             "resample the series to uniform slices (or export it again) before segmenting")
+            raise InputError(
+                f"{src}: the slice spacing is not uniform ({steps.min():.3g} to {steps.max():.3g} mm); "
+                "resample the series to uniform slices (or export it again) before segmenting"
+            )
         dz = float((d[-1] - d[0]) / (len(d) - 1))
         rel = pos - pos[0]
         inplane = rel - np.outer(rel @ n, n)
@@ -227,8 +263,10 @@ def _geometry(frames: list[ser.Frame], src: str, allow_2d: bool):
         if np.any(drift > SHEAR_TOLERANCE * np.abs(rel @ n) + SHIFT_MM * np.arange(len(d))):
             k = int(np.argmax(drift))
             angle = math.degrees(math.atan2(drift[k], abs(float(rel[k] @ n))))
-            raise InputError(f"{src}: the slices shift in-plane along the stack ({angle:.2f} degrees: a gantry-tilted or sheared acquisition); "
-                             "resample it to a rectangular grid before segmenting")
+            raise InputError(
+                f"{src}: the slices shift in-plane along the stack ({angle:.2f} degrees: a gantry-tilted or sheared acquisition); "
+                "resample it to a rectangular grid before segmenting"
+            )
     row_sp, col_sp = frames[0].pixel_spacing
     if not (row_sp > 0 and col_sp > 0 and dz > 0):
         raise InputError(f"{frames[0].ref}: PixelSpacing {[row_sp, col_sp]} is not positive; the header is damaged")
@@ -260,7 +298,7 @@ def _pixels(frames: list[ser.Frame], src: str, ornt=None) -> np.ndarray:
     """
     rows, cols = frames[0].rows, frames[0].columns
     plain = all(f.slope == 1.0 and f.intercept == 0.0 for f in frames)
-    out = None
+    out: np.ndarray | None = None
     cache: dict[int, np.ndarray] = {}
     for k, f in enumerate(frames):
         key = id(f.instance)
@@ -272,16 +310,21 @@ def _pixels(frames: list[ser.Frame], src: str, ornt=None) -> np.ndarray:
             if _frames_of(f.instance.ds) > 1:
                 cache = {key: arr}  # an Enhanced MR file: keep its frames while they are used
         if arr.shape[-2:] != (rows, cols) or f.index >= arr.shape[0]:
-            raise InputError(f"{f.ref}: the pixel data holds {arr.shape} values, not the {rows}x{cols} image its header describes; copy it again")
+            raise InputError(
+                f"{f.ref}: the pixel data holds {arr.shape} values, not the {rows}x{cols} image its header describes; copy it again"
+            )
         if out is None:
             out = _empty((cols, rows, len(frames)), arr.dtype if plain else np.float32, ornt)
         plane = arr[f.index]
         if plain:
             if plane.dtype != out.dtype:
-                raise InputError(f"{f.ref}: stores {plane.dtype} pixels, unlike the other slices ({out.dtype}); export the series again")
+                raise InputError(
+                    f"{f.ref}: stores {plane.dtype} pixels, unlike the other slices ({out.dtype}); export the series again"
+                )
             out[:, :, k] = plane.T
         else:
             out[:, :, k] = plane.T.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
+    assert out is not None  # frames is never empty (checked by the caller)
     return out
 
 
@@ -303,7 +346,12 @@ def _frames_of(ds) -> int:
 def _decode(instance) -> np.ndarray:
     ds = instance.ds
     ref = instance.ref
-    if instance.pixels is None and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if (
+        instance.pixels is None
+        and "PixelData" not in ds
+        and "FloatPixelData" not in ds
+        and "DoubleFloatPixelData" not in ds
+    ):
         raise InputError(f"{ref}: has no pixel data; export the series again with its images")
     spp = ser.raw_us(ds, 0x00280002, 1)
     if spp != 1:
@@ -325,11 +373,17 @@ def _decode(instance) -> np.ndarray:
         if "length" in low or "truncat" in low or "end of" in low or isinstance(exc, EOFError):
             raise InputError(f"{ref}: the pixel data is truncated or damaged ({text}); copy the file again") from None
         if isinstance(exc, (NotImplementedError, RuntimeError)) or "plugin" in low or "decod" in low:
-            raise InputError(f"{ref}: pixel data in {name} cannot be decoded with the installed plugins ({text}); "
-                             f"{INSTALL_HINT}, or export the series uncompressed") from None
-        raise InputError(f"{ref}: the pixel data cannot be read ({text}); copy the file again or export it uncompressed") from None
+            raise InputError(
+                f"{ref}: pixel data in {name} cannot be decoded with the installed plugins ({text}); "
+                f"{INSTALL_HINT}, or export the series uncompressed"
+            ) from None
+        raise InputError(
+            f"{ref}: the pixel data cannot be read ({text}); copy the file again or export it uncompressed"
+        ) from None
     if ser.raw_text(ds, 0x00280004).upper() == "MONOCHROME1":
-        raise InputError(f"{ref}: is MONOCHROME1 (inverted greyscale), which MR series never are; export the series again")
+        raise InputError(
+            f"{ref}: is MONOCHROME1 (inverted greyscale), which MR series never are; export the series again"
+        )
     return np.asarray(arr)
 
 
@@ -346,7 +400,11 @@ def _native_pixels(ds, ts, ref: str, pixels=None) -> np.ndarray | None:
     signed = ser.raw_us(ds, 0x00280103) == 1
     if bits not in (8, 16, 32) or stored != bits:
         return None
-    rows, cols, n = ser.raw_us(ds, 0x00280010), ser.raw_us(ds, 0x00280011), ser.frame_count(ds) if 0x00280008 in ds else 1
+    rows, cols, n = (
+        ser.raw_us(ds, 0x00280010),
+        ser.raw_us(ds, 0x00280011),
+        ser.frame_count(ds) if 0x00280008 in ds else 1,
+    )
     need = rows * cols * n * bits // 8
     if pixels is None:
         raw = ds.PixelData
@@ -359,9 +417,13 @@ def _native_pixels(ds, ts, ref: str, pixels=None) -> np.ndarray | None:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise InputError(f"{ref}: the pixel data cannot be read ({exc.strerror or exc}); copy the file again") from None
+            raise InputError(
+                f"{ref}: the pixel data cannot be read ({exc.strerror or exc}); copy the file again"
+            ) from None
     if len(raw) < need:
-        raise InputError(f"{ref}: the pixel data is truncated ({len(raw)} bytes, the header needs {need}); copy the file again")
+        raise InputError(
+            f"{ref}: the pixel data is truncated ({len(raw)} bytes, the header needs {need}); copy the file again"
+        )
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     return np.frombuffer(raw, dtype=dtype, count=rows * cols * n).reshape(n, rows, cols)
 

@@ -44,8 +44,18 @@ def seg_codes() -> dict:
     return json.loads(CODES_FILE.read_text(encoding="utf-8"))
 
 
-def write_seg(labels: np.ndarray, props, out_path, *, table, algorithm: AlgorithmInfo, seg_type: str = "binary",
-              grid: str = "canonical", series_number: int = 9901, manufacturer: str = "limbseg-rt") -> Path | None:
+def write_seg(
+    labels: np.ndarray,
+    props,
+    out_path,
+    *,
+    table,
+    algorithm: AlgorithmInfo,
+    seg_type: str = "binary",
+    grid: str = "canonical",
+    series_number: int = 9901,
+    manufacturer: str = "limbseg-rt",
+) -> Path | None:
     """Write a SEG for ``labels`` over the DICOM series of ``props`` (a ``DicomImageProps``).
 
     ``labels``: integer table indices, canonical ``[X, Y, Z]`` (``grid="canonical"``) or on the
@@ -81,7 +91,9 @@ def write_seg(labels: np.ndarray, props, out_path, *, table, algorithm: Algorith
     codes = seg_codes()
     category = Code(codes["category"]["value"], codes["category"]["scheme"], codes["category"]["meaning"])
     algo = hd.AlgorithmIdentificationSequence(
-        name=algorithm.name[:64], family=Code("123110", "DCM", "Artificial Intelligence"), version=algorithm.version[:64],
+        name=algorithm.name[:64],
+        family=Code("123110", "DCM", "Artificial Intelligence"),
+        version=algorithm.version[:64],
         source="limbseg-rt DEMO model (synthetic phantoms only)" if algorithm.demo else "limbseg-rt",
         parameters={"model_sha256": algorithm.model_sha256, "demo_model": "yes" if algorithm.demo else "no"},
     )
@@ -90,40 +102,66 @@ def write_seg(labels: np.ndarray, props, out_path, *, table, algorithm: Algorith
         lab = table[value]
         entry = codes["by_label_code"].get(lab.code, codes["default"])
         t, region = entry["type"], entry.get("anatomic_region") or codes["default"].get("anatomic_region")
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=f"{lab.name} ({lab.code})"[:64], segmented_property_category=category,
-            segmented_property_type=Code(t["value"], t["scheme"], t["meaning"]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo,
-            anatomic_regions=[Code(region["value"], region["scheme"], region["meaning"])] if region else None,
-            display_color=hd.color.CIELabColor.from_rgb(*lab.colour) if hasattr(hd.color, "CIELabColor") else None,
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=f"{lab.name} ({lab.code})"[:64],
+                segmented_property_category=category,
+                segmented_property_type=Code(t["value"], t["scheme"], t["meaning"]),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+                anatomic_regions=[Code(region["value"], region["scheme"], region["meaning"])] if region else None,
+                display_color=hd.color.CIELabColor.from_rgb(*lab.colour) if hasattr(hd.color, "CIELabColor") else None,
+            )
+        )
     from pydicom.uid import generate_uid
 
     description = f"{algorithm.name} muscles" + (" DEMO model - not for clinical use" if algorithm.demo else "")
     try:
         seg = hd.seg.Segmentation(
-            source_images=_sources_for_highdicom(source), pixel_array=pixel,
+            source_images=_sources_for_highdicom(source),
+            pixel_array=pixel,
             segmentation_type=hd.seg.SegmentationTypeValues[seg_type.upper()],
-            segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer=manufacturer,
-            manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version[:64],
-            device_serial_number="0", series_description=description[:64], content_label="MUSCLES",
-            content_description=("DEMO model output, not for clinical use" if algorithm.demo else "lower-limb muscles")[:64],
+            segment_descriptions=descriptions,
+            series_instance_uid=generate_uid(),
+            series_number=series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=manufacturer,
+            manufacturer_model_name=algorithm.name[:64],
+            software_versions=algorithm.version[:64],
+            device_serial_number="0",
+            series_description=description[:64],
+            content_label="MUSCLES",
+            content_description=("DEMO model output, not for clinical use" if algorithm.demo else "lower-limb muscles")[
+                :64
+            ],
             # Geometry given explicitly (from the frames read): Enhanced MR files may keep it per frame.
-            pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=list(source.pixel_spacing), slice_thickness=source.slice_spacing,
-                                                    spacing_between_slices=source.slice_spacing),
-            plane_orientation=hd.PlaneOrientationSequence(coordinate_system="PATIENT", image_orientation=list(source.orientation)),
-            plane_positions=[hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=list(p)) for p in positions],
+            pixel_measures=hd.PixelMeasuresSequence(
+                pixel_spacing=list(source.pixel_spacing),
+                slice_thickness=source.slice_spacing,
+                spacing_between_slices=source.slice_spacing,
+            ),
+            plane_orientation=hd.PlaneOrientationSequence(
+                coordinate_system="PATIENT", image_orientation=list(source.orientation)
+            ),
+            plane_positions=[
+                hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=list(p)) for p in positions
+            ],
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise OutputError(f"{out}: highdicom refused to build the segmentation ({exc}); the source series lacks required attributes") from None
+        raise OutputError(
+            f"{out}: highdicom refused to build the segmentation ({exc}); the source series lacks required attributes"
+        ) from None
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
     try:
         seg.save_as(tmp)
         _verify(tmp, out, seg, len(present) + (seg_type == "labelmap"))  # a LABELMAP lists background too
         os.replace(tmp, out)
     except OSError as exc:
-        raise OutputError(f"{out}: cannot be written ({exc.strerror or exc}); check the folder's free space and permissions") from None
+        raise OutputError(
+            f"{out}: cannot be written ({exc.strerror or exc}); check the folder's free space and permissions"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -139,7 +177,9 @@ def _source_order(segs: np.ndarray, source):
     ds = source.frames[0][0]
     total = int(ds.get("NumberOfFrames", n))
     if total != n:
-        raise OutputError(f"{source.path}: {total - n} frame(s) of the Enhanced MR file are not in the segmented stack; a SEG cannot be written for it")
+        raise OutputError(
+            f"{source.path}: {total - n} frame(s) of the Enhanced MR file are not in the segmented stack; a SEG cannot be written for it"
+        )
     pixel = np.zeros((total, rows, cols), dtype=segs.dtype)
     positions = [None] * total
     for k, (_, frame) in enumerate(source.frames):
@@ -191,7 +231,9 @@ def _verify(tmp: Path, out: Path, seg, segments: int) -> None:
     if int(back.NumberOfFrames) != len(back.PerFrameFunctionalGroupsSequence):
         problems.append("frame count differs from its per-frame descriptions")
     if problems:
-        raise OutputError(f"{out}: the written SEG failed its read-back check ({'; '.join(problems)}); nothing was written")
+        raise OutputError(
+            f"{out}: the written SEG failed its read-back check ({'; '.join(problems)}); nothing was written"
+        )
 
 
 __all__ = ["AlgorithmInfo", "SEG_TYPES", "seg_codes", "write_seg"]

@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from limbseg_rt.runtime.errors import InputError
 
+if TYPE_CHECKING:
+    from limbseg_rt.runtime.io.dicom.discover import Instance
+
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 MR_CLASSES = {MR_IMAGE_STORAGE: "MR", ENHANCED_MR_IMAGE_STORAGE: "Enhanced MR"}
-ORIENTATION_TOLERANCE = 1e-4   # |difference| of direction cosines still counted as the same orientation
-ORTHOGONAL_DEG = 45.0          # a stack tilted more than this from the main one is another plane
+ORIENTATION_TOLERANCE = 1e-4  # |difference| of direction cosines still counted as the same orientation
+ORTHOGONAL_DEG = 45.0  # a stack tilted more than this from the main one is another plane
 
 
 @dataclass
@@ -39,20 +43,24 @@ class Frame:
     ``pixel_spacing``: (row spacing, column spacing) mm; ``slope``/``intercept``: rescale.
     """
 
-    instance: object = field(repr=False)
+    instance: Instance = field(repr=False)
     index: int
     rows: int
     columns: int
-    ipp: tuple[float, float, float] | None
-    iop: tuple[float, ...] | None
-    pixel_spacing: tuple[float, float] | None
+    ipp: tuple[float, ...] | None  # 3 numbers (checked by the parser)
+    iop: tuple[float, ...] | None  # 6 numbers
+    pixel_spacing: tuple[float, ...] | None  # 2 numbers
     thickness: float | None
     slope: float
     intercept: float
 
     @property
     def ref(self) -> str:
-        return self.instance.ref if self.index == 0 and frame_count(self.instance.ds) == 1 else f"{self.instance.ref} frame {self.index + 1}"
+        return (
+            self.instance.ref
+            if self.index == 0 and frame_count(self.instance.ds) == 1
+            else f"{self.instance.ref} frame {self.index + 1}"
+        )
 
 
 @dataclass
@@ -89,7 +97,7 @@ class Series:
             return None
         dz = 0.0
         if len(st) > 1:
-            d = sorted(float(np.dot(f.ipp, normal(f.iop))) for f in st)
+            d = sorted(float(np.dot(f.ipp, normal(f.iop))) for f in st if f.ipp is not None and f.iop is not None)
             dz = float(np.median(np.diff(d)))
         elif st[0].thickness:
             dz = float(st[0].thickness)
@@ -184,30 +192,57 @@ def frames_of(instance) -> list[Frame]:
     shared = shared[0] if shared else None
     if per_frame is None or n == 1 and "ImagePositionPatient" in ds:
         thick = _decimal(ds, 0x00180050, 1)
-        slope = _decimal(ds, 0x00281053, 1)
-        inter = _decimal(ds, 0x00281052, 1)
-        return [Frame(instance, 0, rows, cols, _decimal(ds, 0x00200032, 3), _decimal(ds, 0x00200037, 6),
-                      _decimal(ds, 0x00280030, 2), thick and thick[0],
-                      1.0 if slope is None else slope[0], 0.0 if inter is None else inter[0])]
+        slope_v = _decimal(ds, 0x00281053, 1)
+        inter_v = _decimal(ds, 0x00281052, 1)
+        return [
+            Frame(
+                instance,
+                0,
+                rows,
+                cols,
+                _decimal(ds, 0x00200032, 3),
+                _decimal(ds, 0x00200037, 6),
+                _decimal(ds, 0x00280030, 2),
+                thick[0] if thick else None,
+                1.0 if slope_v is None else slope_v[0],
+                0.0 if inter_v is None else inter_v[0],
+            )
+        ]
     if len(per_frame) != n:
-        raise InputError(f"{instance.ref}: has {n} frames but {len(per_frame)} per-frame descriptions; the file is damaged; export it again")
+        raise InputError(
+            f"{instance.ref}: has {n} frames but {len(per_frame)} per-frame descriptions; the file is damaged; export it again"
+        )
     out = []
     for i, item in enumerate(per_frame):
+
         def pick(name, _item=item):
             return _group(_item, name) or _group(shared, name)
 
-        pos, ori, meas, pvt = (pick(k) for k in ("PlanePositionSequence", "PlaneOrientationSequence",
-                                                 "PixelMeasuresSequence", "PixelValueTransformationSequence"))
+        pos, ori, meas, pvt = (
+            pick(k)
+            for k in (
+                "PlanePositionSequence",
+                "PlaneOrientationSequence",
+                "PixelMeasuresSequence",
+                "PixelValueTransformationSequence",
+            )
+        )
         slope = as_float(pvt.get("RescaleSlope")) if pvt is not None else as_float(ds.get("RescaleSlope"))
         inter = as_float(pvt.get("RescaleIntercept")) if pvt is not None else as_float(ds.get("RescaleIntercept"))
-        out.append(Frame(
-            instance, i, rows, cols,
-            _floats(pos.get("ImagePositionPatient"), 3) if pos is not None else None,
-            _floats(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
-            _floats(meas.get("PixelSpacing"), 2) if meas is not None else None,
-            as_float(meas.get("SliceThickness")) if meas is not None else None,
-            1.0 if slope is None else slope, 0.0 if inter is None else inter,
-        ))
+        out.append(
+            Frame(
+                instance,
+                i,
+                rows,
+                cols,
+                _floats(pos.get("ImagePositionPatient"), 3) if pos is not None else None,
+                _floats(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
+                _floats(meas.get("PixelSpacing"), 2) if meas is not None else None,
+                as_float(meas.get("SliceThickness")) if meas is not None else None,
+                1.0 if slope is None else slope,
+                0.0 if inter is None else inter,
+            )
+        )
     return out
 
 
@@ -243,8 +278,15 @@ def group_series(instances) -> list[Series]:
                 number = int(ds.get("SeriesNumber")) if ds.get("SeriesNumber") not in (None, "") else None
             except (TypeError, ValueError):
                 number = None
-            s = by_uid[uid] = Series(uid, number, str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or ""),
-                                     str(ds.get("SOPClassUID", "")), tuple(str(v).upper() for v in (ds.get("ImageType") or ())), [])
+            s = by_uid[uid] = Series(
+                uid,
+                number,
+                str(ds.get("SeriesDescription", "") or ""),
+                str(ds.get("Modality", "") or ""),
+                str(ds.get("SOPClassUID", "")),
+                tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+                [],
+            )
         s.frames.extend(frames_of(inst))
     out = sorted(by_uid.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
     for s in out:
@@ -258,7 +300,10 @@ def _split_stacks(s: Series) -> None:
         for g in groups:
             h = g[0]
             same_iop = (f.iop is None and h.iop is None) or (
-                f.iop is not None and h.iop is not None and max(abs(a - b) for a, b in zip(f.iop, h.iop)) <= ORIENTATION_TOLERANCE)
+                f.iop is not None
+                and h.iop is not None
+                and max(abs(a - b) for a, b in zip(f.iop, h.iop)) <= ORIENTATION_TOLERANCE
+            )
             if same_iop and (f.rows, f.columns) == (h.rows, h.columns):
                 g.append(f)
                 break
@@ -275,7 +320,11 @@ def classify(series: list[Series]) -> None:
         if s.skip_reason is None and len(s.stacks) > 1:
             main = s.stacks[0]
             for other in s.stacks[1:]:
-                if main[0].iop is not None and other[0].iop is not None and angle_deg(main[0].iop, other[0].iop) > ORTHOGONAL_DEG:
+                if (
+                    main[0].iop is not None
+                    and other[0].iop is not None
+                    and angle_deg(main[0].iop, other[0].iop) > ORTHOGONAL_DEG
+                ):
                     s.notes.append(f"{len(other)} frame(s) orthogonal to the main stack skipped as localizers")
         if s.skip_reason is None and len(s.main) < 2:
             s.skip_reason = "single slice"
@@ -309,15 +358,19 @@ def choose(series: list[Series], wanted: str | int | None, src: str, *, allow_2d
         if not hits:
             raise InputError(f"{src}: has no series {key}; it has {_listing(series)}")
         if len(hits) > 1:
-            raise InputError(f"{src}: series number {key} is used by {len(hits)} series; pick one by UID: "
-                             + ", ".join(s.uid for s in hits))
+            raise InputError(
+                f"{src}: series number {key} is used by {len(hits)} series; pick one by UID: "
+                + ", ".join(s.uid for s in hits)
+            )
         s = hits[0]
         if s.sop_class not in MR_CLASSES:
             raise InputError(f"{src}: {s.label()} is {_kind_reason(s)}; only MR image series can be segmented")
         if "MOSAIC" in s.image_type:
             raise InputError(f"{src}: {s.label()} is a Siemens mosaic; convert it with dcm2niix and run the NIfTI")
         if len(s.main) < 2 and not allow_2d:
-            raise InputError(f"{src}: {s.label()} is a single slice; give a 3D series, or use --allow-2d to segment one slice")
+            raise InputError(
+                f"{src}: {s.label()} is a single slice; give a 3D series, or use --allow-2d to segment one slice"
+            )
         return s
     cands = [s for s in series if s.skip_reason is None]
     if allow_2d and not cands:
@@ -325,8 +378,12 @@ def choose(series: list[Series], wanted: str | int | None, src: str, *, allow_2d
     if len(cands) == 1:
         return cands[0]
     if not cands:
-        raise InputError(f"{src}: no series can be segmented ({_listing(series)}); give an MR series, or pick one with --series")
-    raise InputError(f"{src}: holds {len(cands)} MR series that could be segmented ({_listing(cands)}); pick one with --series NUMBER")
+        raise InputError(
+            f"{src}: no series can be segmented ({_listing(series)}); give an MR series, or pick one with --series"
+        )
+    raise InputError(
+        f"{src}: holds {len(cands)} MR series that could be segmented ({_listing(cands)}); pick one with --series NUMBER"
+    )
 
 
 def _listing(series: list[Series]) -> str:

@@ -46,7 +46,7 @@ def write_mr_series(
     """
     pydicom = require_pydicom()
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     arr = np.asarray(array)
     if arr.ndim != 3:
@@ -63,7 +63,12 @@ def write_mr_series(
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     for_uid = frame_of_reference_uid or generate_uid()
-    people = {"PatientName": "PHANTOM^LIMB", "PatientID": "PHANTOM0001", "PatientBirthDate": "19600101", "PatientSex": "F"}
+    people = {
+        "PatientName": "PHANTOM^LIMB",
+        "PatientID": "PHANTOM0001",
+        "PatientBirthDate": "19600101",
+        "PatientSex": "F",
+    }
     people.update(patient or {})
     slope, inter = rescale if rescale else (1.0, 0.0)
     stored = np.rint((arr.astype(np.float64) - inter) / slope)
@@ -76,7 +81,7 @@ def write_mr_series(
     for n, k in enumerate(order):
         k = int(k)
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = pydicom.Dataset()
@@ -88,7 +93,12 @@ def write_mr_series(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
         ds.StudyDate, ds.StudyTime, ds.SeriesDate, ds.SeriesTime = "20240101", "120000", "20240101", "120000"
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
-        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "MR", "limbseg-rt phantom", series_number, k + 1
+        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = (
+            "MR",
+            "limbseg-rt phantom",
+            series_number,
+            k + 1,
+        )
         ds.SeriesDescription = description
         ds.ImageType = list(image_type)
         ds.PositionReferenceIndicator = ""
