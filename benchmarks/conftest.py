@@ -1,6 +1,6 @@
 """Benchmark session: options, the engine/model matrix, shared measurements and the summary.
 
-Options (see /work/notes/bench_readme.md): ``--provider`` (repeatable or comma list; default: every
+Options (README "Benchmarks" and docs/benchmarks.md): ``--provider`` (repeatable or comma list; default: every
 provider that works here), ``--full`` (paper-size networks, batches 1 and 4, the 512x512x300 memory
 run, all speed gates; tests marked ``slow``), ``--results-dir`` (default ``benchmark-results``),
 ``--bench-cache`` (exported models; default ``~/.cache/limbseg-rt``), ``--demo-models`` (folder of
