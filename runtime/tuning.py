@@ -29,7 +29,7 @@ from limbseg_rt.runtime.engine.providers import (
 )
 from limbseg_rt.runtime.model.bundled import bundled_files
 from limbseg_rt.runtime.model.metadata import ARCHITECTURES
-from limbseg_rt.runtime.report.metrics import dice
+from limbseg_rt.runtime.report.metrics import label_counts
 
 TUNE_PHANTOM_SEED = 9_001  # not a training or held-out seed of the demo models
 
@@ -66,8 +66,12 @@ def cpu_providers(available=None) -> list[str]:
 
 
 def _mean_agreement(labels, reference) -> float:
-    codes = [c for c in np.unique(reference) if c != 0]
-    return float(np.mean([dice(labels == c, reference == c) for c in codes])) if codes else 1.0
+    """Mean Dice over the muscles the fp32 labels find (one confusion pass over the volume)."""
+    codes = [int(c) for c in np.unique(reference) if c != 0]
+    if not codes:
+        return 1.0
+    n = int(max(labels.max(), reference.max())) + 1
+    return label_counts(labels, reference, n).mean_dice(codes)[0]
 
 
 def measure(
