@@ -35,6 +35,19 @@ def _ticks(vmax: float, n: int = 4) -> list[float]:
     return [vmax * i / n for i in range(n + 1)]
 
 
+def _value_axis(vmax: float, unit: str, *, left: int, plot_w: int, top: int, height: int) -> list[str]:
+    """Vertical grid lines with tick labels along the value (x) axis, and the unit below them."""
+    out = []
+    for t in _ticks(vmax):
+        x = left + plot_w * t / vmax
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
+    out.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>'
+    )
+    return out
+
+
 def bar_chart(items: list[tuple[str, float]], *, title: str, unit: str, colours: list[str] | None = None) -> str:
     """Horizontal bars, one row per ``(label, value)``; ``unit`` labels the axis."""
     if not items:
@@ -49,13 +62,7 @@ def bar_chart(items: list[tuple[str, float]], *, title: str, unit: str, colours:
         f'viewBox="0 0 {width} {height}" role="img"><title>{escape(title)}</title>',
         f'<text x="{left}" y="16" class="ptitle">{escape(title)}</text>',
     ]
-    for t in _ticks(vmax):
-        x = left + plot_w * t / vmax
-        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>'
-    )
+    parts.extend(_value_axis(vmax, unit, left=left, plot_w=plot_w, top=top, height=height))
     for i, (label, v) in enumerate(items):
         y = top + i * row
         w = plot_w * max(v, 0.0) / vmax
@@ -86,13 +93,7 @@ def paired_bar_chart(items: list[tuple[str, float | None, float | None]], *, tit
         f'<rect x="{left}" y="24" width="10" height="10" fill="{LEFT_COLOUR}"/><text x="{left + 14}" y="33" class="lab">left (L)</text>',
         f'<rect x="{left + 80}" y="24" width="10" height="10" fill="{RIGHT_COLOUR}"/><text x="{left + 94}" y="33" class="lab">right (R)</text>',
     ]
-    for t in _ticks(vmax):
-        x = left + plot_w * t / vmax
-        parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 26}" class="grid"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 12}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 1}" class="tick" text-anchor="middle">{escape(unit)}</text>'
-    )
+    parts.extend(_value_axis(vmax, unit, left=left, plot_w=plot_w, top=top, height=height))
     for i, (label, a, b) in enumerate(items):
         y = top + i * row
         parts.append(f'<text x="{left - 4}" y="{y + 14}" class="lab" text-anchor="end">{escape(label)}</text>')
