@@ -236,12 +236,20 @@ def runner_engine(
     max_batch: int = 16,
     fp16: bool = False,
     cache_dir: Path | None = None,
+    precision: str = "auto",
 ) -> Engine:
-    """An Engine over ``runtime.engine.create_runner`` for one explicit provider (no fallback)."""
+    """An Engine over ``runtime.engine.create_runner`` for one explicit provider (no fallback).
+    ``precision``: ``auto`` (the file's own) or ``bf16`` (an fp32 file on the OpenVINO engine)."""
     from limbseg_rt.runtime.engine.runners import create_runner
 
     runner = create_runner(
-        path, provider=provider, threads=threads, max_batch=max_batch, fp16=fp16, cache_dir=cache_dir
+        path,
+        provider=provider,
+        threads=threads,
+        max_batch=max_batch,
+        fp16=fp16,
+        cache_dir=cache_dir,
+        precision=precision,
     )
     info = runner.describe()
     label = "openvino-runtime" if info["engine"] == "openvino" else ENGINE_LABEL.get(runner.provider, runner.provider)

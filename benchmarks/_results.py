@@ -101,7 +101,9 @@ class Results:
             c = self.ceilings
             lines.append(
                 f"Ceilings this run: {c.describe()}; judged against fp32 {c.sgemm_gflops:.0f} GFLOP/s, "
-                f"int8 {c.int8_gemm_gops:.0f} GOPS ({c.int8_source or 'none plausible'})\n"
+                f"int8 {c.int8_gemm_gops:.0f} GOPS ({c.int8_source or 'none plausible'})"
+                + (f", bf16 {c.for_precision('bf16'):.0f} GFLOP/s" if c.for_precision("bf16") else "")
+                + "\n"
             )
         if self.rows:
             lines += [
@@ -155,10 +157,12 @@ class Results:
                     + f" | {f(r.get('peak_rss_mib'), '.0f')} |"
                 )
         if self.gates:
-            lines += ["", "| gate | value | threshold | result |", "|---|---|---|---|"]
+            lines += ["", "| gate | value | threshold | result | detail |", "|---|---|---|---|---|"]
             for g in self.gates:
+                detail = str(g.get("detail") or "").replace("|", "/").replace("\n", " ")
                 lines.append(
-                    f"| {g['gate']} | {f(g['value'], '.4g')} | {g['threshold']} | {'PASS' if g['passed'] else 'FAIL'} |"
+                    f"| {g['gate']} | {f(g['value'], '.4g')} | {g['threshold']} | "
+                    f"{'PASS' if g['passed'] else 'FAIL'} | {detail} |"
                 )
         return "\n".join(lines)
 

@@ -85,7 +85,14 @@ class BenchSession:
         reason = self.provider_skips.get(provider)
         if reason:
             return reason
-        file_precision = "fp32" if provider == "tensorrt" else precision
+        if precision == "bf16":
+            from limbseg_rt.runtime.engine.cpu import detect
+            from limbseg_rt.runtime.engine.precision_profile import has_bf16
+
+            cpu = detect()
+            if not has_bf16(cpu):
+                return f"bf16 needs AVX512-BF16 or AMX-BF16; this CPU has neither (ISA class {cpu.isa})"
+        file_precision = "fp32" if provider == "tensorrt" or precision == "bf16" else precision
         if file_precision not in m.paths:
             return f"{m.name} has no {file_precision} file"
         return None
@@ -117,6 +124,8 @@ class BenchSession:
             return H.torch_engine(self.torch_model(name))
         if provider == "tensorrt":
             return H.runner_engine(m.paths["fp32"], "tensorrt", fp16=precision == "fp16", cache_dir=self.cache_root)
+        if precision == "bf16":
+            return H.runner_engine(m.paths["fp32"], provider, precision="bf16")
         return H.runner_engine(m.paths[precision], provider)
 
     def torch_model(self, name: str):

@@ -25,6 +25,7 @@ ENGINE_KEYS = (
     ("cpu", "int8"),
     ("openvino", "fp32"),
     ("openvino", "int8"),
+    ("openvino", "bf16"),  # the fp32 file compiled in bf16; only on a CPU with AVX512-BF16 or AMX-BF16
     ("cuda", "fp32"),
     ("cuda", "fp16"),
     ("tensorrt", "fp16"),

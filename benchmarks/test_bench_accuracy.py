@@ -4,7 +4,7 @@ Random-weight networks: labels vs the PyTorch eager fp32 reference (fp32 engines
 label agreement; reduced precision reported only, random weights have tiny logit margins).
 Trained demo models: labels vs the fp32 ONNX model on ONNX Runtime CPU (the demo models ship without
 PyTorch weights; the fp32 file's own parity with PyTorch is recorded in its metadata), int8 gated at
-per-muscle Dice >= 0.98; and the paper's metrics (DSC, RVE, HD) of the end-to-end result vs the
+per-muscle Dice >= 0.98 and OpenVINO bf16 at >= 0.97; and the paper's metrics (DSC, RVE, HD) of the end-to-end result vs the
 phantom's ground truth.
 """
 
@@ -16,6 +16,10 @@ from _harness import gate_at_least, in_batches, label_agreement, muscle_dice, mu
 
 FP32_MIN_AGREEMENT = 0.9999
 INT8_MIN_DICE = 0.98
+# bf16 is no export of ours (the OpenVINO engine compiles the fp32 file in bf16), so it has no export
+# parity gate; it gets the bar `limbseg-rt tune` sets before choosing it (MIN_AGREEMENT, a mean Dice),
+# here applied to the worst muscle. Measured on the demo UNet (Zen 5, 2026-12-03): 0.982.
+BF16_MIN_DICE = 0.97
 # Sanity floor for the demo models vs the phantom's truth: an untrained or mis-preprocessed model scores
 # ~0.0-0.05; the demo models score about 0.90 on held-out subjects (their model cards). Not the paper's target.
 DEMO_MIN_GT_DSC = 0.5
@@ -93,18 +97,17 @@ def test_demo_accuracy(bench, results, demo_name, engine_key):
                 f"{demo_name}: {eng.label} fp32 label agreement vs {ref_label}", rec["agreement"], FP32_MIN_AGREEMENT
             )
         else:
-            ok = rec["min_dice"] is not None and rec["min_dice"] >= INT8_MIN_DICE
+            least = BF16_MIN_DICE if eng.precision == "bf16" else INT8_MIN_DICE
+            ok = rec["min_dice"] is not None and rec["min_dice"] >= least
             results.gate(
                 f"{demo_name}: {eng.label} {eng.precision} min muscle Dice vs fp32",
                 rec["min_dice"] or float("nan"),
-                f">= {INT8_MIN_DICE}",
+                f">= {least}",
                 ok,
             )
             assert rec["muscles_judged"] > 0, "no muscle covers 100 pixels: is the demo model trained?"
             gate_at_least(
-                f"{demo_name}: {eng.label} {eng.precision} minimum per-muscle Dice vs fp32",
-                rec["min_dice"],
-                INT8_MIN_DICE,
+                f"{demo_name}: {eng.label} {eng.precision} minimum per-muscle Dice vs fp32", rec["min_dice"], least
             )
     _ground_truth(results, demo_name, eng, got, ph, m)
 

@@ -109,3 +109,56 @@ def test_fp32_ceiling_missing_is_refused():
     run = dataclasses.replace(_load("auto_run_epyc_avx2.json"), ceilings=Ceilings(fp32={}, int8={"ort-u8s8": 300.0}))
     (v,) = judge_auto_config(run)
     assert not v.passed and "no fp32 ceiling" in v.message
+
+
+def test_amx_recorded_run_judged_on_the_best_of_start_and_interleaved_ceilings():
+    """The AMX Xeon's interleaved int8 GEMMs (1154 GOPS best) fell to a third of the same GEMM at the
+    run's start (3096): judged on the interleaved value alone the share is 148 % and refused; on the
+    best of both it is 55 %, which passes the AMX threshold (45 %) and would miss the general 75 %."""
+    run = _load("auto_run_xeon_amx.json")
+    alone = _by_name(judge_auto_config(dataclasses.replace(run, start_ceilings=None)))
+    assert not alone["share of int8 ceiling"].passed and "under-measured" in alone["share of int8 ceiling"].message
+    verdicts = _by_name(judge_auto_config(run))
+    share = verdicts["share of int8 ceiling"]
+    assert share.passed and 0.50 < share.value < 0.60, share.message
+    assert "3096 GOPS" in share.message and "[amx" in share.message and "AMX threshold" in share.message
+    assert share.value < 0.75  # the general threshold would fail this machine
+    assert verdicts["vs PyTorch eager fp32"].passed, verdicts["vs PyTorch eager fp32"].message
+
+
+def test_amx_gates_fail_when_the_engine_loses_its_amx_path():
+    """An engine at a VNNI-like quarter of the recorded speed fails both gates on the same machine."""
+    slow = dataclasses.replace(_load("auto_run_xeon_amx.json"), cand_s=_load("auto_run_xeon_amx.json").cand_s * 4)
+    failed = [v for v in judge_auto_config(slow) if not v.passed]
+    assert len(failed) == 2 and all("GATE MISSED [amx" in v.message for v in failed)
+
+
+def test_best_of_takes_each_sources_peak_and_keeps_unmeasured_reasons_only():
+    a = Ceilings(fp32={"numpy-sgemm": 200.0}, int8={"ort-u8s8": 600.0}, errors={"openvino-int8": "absent"})
+    b = Ceilings(fp32={"numpy-sgemm": 150.0, "ort-fp32": 210.0}, int8={"ort-u8s8": 900.0, "openvino-int8": 950.0})
+    best = a.best_of(b)
+    assert best.fp32 == {"numpy-sgemm": 200.0, "ort-fp32": 210.0}
+    assert best.int8 == {"ort-u8s8": 900.0, "openvino-int8": 950.0}
+    assert best.errors == {}  # openvino-int8 was measured in b
+    assert a.best_of(None) is a
+
+
+def test_bf16_gate_passes_fails_and_refuses_on_this_projects_cpu():
+    """The bf16 judge on the Zen 5 record's CPU with bf16 ceilings of the size measured there
+    (OpenVINO bf16 MatMul about 400 GFLOP/s): a paper UNet (48.1 G MACs) at 160 ms/slice is 601
+    GFLOP/s, above the ceiling, so refused; at 300 ms it is 80 % (pass); at 800 ms 30 % (miss); with
+    no bf16 source, or one below the fp32 ceiling, nothing is judged."""
+    from _isa_gates import judge_bf16
+
+    run = _load("auto_run_zen5_avx512vnni.json")
+    c = dataclasses.replace(run.ceilings, bf16={"openvino-bf16": 400.0})
+    macs = 48_058_617_560
+    ok = judge_bf16(run.cpu, c, "unet", macs, 0.300, "openvino-runtime bf16")
+    assert ok.passed and ok.value == pytest.approx(2 * macs / 0.3 / 1e9 / 400.0) and "[avx512-vnni" in ok.message
+    miss = judge_bf16(run.cpu, c, "unet", macs, 0.800, "openvino-runtime bf16")
+    assert not miss.passed and "GATE MISSED" in miss.message
+    over = judge_bf16(run.cpu, c, "unet", macs, 0.160, "openvino-runtime bf16")
+    assert not over.passed and "under-measured" in over.message
+    for bad in ({}, {"openvino-bf16": 10.0}):
+        v = judge_bf16(run.cpu, dataclasses.replace(run.ceilings, bf16=bad), "unet", macs, 0.3, "x")
+        assert not v.passed and "GATE NOT JUDGED" in v.message
