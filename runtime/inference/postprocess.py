@@ -83,15 +83,16 @@ def _fill(labels: np.ndarray, stray: np.ndarray) -> None:
 
 
 def suppress_stray_runs(labels: np.ndarray) -> StrayResult:
-    """Relabel stray runs of canonical labels uint8 ``[X, Y, Z]`` in place (see module docstring)."""
+    """Relabel stray runs of canonical labels uint8 ``[X, Y, Z]`` in place (see module docstring).
+
+    Memory: one ``[classes]`` count per slice, then copies of only the slices that hold strays (the
+    fill is in-plane, so the other slices need nothing); no whole-volume temporary."""
     lab = labels
     nx, ny, nz = lab.shape
     if nz < 2:
         return StrayResult(0, ())
     classes = int(lab.max()) + 1
-    # area[z, c] in one pass over the volume.
-    zi = np.broadcast_to(np.arange(nz, dtype=np.int64), lab.shape)
-    area = np.bincount((zi * classes + lab).ravel(), minlength=nz * classes).reshape(nz, classes)
+    area = np.stack([np.bincount(lab[:, :, z].ravel(), minlength=classes) for z in range(nz)])  # [Z, classes]
     stray_slices = {}
     for c in range(1, classes):
         if not area[:, c].any():
@@ -101,9 +102,13 @@ def suppress_stray_runs(labels: np.ndarray) -> StrayResult:
             stray_slices[c] = np.flatnonzero(drop)
     if not stray_slices:
         return StrayResult(0, ())
-    stray = np.zeros(lab.shape, dtype=bool)
-    for c, zs in stray_slices.items():
-        stray[:, :, zs] |= lab[:, :, zs] == c
+    zs = np.unique(np.concatenate(list(stray_slices.values())))
+    sub = lab[:, :, zs]  # a copy of the slices with strays
+    stray = np.zeros(sub.shape, dtype=bool)
+    for c, zc in stray_slices.items():
+        at = np.searchsorted(zs, zc)
+        stray[:, :, at] |= sub[:, :, at] == c
     count = int(stray.sum())
-    _fill(lab, stray)
+    _fill(sub, stray)
+    lab[:, :, zs] = sub
     return StrayResult(count, tuple(sorted(stray_slices)))
