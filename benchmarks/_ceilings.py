@@ -7,8 +7,8 @@ plausibility check before any gate is judged against them.
   ``QuantizeLinear``/``DequantizeLinear`` activation pair, which it compiles to an int8 MatMul), and
   ``torch._int_mm`` when torch is installed. The ceiling is the best *plausible* source.
 - bf16 (only on a CPU with AVX512-BF16 or AMX-BF16): the OpenVINO runtime on the fp32 MatMul compiled
-  with ``INFERENCE_PRECISION_HINT=bf16`` (read back from the compiled model). The ceiling is the best
-  plausible source.
+  with ``INFERENCE_PRECISION_HINT=bf16`` (read back from the compiled model), and a bfloat16 ``torch``
+  matmul when torch is installed. The ceiling is the best plausible source.
 
 A source is implausible when it is below the fp32 ceiling (every x86 CPU with an int8 dot product
 does at least the fp32 rate in int8, and one with a bf16 dot product at least the fp32 rate in bf16;
@@ -254,20 +254,29 @@ def gemm_calls(n: int = N, threads: int = TORCH_THREADS) -> tuple[dict[str, Call
         ta = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
         tb = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
         calls["torch-int-mm"] = lambda: torch._int_mm(ta, tb)
+        if _bf16_cpu() is None:
+            fa, fb = torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()
+            calls["torch-bf16"] = lambda: fa @ fb
     except Exception as exc:  # noqa: BLE001
         errors["torch-int-mm"] = f"{type(exc).__name__}: {exc}"[:200]
     return calls, errors
 
 
-def _openvino_bf16_call(n: int, threads: int) -> tuple[Callable[[], object] | None, str]:
-    """One n^3 fp32 MatMul compiled by OpenVINO in bf16, or (None, why not): no bf16 instruction, no
-    OpenVINO, or the compiled model reads back another precision than bf16."""
+def _bf16_cpu() -> str | None:
+    """None on a CPU with a bf16 instruction (AVX512-BF16 or AMX-BF16), else why there is no bf16 source."""
     from limbseg_rt.runtime.engine.cpu import detect
     from limbseg_rt.runtime.engine.precision_profile import has_bf16
 
     cpu = detect()
-    if not has_bf16(cpu):
-        return None, f"no bf16 instruction on this CPU (ISA class {cpu.isa})"
+    return None if has_bf16(cpu) else f"no bf16 instruction on this CPU (ISA class {cpu.isa})"
+
+
+def _openvino_bf16_call(n: int, threads: int) -> tuple[Callable[[], object] | None, str]:
+    """One n^3 fp32 MatMul compiled by OpenVINO in bf16, or (None, why not): no bf16 instruction, no
+    OpenVINO, or the compiled model reads back another precision than bf16."""
+    no_bf16 = _bf16_cpu()
+    if no_bf16 is not None:
+        return None, no_bf16
     try:
         import openvino as ov
 
@@ -288,7 +297,7 @@ def _openvino_bf16_call(n: int, threads: int) -> tuple[Callable[[], object] | No
 
 
 FP32_SOURCES = ("numpy-sgemm", "ort-fp32")
-BF16_SOURCES = ("openvino-bf16",)
+BF16_SOURCES = ("openvino-bf16", "torch-bf16")
 
 
 def measure_ceilings(n: int = N, repeats: int = 5) -> Ceilings:
