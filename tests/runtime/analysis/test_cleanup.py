@@ -152,3 +152,26 @@ def test_a_missing_library_says_what_to_install(monkeypatch):
         clean_labels(lab, sides)
     assert isinstance(exc.value, MissingDependencyError) and exc.value.exit_code == EXIT_DEPENDENCY == 12
     assert "--no-cleanup" in str(exc.value)
+
+
+@pytest.mark.parametrize("scan", ["both legs", "right leg only", "left leg only", "cut at mid-thigh"])
+def test_true_anatomy_survives_on_one_leg_and_cut_off_scans(phantom7, scan):
+    """The default rule on the phantom's true labels: every muscle-side present keeps its largest
+    piece and almost all its voxels, whether the scan has one leg or stops at mid-thigh."""
+    from limbseg_rt.runtime.analysis.sides import assign_sides
+
+    ph = phantom7["ph"]
+    img, lab = ph.image.copy(), ph.labels.copy()
+    nx, nz = lab.shape[0], lab.shape[2]
+    if scan == "right leg only":
+        img[: nx // 2 - 1], lab[: nx // 2 - 1] = 0, 0
+    elif scan == "left leg only":
+        img[nx // 2 + 1 :], lab[nx // 2 + 1 :] = 0, 0
+    elif scan == "cut at mid-thigh":  # only the slices from mid-thigh up (z = 0 is the ankle end)
+        img, lab = img[:, :, nz // 2 :].copy(), lab[:, :, nz // 2 :].copy()
+    sides = assign_sides(lab, img, ph.spacing, TABLE).sides
+    res = clean_labels(lab, sides, spacing=ph.spacing)
+    compound_before = np.unique(lab.astype(np.int64) * 4 + sides)[1:]
+    compound_after = np.unique(res.labels.astype(np.int64) * 4 + np.where(res.labels > 0, sides, 0))[1:]
+    assert compound_before.size >= 30 and np.array_equal(compound_before, compound_after), "a muscle-side went"
+    assert sum(res.removed.values()) <= 0.001 * int(np.count_nonzero(lab))
