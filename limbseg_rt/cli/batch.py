@@ -102,7 +102,14 @@ def add_batch_analysis_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="per muscle x side measures for every scan (DIR/<id>/<id>_muscles.csv); cohort.csv then has a row per muscle x side",
     )
-    g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
+    g.add_argument(
+        "--no-cleanup",
+        "--no-clean",
+        dest="no_clean",
+        action="store_true",
+        help="with --analysis: skip the 3D clean-up (keep the small islands far from their muscle); "
+        "the clean-up is on by default wherever labels are analysed",
+    )
     g.add_argument(
         "--split-sides",
         action="store_true",
@@ -130,7 +137,7 @@ def batch_analysis_from_args(args) -> dict | None:
 
     if not (args.analysis or args.split_sides):
         if args.no_clean or args.ff_erode:
-            raise AnalysisUsageError("--no-clean and --ff-erode need --analysis")
+            raise AnalysisUsageError("--no-cleanup and --ff-erode need --analysis")
         return None
     return {"clean": not args.no_clean, "ff_erode": int(args.ff_erode)}
 

@@ -163,7 +163,14 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add left/right, ACSA, length, IMAT estimate, asymmetry; writes <stem>_muscles.csv",
     )
-    g.add_argument("--no-clean", action="store_true", help="with --analysis: keep small 3D islands (no clean-up)")
+    g.add_argument(
+        "--no-cleanup",
+        "--no-clean",
+        dest="no_clean",
+        action="store_true",
+        help="with --analysis: skip the 3D clean-up (keep the small islands far from their muscle); "
+        "the clean-up is on by default wherever labels are analysed",
+    )
     g.add_argument(
         "--measures-csv", default=None, metavar="PATH", help="per muscle x side CSV (default: <stem>_muscles.csv)"
     )
@@ -216,7 +223,7 @@ def analysis_options_from_args(args):
     wants = args.analysis or args.split_sides or args.dixon_fat or args.dixon_water or args.fat_fraction
     if not wants:
         if args.no_clean or args.measures_csv or args.ff_erode or args.measures_wide:
-            raise AnalysisUsageError("--no-clean, --measures-csv, --measures-wide and --ff-erode need --analysis")
+            raise AnalysisUsageError("--no-cleanup, --measures-csv, --measures-wide and --ff-erode need --analysis")
         return None
     if bool(args.dixon_fat) != bool(args.dixon_water):
         raise AnalysisUsageError("give both --dixon-fat and --dixon-water (or --fat-fraction)")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from limbseg_rt.runtime.analysis import fat as fatmod
-from limbseg_rt.runtime.analysis.cleanup import MIN_FRACTION, NEAR_MM, clean_labels
+from limbseg_rt.runtime.analysis.cleanup import MIN_FRACTION, MIN_ML, NEAR_MM, clean_labels, rule_text
 from limbseg_rt.runtime.analysis.geometry import asymmetry_percent, muscle_geometry, per_slice_counts
 from limbseg_rt.runtime.analysis.sides import BODY_FRACTION, SIDE_CODES, SIDE_LEFT, SIDE_RIGHT, assign_sides
 
@@ -52,13 +52,15 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """``clean``: run the 3D clean-up; ``min_fraction``: its keep rule (see cleanup.py);
+    """``clean``: run the 3D clean-up; ``min_fraction``, ``min_ml``, ``near_mm``: its keep rule
+    (see cleanup.py);
     ``imat``: compute the T1w IMAT estimate; ``imat_erode``: in-plane erosions before it;
     ``fat``/``water``/``fat_fraction``: Dixon arrays on the canonical grid (float, any scale; FF 0..1
     or percent); ``ff_erode``: in-plane erosions of each muscle before the Dixon statistics."""
 
     clean: bool = True
     min_fraction: float = MIN_FRACTION
+    min_ml: float = MIN_ML
     near_mm: float = NEAR_MM
     imat: bool = True
     imat_erode: int = 1
@@ -236,17 +238,28 @@ def analyse(
     cleanup: dict = {"enabled": bool(options.clean)}
     removed: dict = {}
     if options.clean:
-        res = clean_labels(lab, sides, min_fraction=options.min_fraction, near_mm=options.near_mm, spacing=spacing)
+        res = clean_labels(
+            lab,
+            sides,
+            min_fraction=options.min_fraction,
+            min_ml=options.min_ml,
+            near_mm=options.near_mm,
+            spacing=spacing,
+            voxel_volume_mm3=voxel_volume_mm3,
+        )
         lab = res.labels
         sides = np.where(lab > 0, sides, 0).astype(np.uint8)
         removed = res.removed
         cleanup.update(
             {
-                "rule": f"per muscle and side, keep the 3D components (26-connected) with >= {options.min_fraction:g} "
-                "of the voxels of that muscle-side's largest component, or whose bounding box lies within "
-                f"{options.near_mm:g} mm of the largest one's; the others become background",
+                "rule": rule_text(options.min_fraction, options.min_ml, options.near_mm),
+                "min_fraction": float(options.min_fraction),
+                "min_ml": float(options.min_ml),
+                "near_mm": float(options.near_mm),
+                "connectivity": 26,
                 "library": "connected-components-3d",
                 "voxels_removed": int(sum(removed.values())),
+                "components_removed": int(sum((res.removed_components or {}).values())),
             }
         )
     n_classes = len(table)
@@ -404,6 +417,7 @@ def options_summary(options: AnalysisOptions, dixon_paths: dict | None = None) -
     return {
         "clean": options.clean,
         "min_fraction": options.min_fraction,
+        "min_ml": options.min_ml,
         "near_mm": options.near_mm,
         "imat": options.imat,
         "imat_erode": options.imat_erode,

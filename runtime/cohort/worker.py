@@ -41,7 +41,7 @@ class WorkerConfig:
     """What every worker needs (picklable). ``segmenter_kwargs``: ``Segmenter`` keyword arguments
     (threads already split per worker); ``read_options``: a ``ReadOptions`` or None.
     ``analysis``: None (no analysis) or ``{"clean": bool, "ff_erode": int}`` (``run --analysis
-    [--no-clean] [--ff-erode N]``; each job adds its own Dixon paths); ``split_sides``: the label map
+    [--no-cleanup] [--ff-erode N]``; each job adds its own Dixon paths); ``split_sides``: the label map
     with a right and a left label per muscle; ``seg_type``: ``"binary"`` or ``"labelmap"``, the DICOM
     SEG written for a DICOM input."""
 

@@ -158,10 +158,10 @@ def test_changing_an_analysis_option_redoes_only_what_changed(dixon, tiny_unet_p
     assert _batch(base, tiny_unet_path, capsys)[0] == EXIT_OK
     assert _statuses(out) == {"a": "reused", "b": "segmented"}
     # a batch-wide option changes: every scan is redone, and the records say so
-    assert _batch([*base, "--no-clean"], tiny_unet_path, capsys)[0] == EXIT_OK
+    assert _batch([*base, "--no-cleanup"], tiny_unet_path, capsys)[0] == EXIT_OK
     assert _statuses(out) == {"a": "segmented", "b": "segmented"}
     assert json.loads((out / "a" / "completed.json").read_text())["settings"]["analysis"]["clean"] is False
-    assert _batch([*base, "--no-clean"], tiny_unet_path, capsys)[0] == EXIT_OK
+    assert _batch([*base, "--no-clean"], tiny_unet_path, capsys)[0] == EXIT_OK  # the alias: same settings
     assert _statuses(out) == {"a": "reused", "b": "reused"}
     # --split-sides: the label maps get a left and a right label per muscle
     assert _batch([*base, "--no-clean", "--split-sides"], tiny_unet_path, capsys)[0] == EXIT_OK
@@ -224,3 +224,28 @@ def test_a_dicom_input_gets_its_seg_in_the_scan_folder(tiny_unet_path, tmp_path,
     assert rec["outputs"]["seg"] == "t1legs_seg.dcm" and rec["input"]["kind"] == "folder"
     assert {r["side"] for r in _rows(out / "cohort.csv")} == {"R", "L"}
     assert dciodvfy_errors(seg_path) == []
+
+
+def test_batch_analysis_without_cc3d_exits_12_before_any_scan(dixon, tiny_unet_path, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    from limbseg_rt.runtime.errors import EXIT_DEPENDENCY
+
+    real = builtins.__import__
+
+    def no_cc3d(name, *a, **k):
+        if name == "cc3d":
+            raise ImportError("no cc3d")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_cc3d)
+    src = tmp_path / "in"
+    src.mkdir()
+    m = _manifest(src, dixon)
+    code, _, err = _batch(["--manifest", m, "--out", tmp_path / "o", "--analysis"], tiny_unet_path, capsys)
+    assert code == EXIT_DEPENDENCY and 'pip install "limbseg-rt[analysis]"' in err and "--no-cleanup" in err
+    assert not (tmp_path / "o" / "a").exists()
+    code, _, err = _batch(
+        ["--manifest", m, "--out", tmp_path / "o2", "--analysis", "--no-cleanup"], tiny_unet_path, capsys
+    )
+    assert code == EXIT_OK, err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from limbseg_rt.cli import main as cli_main
-from limbseg_rt.runtime.errors import EXIT_OK, EXIT_USAGE
+from limbseg_rt.runtime.errors import EXIT_DEPENDENCY, EXIT_OK, EXIT_USAGE
 from limbseg_rt.runtime.report.run_report import schema_path
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -116,6 +116,37 @@ def test_split_sides_label_map_and_viewer_tables(dixon_scan, tiny_unet_path, tmp
         value = rec["index"] + (37 if rec["side"] == "L" else 0)
         assert int((data == value).sum()) == rec["voxels"]
     assert report["analysis"]["cleanup"] == {"enabled": False}
+    assert report["manifest"]["analysis"]["clean"] is False
+
+
+def test_the_written_labels_are_the_cleaned_ones_the_measures_use(dixon_scan, tiny_unet_path, tmp_path):
+    """--analysis: the label map on disk, the report's volumes and the per muscle x side records all
+    come from the same cleaned labels; the manifest and the report record the rule and its parameters.
+    --no-cleanup (and its alias --no-clean) keeps what the network gave."""
+    from limbseg_rt.runtime.analysis.cleanup import MIN_FRACTION, MIN_ML, NEAR_MM
+
+    runs = {}
+    for name, extra in (("on", []), ("off", ["--no-cleanup"]), ("alias", ["--no-clean"])):
+        d = tmp_path / name
+        d.mkdir()
+        scan = _copy_scan(dixon_scan, d)
+        assert cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--analysis", *extra]) == EXIT_OK
+        report = _validate(d / "scan_report.json")
+        runs[name] = (report, np.asarray(nib.load(d / "scan_labels.nii.gz").dataobj))
+    report, data = runs["on"]
+    cu = report["analysis"]["cleanup"]
+    assert cu["enabled"] and (cu["min_fraction"], cu["min_ml"], cu["near_mm"]) == (MIN_FRACTION, MIN_ML, NEAR_MM)
+    assert cu["voxels_removed"] > 0 and cu["components_removed"] > 0  # the tiny test model leaves islands
+    settings = report["manifest"]["analysis"]
+    assert settings["clean"] is True and (settings["min_ml"], settings["near_mm"]) == (MIN_ML, NEAR_MM)
+    for m in report["muscles"]:
+        assert int((data == m["index"]).sum()) == m["voxels"]
+    for rec in report["analysis"]["muscles"]:
+        both = [r["voxels"] for r in report["analysis"]["muscles"] if r["index"] == rec["index"]]
+        assert int((data == rec["index"]).sum()) == sum(both)
+    raw = runs["off"][1]
+    assert int(np.count_nonzero(raw)) - int(np.count_nonzero(data)) == cu["voxels_removed"]
+    assert np.array_equal(runs["alias"][1], raw) and runs["off"][0]["analysis"]["cleanup"] == {"enabled": False}
 
 
 def test_sides_in_the_csv_match_the_phantom_truth_on_true_labels(dixon_scan, tmp_path):
@@ -145,6 +176,7 @@ def test_sides_in_the_csv_match_the_phantom_truth_on_true_labels(dixon_scan, tmp
         ["--dixon-fat", "f.nii.gz"],
         ["--fat-fraction", "ff.nii.gz", "--dixon-fat", "f.nii.gz", "--dixon-water", "w.nii.gz"],
         ["--no-clean"],
+        ["--no-cleanup"],
     ],
 )
 def test_analysis_options_that_do_not_fit_exit_2(dixon_scan, tiny_unet_path, tmp_path, capsys, argv):
@@ -190,9 +222,9 @@ def test_without_the_analysis_extra_run_stops_before_segmenting(
     monkeypatch.setattr(builtins, "__import__", no_cc3d)
     monkeypatch.setattr("limbseg_rt.runtime.api.Segmenter", None)  # any segmentation attempt would crash
     scan = _copy_scan(dixon_scan, tmp_path)
-    assert cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--analysis"]) == EXIT_USAGE
+    assert cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--analysis"]) == EXIT_DEPENDENCY
     err = capsys.readouterr().err
-    assert 'pip install "limbseg-rt[analysis]"' in err and "--no-clean" in err
+    assert 'pip install "limbseg-rt[analysis]"' in err and "--no-cleanup" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
 

@@ -34,8 +34,9 @@ def test_dixon_ff_with_predicted_labels_is_close_to_the_truth(tmp_path):
         truth = float(pv[(le == r.index) & (sides == (1 if r.side == "R" else 2))].mean())
         errs.append(abs(r.ff_mean - truth) * 100)
     errs = np.array(errs)
-    # Measured (OpenVINO int8 UNet, clean-up on): median 0.55, 90th percentile 1.8, 72 of 74 within
-    # 3 points, worst 3.9 (obturator externus, a small muscle whose border voxels the model misplaces).
+    # Measured (int8 UNet on ONNX Runtime CPU, clean-up on; benchmarks/predicted_ff.py): median 0.52,
+    # 90th percentile 1.9, 72 of 74 within 3 points, worst 3.9 (obturator externus R) and 3.5
+    # (gracilis L): border voxels the model misplaces. The "all within 3" is not reached.
     assert errs.size == 74
     assert float(np.median(errs)) < 1.0
-    assert int((errs < 3.0).sum()) >= 70 and float(errs.max()) < 6.0
+    assert int((errs < 3.0).sum()) >= 72 and float(errs.max()) < 5.0
