@@ -60,8 +60,8 @@ def pytest_addoption(parser):
     g.addoption(
         "--record-auto-run",
         default=None,
-        help="write the auto-config gate's measurements to this JSON "
-        "file (a fixture for benchmarks/test_bench_isa_gates.py)",
+        help="write the auto-config gate's measurements to this JSON file (a fixture for "
+        "benchmarks/test_bench_isa_gates.py); '{model}' in the name is replaced by the model's name",
     )
     g.addoption(
         "--demo-models", default=None, help="folder of {arch}-{fp32,int8}.onnx demo models (default: the bundled ones)"

@@ -105,7 +105,8 @@ def test_gate_auto_cpu_config(bench, results, ceilings, cpu, full_run, model_nam
         import json
         from pathlib import Path
 
-        Path(record).write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+        # "{model}" in the name records each model in its own file; else the last model judged wins.
+        Path(record.replace("{model}", model_name)).write_text(json.dumps(run.to_dict(), indent=2) + "\n")
     verdicts = judge_auto_config(run)
     for v in verdicts:
         results.gate(v.name, v.value, v.threshold, v.passed, v.message)
