@@ -52,6 +52,10 @@ def test_metadata_matches_the_file_name_and_its_parity_record_passed(model):
     # The card describes this very file and the checkpoint it came from.
     assert sha256_file(model.path) in card and md.checkpoint_sha256 in card
     assert "limbseg-rt train" in card and "--seed" in card
+    # ... and the repository's checkpoint to continue training from (checkpoints/README.md).
+    ckpt = MODELS_DIR.parents[2] / "checkpoints" / f"{model.arch}.pth.tar"
+    if ckpt.is_file():  # a source checkout (an installed wheel has no checkpoints/)
+        assert f"`checkpoints/{model.arch}.pth.tar`, SHA-256 `{sha256_file(ckpt)}`" in card
 
 
 @pytest.fixture(scope="module")
