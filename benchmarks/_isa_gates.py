@@ -43,6 +43,11 @@ MAX_CEILING_SHARE = 1.05
 # OpenVINO bf16 convolutions ran at about 90 % of its bf16 MatMul on Zen 4 (docs/engines.md); 0.6
 # leaves room for the networks' narrow layers and catches a bf16 request that silently ran fp32.
 MIN_BF16_SHARE = 0.6
+# On Zen 5 they ran at 106-112 % of the best bf16 GEMM the shipped engines reach (844-892 GFLOP/s vs
+# torch 796-882, OpenVINO 746-814 at 2048^3, 2026-12-03): its convolution kernels are blocked better
+# than those GEMMs. So the bf16 ceiling counts as under-measured only above 115 %; a bf16 source
+# that silently ran fp32 would put the engine near 200 % and is still refused.
+MAX_BF16_SHARE = 1.15
 # int8 convolution engines reach 65-90 % of the int8 GEMM peak, fp32 engines (PyTorch included)
 # 80-100 % of the fp32 one (docs/benchmarks.md), so about 0.65-1.1 of the hardware's int8/fp32
 # advantage is what a good int8 engine shows over PyTorch; 0.6 catches one that wastes more.
@@ -184,7 +189,7 @@ def judge_auto_config(run: AutoRun) -> list[Verdict]:
 
 def judge_bf16(cpu: CpuInfo, ceilings: Ceilings, model: str, macs: int, seconds: float, label: str) -> Verdict:
     """The bf16 engine (``label``, ``seconds`` per slice at batch 1) against the bf16 ceiling of the same
-    run: >= ``MIN_BF16_SHARE`` and <= ``MAX_CEILING_SHARE``; not judged without a plausible ceiling."""
+    run: >= ``MIN_BF16_SHARE`` and <= ``MAX_BF16_SHARE``; not judged without a plausible ceiling."""
     where = f"[{cpu.isa}: {cpu.model}]"
     name = f"{model}: {label} share of bf16 ceiling"
     problems = ceilings.bf16_problems()
@@ -193,13 +198,13 @@ def judge_bf16(cpu: CpuInfo, ceilings: Ceilings, model: str, macs: int, seconds:
     achieved = 2.0 * macs / seconds / 1e9
     ceiling = ceilings.bf16_gflops
     share = achieved / ceiling
-    ok = MIN_BF16_SHARE <= share <= MAX_CEILING_SHARE
-    verdict = "ok" if ok else "GATE NOT JUDGED" if share > MAX_CEILING_SHARE else "GATE MISSED"
-    tail = "; above 105 % the ceiling was under-measured" if share > MAX_CEILING_SHARE else ""
+    ok = MIN_BF16_SHARE <= share <= MAX_BF16_SHARE
+    verdict = "ok" if ok else "GATE NOT JUDGED" if share > MAX_BF16_SHARE else "GATE MISSED"
+    tail = f"; above {MAX_BF16_SHARE:.0%} the ceiling was under-measured" if share > MAX_BF16_SHARE else ""
     return Verdict(
         name,
         share,
-        f">= {MIN_BF16_SHARE} and <= {MAX_CEILING_SHARE}",
+        f">= {MIN_BF16_SHARE} and <= {MAX_BF16_SHARE}",
         ok,
         f"{verdict} {where}: {achieved:.0f} GFLOP/s = {share:.0%} of the bf16 ceiling {ceiling:.0f} GFLOP/s "
         f"({seconds * 1e3:.1f} ms/slice); needs >= {MIN_BF16_SHARE:.0%}{tail}. Measured: {ceilings.describe()}",

@@ -145,9 +145,10 @@ def test_best_of_takes_each_sources_peak_and_keeps_unmeasured_reasons_only():
 
 def test_bf16_gate_passes_fails_and_refuses_on_this_projects_cpu():
     """The bf16 judge on the Zen 5 record's CPU with bf16 ceilings of the size measured there
-    (OpenVINO bf16 MatMul about 400 GFLOP/s): a paper UNet (48.1 G MACs) at 160 ms/slice is 601
-    GFLOP/s, above the ceiling, so refused; at 300 ms it is 80 % (pass); at 800 ms 30 % (miss); with
-    no bf16 source, or one below the fp32 ceiling, nothing is judged."""
+    (about 400 GFLOP/s): a paper UNet (48.1 G MACs) at 160 ms/slice is 601 GFLOP/s, 150 % of the
+    ceiling, so refused; at 300 ms it is 80 % (pass); at 800 ms 30 % (miss); at 220 ms, 109 %, as
+    recorded on Zen 5 (convolutions beat the GEMMs), still passes; with no bf16 source, or one below
+    the fp32 ceiling, nothing is judged."""
     from _isa_gates import judge_bf16
 
     run = _load("auto_run_zen5_avx512vnni.json")
@@ -157,6 +158,7 @@ def test_bf16_gate_passes_fails_and_refuses_on_this_projects_cpu():
     assert ok.passed and ok.value == pytest.approx(2 * macs / 0.3 / 1e9 / 400.0) and "[avx512-vnni" in ok.message
     miss = judge_bf16(run.cpu, c, "unet", macs, 0.800, "openvino-runtime bf16")
     assert not miss.passed and "GATE MISSED" in miss.message
+    assert judge_bf16(run.cpu, c, "unet", macs, 0.220, "openvino-runtime bf16").passed
     over = judge_bf16(run.cpu, c, "unet", macs, 0.160, "openvino-runtime bf16")
     assert not over.passed and "under-measured" in over.message
     for bad in ({}, {"openvino-bf16": 10.0}):
