@@ -50,7 +50,9 @@ FLAG_SINGLE_SLICE = "single_slice"
 @dataclass
 class SegmentationResult:
     """One segmentation. ``labels``: uint8 ``Nifti1Image`` on the input grid; ``labels_canonical``:
-    uint8 ``[X, Y, Z]`` RAS+ array; ``props``: the input's ``ImageProps``; ``report``: ``Report``.
+    uint8 ``[X, Y, Z]`` RAS+ array; ``props``: the input's ``ImageProps``; ``report``: ``Report``;
+    ``image_canonical``: the scan's float32 canonical volume, kept only when ``segment`` was asked to
+    (``keep_image=True``: the QC pictures need the intensities), else None.
     """
 
     labels: object
@@ -58,6 +60,7 @@ class SegmentationResult:
     props: object
     report: Report
     table: object = field(repr=False, default=None)
+    image_canonical: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def empty(self) -> bool:
@@ -268,6 +271,7 @@ class Segmenter:
         progress: Callable[[int, int], None] | None = None,
         series: str | int | None = None,
         analysis=None,
+        keep_image: bool = False,
     ) -> SegmentationResult:
         """Segment one scan (a NIfTI path, a nibabel image, or a DICOM folder / .zip / file). Writes nothing.
 
@@ -276,6 +280,8 @@ class Segmenter:
         ``series``: SeriesNumber or SeriesInstanceUID when a DICOM input holds several series.
         ``analysis``: an ``AnalysisOptions`` (``runtime/analysis/measures.py``) to add sides, the 3D
         clean-up and the per muscle x side measures (``report.analysis``); None (default) skips it.
+        ``keep_image``: keep the canonical volume in ``result.image_canonical`` (4 bytes per voxel
+        held as long as the result), so QC pictures need not read the scan again.
         """
         from limbseg_rt.runtime.io.nifti import ReadOptions
 
@@ -370,7 +376,7 @@ class Segmenter:
             "analysis": analysis_settings,
         }
         report = Report(stats, manifest, flags, warnings, analysis_result)
-        return SegmentationResult(labels_img, labels_c, props, report, md.labels)
+        return SegmentationResult(labels_img, labels_c, props, report, md.labels, canon if keep_image else None)
 
 
 def labels_image(labels_canonical: np.ndarray, props, table):
@@ -563,36 +569,24 @@ def segment_file(
     engine = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
     try:
         result = engine.segment(
-            scan, limb_range=limb_range, read_options=read_options, progress=progress, series=series, analysis=analysis
+            scan,
+            limb_range=limb_range,
+            read_options=read_options,
+            progress=progress,
+            series=series,
+            analysis=analysis,
+            keep_image=qc,
         )
     finally:
         if own:
             engine.close()
     stage_qc = None
     if qc:  # the QC PNGs and HTML page join the run's output set (published together, report last)
-        from limbseg_rt.runtime.qc.write import stage_qc as stage_qc_files
         from limbseg_rt.runtime.qc.write import stage_qc_for_result
 
         def stage_qc(o):
-            if not is_dicom:
-                stage_qc_for_result(o, result, scan, o.paths["labels"], read_options=read_options)
-                return
-            from limbseg_rt.runtime.io.dicom import read_dicom
-            from limbseg_rt.runtime.io.nifti import ReadOptions
-
-            # the QC pictures need the intensities again: read the same series
-            canon, props, _ = read_dicom(
-                scan, series, options=read_options if read_options is not None else ReadOptions()
-            )
-            stage_qc_files(
-                o,
-                canon,
-                result.labels_canonical,
-                props.canonical_spacing,
-                result.table,
-                result.report.to_dict(),
-                o.paths["labels"],
-            )
+            # the intensities were kept in memory (keep_image above): nothing is read again
+            stage_qc_for_result(o, result, scan, o.paths["labels"], read_options=read_options)
 
     with out_set:
         if "seg" in out_set:  # staged before the report is written, so the report names it

@@ -99,23 +99,40 @@ def write_qc(volume: np.ndarray, labels: np.ndarray, spacing_mm, table, report: 
         return out.commit()
 
 
-def stage_qc_for_result(out, result, scan_path, labels_path, *, read_options=None) -> list[str]:
-    """``stage_qc`` for a ``SegmentationResult`` of ``scan_path`` (the scan is read again for its intensities)."""
+def _intensities(result, scan_path, read_options):
+    """The canonical volume of ``result``: kept in memory (``segment(..., keep_image=True)``, which a
+    DICOM source needs), else read again from the NIfTI file ``scan_path``."""
+    if result.image_canonical is not None:
+        return result.image_canonical
     from limbseg_rt.runtime.io.nifti import ReadOptions, read_image
 
-    canon, props = read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())
+    return read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())[0]
+
+
+def stage_qc_for_result(out, result, scan_path, labels_path, *, read_options=None) -> list[str]:
+    """``stage_qc`` for a ``SegmentationResult`` of ``scan_path`` (intensities as ``_intensities``)."""
+    canon = _intensities(result, scan_path, read_options)
     return stage_qc(
-        out, canon, result.labels_canonical, props.canonical_spacing, result.table, result.report.to_dict(), labels_path
+        out,
+        canon,
+        result.labels_canonical,
+        result.props.canonical_spacing,
+        result.table,
+        result.report.to_dict(),
+        labels_path,
     )
 
 
 def write_qc_for_result(result, scan_path, labels_path, *, read_options=None) -> dict[str, Path]:
-    """QC files for a ``SegmentationResult`` of ``scan_path`` (the scan is read again for its intensities)."""
-    from limbseg_rt.runtime.io.nifti import ReadOptions, read_image
-
-    canon, props = read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())
+    """QC files for a ``SegmentationResult`` of ``scan_path`` (intensities as ``_intensities``)."""
+    canon = _intensities(result, scan_path, read_options)
     return write_qc(
-        canon, result.labels_canonical, props.canonical_spacing, result.table, result.report.to_dict(), labels_path
+        canon,
+        result.labels_canonical,
+        result.props.canonical_spacing,
+        result.table,
+        result.report.to_dict(),
+        labels_path,
     )
 
 
