@@ -2,6 +2,7 @@
 
     python benchmarks/shift_finetune.py probe --steps 40 --out DIR
     python benchmarks/shift_finetune.py eval MODEL.onnx [MODEL.onnx ...] [--cases all|NAME ...]
+    python benchmarks/shift_finetune.py mix FINETUNED.pth.tar --alpha A --out MIXED.pth.tar
 
 ``probe``: from ``checkpoints/unet.pth.tar``, a few configurations of the same fine-tuning step count
 on the same slices (training phantoms 1..8, 8 x steps slices drawn once), each validated on phantom
@@ -13,6 +14,12 @@ steps, before a long run is spent on one recipe. Prints one JSON line per config
 model card's measurement, ``export.demo_models.evaluate_model``) and the acquisition-shift suite's
 cases (``test_bench_shift.CASES``, the suite's own scan builder and metrics) through ``Segmenter``.
 Prints one JSON line per file and a markdown table.
+
+``mix``: the weights ``(1 - A) x start + A x fine-tuned`` (start = ``checkpoints/unet.pth.tar``),
+with the fine-tuned checkpoint's other entries and ``"mixed_from"`` recording both files' SHA-256
+and ``A``. Interpolating between a model and its fine-tuned copy often keeps most of the new
+robustness with less loss on the original data; the BatchNorm layers are frozen identities here,
+so the mixture is a plain average of the same function's parameters.
 """
 
 from __future__ import annotations
@@ -153,6 +160,31 @@ def _eval(args) -> int:
     return 0
 
 
+def _mix(args) -> int:
+    import torch
+
+    from limbseg_rt.runtime.hashing import sha256_file
+
+    start = torch.load(START, weights_only=True)
+    tuned = torch.load(args.finetuned, weights_only=True)
+    a = float(args.alpha)
+    mixed = {}
+    for k, v in tuned["state_dict"].items():
+        w = start["state_dict"][k]
+        mixed[k] = ((1 - a) * w.double() + a * v.double()).to(v.dtype) if v.is_floating_point() else v
+    out = {**tuned, "state_dict": mixed, "optimizer": None}
+    out["mixed_from"] = {
+        "start": START.name,
+        "start_sha256": sha256_file(START),
+        "finetuned": Path(args.finetuned).name,
+        "finetuned_sha256": sha256_file(args.finetuned),
+        "alpha": a,
+    }
+    torch.save(out, args.out)
+    print(json.dumps(out["mixed_from"]))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -165,8 +197,12 @@ def main(argv=None) -> int:
     ev = sub.add_parser("eval")
     ev.add_argument("models", nargs="+")
     ev.add_argument("--cases", nargs="+", default=["all"])
+    mx = sub.add_parser("mix")
+    mx.add_argument("finetuned")
+    mx.add_argument("--alpha", type=float, required=True)
+    mx.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    return _probe(args) if args.cmd == "probe" else _eval(args)
+    return {"probe": _probe, "eval": _eval, "mix": _mix}[args.cmd](args)
 
 
 if __name__ == "__main__":
