@@ -156,6 +156,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(default 0 = off); anchors fine-tuning to what the model already does",
     )
     p.add_argument(
+        "--lr-by-weight-scale",
+        action="store_true",
+        help="give each convolution weight the learning rate x its RMS / the median RMS, so every "
+        "layer changes by the same fraction per step (fine-tuning the recovered checkpoints, whose "
+        "folded BatchNorm leaves layer scales 10x apart)",
+    )
+    p.add_argument(
         "--freeze-batchnorm",
         action="store_true",
         help="keep BatchNorm running statistics fixed (fine-tuning from a checkpoint, e.g. checkpoints/*.pth.tar)",
@@ -260,6 +267,7 @@ def main(args) -> int:
         shift_prob=args.shift_prob,
         warmup_steps=args.warmup_steps,
         distill_weight=args.distill_weight,
+        lr_by_weight_scale=args.lr_by_weight_scale,
         augment=NO_AUGMENT
         if args.no_augment
         else AugmentSpec(

@@ -157,3 +157,29 @@ def test_cli_passes_the_fine_tuning_options_to_the_trainer(tmp_path, monkeypatch
     assert main(argv) == 0
     recorded = read_checkpoint(out)["train_config"]
     assert (recorded["shift_prob"], recorded["warmup_steps"], recorded["distill_weight"]) == (0.5, 7, 0.3)
+
+
+def test_lr_by_weight_scale_changes_every_layer_by_the_same_fraction(tmp_path):
+    """Layers whose weights are 20x smaller move 20x less in absolute terms, the same relative amount."""
+    from limbseg_rt.models import create_model, read_checkpoint, save_checkpoint
+
+    data = _tiny_data()
+    torch.manual_seed(0)
+    start = create_model("unet", features=TINY)
+    with torch.no_grad():
+        start.downs[1].conv[0].weight.mul_(0.05)  # a layer 20x smaller, as BatchNorm folding leaves them
+    save_checkpoint(start, tmp_path / "s.pth.tar", extra={"arch": "unet", "features": list(TINY)})
+    w0 = read_checkpoint(tmp_path / "s.pth.tar")["state_dict"]
+    small, big = "downs.1.conv.0.weight", "downs.2.conv.0.weight"
+
+    def relative_change(scaled):
+        config = TrainConfig(features=TINY, epochs=1, batch_size=4, lr=1e-3, threads=1, lr_by_weight_scale=scaled)
+        train(config, data, None, tmp_path / f"m{scaled}.pth.tar", resume=tmp_path / "s.pth.tar")
+        w = read_checkpoint(tmp_path / f"m{scaled}.pth.tar")["state_dict"]
+        return [float((w[k] - w0[k]).norm() / w0[k].norm()) for k in (small, big)]
+
+    (plain_small, plain_big), (scaled_small, scaled_big) = relative_change(False), relative_change(True)
+    assert plain_small > 5 * plain_big  # plain Adam: the small layer changes far more, relatively
+    assert 0.33 < scaled_small / scaled_big < 3.0
+    with pytest.raises(TrainSettingError, match="cannot be combined"):
+        TrainConfig(arch="sc-unet", lr_by_weight_scale=True, position_lr_scale=10.0)
