@@ -77,8 +77,9 @@ SHIFT_ZOOM = (0.78, 1.25)  # a 280-560 mm field of view on a 448 mm trained one
 class AppearanceSpec:
     """Acquisition-shift changes of intensity and resolution (see the module docstring).
 
-    Probabilities ``p_*`` per sample; ranges are ``(low, high)``. The defaults are the recipe the
-    bundled demo models were fine-tuned with (``limbseg-rt train --shift-augment``).
+    Probabilities ``p_*`` per sample; ranges are ``(low, high)``. The defaults are what
+    ``limbseg-rt train --shift-augment`` uses (the bundled demo models were not fine-tuned with it:
+    checkpoints/README.md).
     """
 
     p_resolution: float = 0.3
