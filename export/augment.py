@@ -32,6 +32,10 @@ Each sample draws its own parameters, each kind of change with its own probabili
   limb seen with a wider (``z < 1``) or narrower (``z > 1``) field of view on the same grid.
 
 Results are clipped to ``[0, 1]``, as the runtime's normalisation clips.
+
+``chosen`` (bool ``[N]``, optional, in ``augment_appearance`` and ``augment_batch``) limits the
+acquisition-shift changes to some samples; the others keep the paper's augmentation only. The
+trainer draws it with ``--shift-prob``, so a fine-tuning batch still holds un-shifted slices.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ SHIFT_ZOOM = (0.78, 1.25)  # a 280-560 mm field of view on a 448 mm trained one
 class AppearanceSpec:
     """Acquisition-shift changes of intensity and resolution (see the module docstring).
 
-    Probabilities ``p_*`` per sample; ranges are ``(low, high)``. The defaults are the recipe the
-    bundled demo models were fine-tuned with (``limbseg-rt train --shift-augment``).
+    Probabilities ``p_*`` per sample; ranges are ``(low, high)``. The defaults are what
+    ``limbseg-rt train --shift-augment`` uses (the bundled demo models were not fine-tuned with it:
+    checkpoints/README.md).
     """
 
     p_resolution: float = 0.3
@@ -109,14 +114,21 @@ def augment_appearance(
     images: torch.Tensor,
     spec: AppearanceSpec = AppearanceSpec(),
     generator: torch.Generator | None = None,
+    chosen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply ``spec`` to ``images`` float32 ``[N, C, H, W]`` in ``[0, 1]``; returns a new tensor of
-    the same shape and dtype, in ``[0, 1]``. Labels are unaffected (no geometry changes here)."""
+    the same shape and dtype, in ``[0, 1]``. Labels are unaffected (no geometry changes here).
+    ``chosen`` (bool ``[N]``): only those samples change; the others come back exactly as given."""
     if images.ndim != 4:
         raise ValueError(f"images [N, C, H, W] expected, got {tuple(images.shape)}")
     x = images.clone()
     n, _, h, w = x.shape
     draw = torch.rand(n, 4, generator=generator)
+    if chosen is not None:
+        chosen = torch.as_tensor(chosen, dtype=torch.bool)
+        if chosen.shape != (n,):
+            raise ValueError(f"chosen must be [n] = [{n}], got {tuple(chosen.shape)}")
+        draw[~chosen] = 2.0  # above every probability: no change is drawn for these samples
     res = _uniform(n, *spec.resolution, generator)
     noise = _uniform(n, *spec.noise_std, generator)
     for i in torch.nonzero(draw[:, 0] < spec.p_resolution).flatten().tolist():
@@ -137,7 +149,11 @@ def augment_appearance(
     basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy])  # [6, H, W]
     field = torch.exp(torch.einsum("nk,khw->nhw", coef, basis))
     x = x * field[:, None]
-    return x.clamp(0.0, 1.0).to(images.dtype)
+    x = x.clamp(0.0, 1.0).to(images.dtype)
+    if chosen is not None:
+        # Skipped samples went through the identity maps above; return their input bit for bit.
+        x[~chosen] = images[~chosen]
+    return x
 
 
 def random_affines(
@@ -147,6 +163,7 @@ def random_affines(
     generator: torch.Generator | None = None,
     out_hw: tuple[int, int] | None = None,
     centres: torch.Tensor | None = None,
+    chosen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[n, 2, 3]`` float32 matrices for ``F.affine_grid`` (normalised coordinates, x = axis W).
 
@@ -155,7 +172,7 @@ def random_affines(
     would be sheared. ``out_hw`` (a crop, at most ``hw``) adds a random translation that keeps the
     window inside the slice. ``centres`` (float ``[n, 2]``, input pixel ``(row, col)``; NaN rows keep
     the random translation) puts the window's centre on that pixel; the rotation then turns the
-    window about it.
+    window about it. ``chosen`` (bool ``[n]``): only those samples are zoomed (``spec.zoom``).
     """
     h, w = hw
     oh, ow = out_hw or hw
@@ -165,6 +182,11 @@ def random_affines(
     inv_zoom = (
         torch.exp(-(lz0 + (lz1 - lz0) * torch.rand(n, generator=generator))) if lz1 > lz0 or lz0 else torch.ones(n)
     )
+    if chosen is not None:
+        chosen = torch.as_tensor(chosen, dtype=torch.bool)
+        if chosen.shape != (n,):
+            raise ValueError(f"chosen must be [n] = [{n}], got {tuple(chosen.shape)}")
+        inv_zoom = torch.where(chosen, inv_zoom, torch.ones(n))
     angle = (u[:, 0] * 2.0 - 1.0) * math.radians(spec.max_rotation_deg)
     flip_w = torch.where(u[:, 2] < spec.ap_flip_p, -1.0, 1.0)  # mirrors axis W (anterior-posterior)
     flip_h = torch.where(u[:, 1] < spec.lr_flip_p, -1.0, 1.0)  # mirrors axis H (left-right)
@@ -194,18 +216,19 @@ def augment_batch(
     spec: AugmentSpec = AugmentSpec(),
     generator: torch.Generator | None = None,
     centres: torch.Tensor | None = None,
+    chosen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch. ``images`` float32 ``[N, C, H, W]``, ``labels`` int64 ``[N, H, W]``;
     returns new tensors of the same dtypes, shaped ``[N, C, h, w]`` / ``[N, h, w]`` with
     ``(h, w) = spec.crop_hw`` (clipped to the slice) or ``(H, W)``. ``generator`` makes it reproducible;
-    ``centres`` see ``random_affines``."""
+    ``centres`` and ``chosen`` (the samples that get ``spec.zoom``) see ``random_affines``."""
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(
             f"images [N,C,H,W] and labels [N,H,W] expected, got {tuple(images.shape)} and {tuple(labels.shape)}"
         )
     n, _, h, w = images.shape
     oh, ow = (min(spec.crop_hw[0], h), min(spec.crop_hw[1], w)) if spec.crop_hw else (h, w)
-    theta = random_affines(n, (h, w), spec, generator, (oh, ow), centres).to(images.dtype)
+    theta = random_affines(n, (h, w), spec, generator, (oh, ow), centres, chosen).to(images.dtype)
     grid = F.affine_grid(theta, [n, 1, oh, ow], align_corners=False)
     out_img = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     lab = labels[:, None].to(images.dtype)  # class indices <= 255 are exact in float32

@@ -7,6 +7,13 @@ format via ``models.save_checkpoint``. ``config.max_minutes`` bounds the wall ti
 early enough to validate and save. The learning rate follows a cosine from ``lr`` to ~0 over the
 run, measured by steps or by elapsed time, whichever is further along, so a time-bounded run still
 anneals. Library code never prints: progress goes to the ``on_step``/``on_epoch`` callbacks.
+
+Fine-tuning options (``docs/acquisition-shift.md``): ``shift_prob`` gives only that share of the
+samples the acquisition-shift augmentation; ``warmup_steps`` ramps the learning rate linearly from
+``lr / warmup_steps`` to the schedule's value (Adam without saved state otherwise takes full-size
+steps from the first batch); ``distill_weight`` adds ``w * KL(teacher || student)`` per pixel, the
+teacher being a frozen copy of the starting weights fed the same crop without the appearance
+changes, which anchors the model to what it computed before.
 """
 
 from __future__ import annotations
@@ -64,6 +71,10 @@ class TrainConfig:
     resampling: str = "exact"  # how the training slices were resized (recorded in the checkpoint, then the model)
     appearance: AppearanceSpec = NO_APPEARANCE  # acquisition-shift intensity/resolution changes (augment.py)
     freeze_batchnorm: bool = False  # BatchNorm layers keep their running statistics (fine-tuning)
+    shift_prob: float = 1.0  # share of samples given the acquisition-shift augmentation (appearance + zoom)
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many steps (0 = none)
+    distill_weight: float = 0.0  # weight of the KL term towards the frozen starting model (0 = none)
+    lr_by_weight_scale: bool = False  # each conv weight's lr x its RMS / the median conv-weight RMS
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -76,10 +87,20 @@ class TrainConfig:
             raise TrainSettingError(f"unknown --loss {self.loss!r}; use 'ce' or 'ce+dice'")
         if not (0.0 <= self.class_balanced <= 1.0 and 0.0 <= self.crop_foreground <= 1.0):
             raise TrainSettingError("--class-balanced and --crop-foreground must lie in [0, 1]")
+        if not 0.0 <= self.shift_prob <= 1.0:
+            raise TrainSettingError(f"--shift-prob must lie in [0, 1] (got {self.shift_prob:g})")
+        if self.shift_prob < 1.0 and self.appearance == NO_APPEARANCE and self.augment.zoom == (1.0, 1.0):
+            raise TrainSettingError("--shift-prob needs --shift-augment (there is no shift augmentation to dose)")
+        if self.warmup_steps < 0:
+            raise TrainSettingError(f"--warmup-steps must be 0 or more (got {self.warmup_steps})")
+        if not self.distill_weight >= 0.0:
+            raise TrainSettingError(f"--distill-weight must be 0 or more (got {self.distill_weight:g})")
         if self.val_every < 1:
             raise TrainSettingError(f"--val-every must be 1 or more (got {self.val_every})")
         if not self.position_lr_scale > 0:
             raise TrainSettingError(f"--position-lr-scale must be above 0 (got {self.position_lr_scale:g})")
+        if self.lr_by_weight_scale and self.position_lr_scale != 1.0:
+            raise TrainSettingError("--lr-by-weight-scale and --position-lr-scale cannot be combined")
         if self.position_lr_scale != 1.0 and self.arch != "sc-unet":
             raise TrainSettingError(
                 f"--position-lr-scale is for sc-unet's position layer; {self.arch} has none (drop the option)"
@@ -323,6 +344,8 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     its own: warm-started from a UNet, that layer starts at the identity scaling and at the UNet's
     learning rate barely moves from it in a short run.
     """
+    if config.lr_by_weight_scale:
+        return weight_scaled_groups(model)
     if config.position_lr_scale == 1.0:
         return [{"params": list(model.parameters()), "lr_scale": 1.0}]
     named = list(model.named_parameters())
@@ -331,9 +354,42 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     return [{"params": rest, "lr_scale": 1.0}, {"params": position, "lr_scale": config.position_lr_scale}]
 
 
-def _lr_at(config: TrainConfig, progress: float) -> float:
+def weight_scaled_groups(model: torch.nn.Module) -> list[dict]:
+    """Adam groups for ``--lr-by-weight-scale``: every convolution weight (``ndim >= 2``) its own group
+    with ``lr_scale = RMS(weight) / median RMS over those weights``; biases and BatchNorm parameters
+    one group at scale 1.
+
+    Adam moves every weight by about the learning rate per step, whatever its size. The recovered
+    checkpoints carry BatchNorm folded into the convolutions, so their layers' weight scales differ
+    by more than ten times (demo UNet: RMS 3e-3 in the deepest decoder level, 5e-2 in others); the
+    same rate then changes the small layers by several percent while the others move a fraction of
+    that (measured: docs/acquisition-shift.md). Scaling by the RMS makes the relative change per step
+    the same in every layer.
+    """
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    with torch.no_grad():
+        rms = [float(p.detach().float().pow(2).mean().sqrt()) for p in weights]
+    ref = float(np.median(rms)) if rms else 1.0
+    groups = [{"params": [p], "lr_scale": (r / ref) if ref > 0 and r > 0 else 1.0} for p, r in zip(weights, rms)]
+    return groups + ([{"params": rest, "lr_scale": 1.0}] if rest else [])
+
+
+def _lr_at(config: TrainConfig, progress: float, step: int = 0) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) at ``progress`` (0..1) through the run:
+    the cosine, times ``(step + 1) / warmup_steps`` during the warm-up."""
     frac = config.min_lr_fraction + (1 - config.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if step < config.warmup_steps:
+        frac *= (step + 1) / config.warmup_steps
     return config.lr * frac
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of ``KL(teacher || student)`` of the class distributions (float32; 0 when the
+    two agree). ``[N, C, H, W]`` logits; the teacher's carry no gradient."""
+    logp_s = student_logits.float().log_softmax(dim=1)
+    logp_t = teacher_logits.detach().float().log_softmax(dim=1)
+    return (logp_t.exp() * (logp_t - logp_s)).sum(dim=1).mean()
 
 
 def checkpoint_extra(config: TrainConfig, *, epoch: int, val_loss, val_dice, train_loss) -> dict:
@@ -397,6 +453,13 @@ def train(
             warm_start(model, init_from)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    teacher = None
+    if config.distill_weight > 0:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()  # the starting weights, frozen
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     groups = _param_groups(model, config)
     opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     if resumed is not None and resumed.get("optimizer"):
@@ -446,7 +509,7 @@ def train(
             progress = step / total_steps if total_steps else 1.0
             if budget is not None:
                 progress = max(progress, elapsed / budget)
-            lr = _lr_at(config, progress)
+            lr = _lr_at(config, progress, step)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             index = order[k * bs : (k + 1) * bs]
@@ -454,18 +517,27 @@ def train(
             centres = None
             if config.augment.crop_hw is not None and config.crop_foreground > 0:
                 centres = torch.from_numpy(foreground_centres(train_data.labels[index], config.crop_foreground, rng))
-            img, lab = augment_batch(img, lab, config.augment, gen, centres)
+            # Drawn only below 1, so runs without --shift-prob keep their random stream.
+            chosen = torch.rand(len(index), generator=gen) < config.shift_prob if config.shift_prob < 1.0 else None
+            img, lab = augment_batch(img, lab, config.augment, gen, centres, chosen)
+            clean = img
             if config.appearance != NO_APPEARANCE:
-                img = augment_appearance(img, config.appearance, gen)
+                img = augment_appearance(img, config.appearance, gen, chosen)
             if config.channels_last:
                 img = img.contiguous(memory_format=torch.channels_last)
+                clean = clean.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 logits = forward(model, config.arch, img, pos)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = forward(teacher, config.arch, clean, pos)
             if config.loss == "ce+dice":
                 ce, dice_loss = loss_terms(logits, lab)
                 loss = ce + dice_loss
             else:
                 loss = F.cross_entropy(logits, lab)
+            if teacher is not None:
+                loss = loss + config.distill_weight * distill_loss(logits, teacher_logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -131,6 +131,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(gamma, window, bias field) and field of view (zoom 0.78-1.25); not in the paper",
     )
     p.add_argument(
+        "--shift-prob",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="with --shift-augment: share of samples that get it (default 1 = every one); the others "
+        "keep the plain training distribution, e.g. 0.5 when fine-tuning a trained model",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ramp the learning rate linearly up to the schedule over the first N steps (default 0); "
+        "Adam restarted without optimiser state otherwise takes full-size steps from the first batch",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x KL(start || model) per pixel: the frozen starting weights (--resume/--init-from) "
+        "predict each crop without the appearance changes and the model is kept close to them "
+        "(default 0 = off); anchors fine-tuning to what the model already does",
+    )
+    p.add_argument(
+        "--lr-by-weight-scale",
+        action="store_true",
+        help="give each convolution weight the learning rate x its RMS / the median RMS, so every "
+        "layer changes by the same fraction per step (fine-tuning the recovered checkpoints, whose "
+        "folded BatchNorm leaves layer scales 10x apart)",
+    )
+    p.add_argument(
         "--freeze-batchnorm",
         action="store_true",
         help="keep BatchNorm running statistics fixed (fine-tuning from a checkpoint, e.g. checkpoints/*.pth.tar)",
@@ -232,6 +264,10 @@ def main(args) -> int:
         resampling=args.resampling,
         appearance=AppearanceSpec() if args.shift_augment else NO_APPEARANCE,
         freeze_batchnorm=args.freeze_batchnorm,
+        shift_prob=args.shift_prob,
+        warmup_steps=args.warmup_steps,
+        distill_weight=args.distill_weight,
+        lr_by_weight_scale=args.lr_by_weight_scale,
         augment=NO_AUGMENT
         if args.no_augment
         else AugmentSpec(
