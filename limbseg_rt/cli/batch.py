@@ -9,7 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from limbseg_rt.cli.run import _limb_range, _positive_int, add_engine_arguments, add_read_arguments
+from limbseg_rt.cli.run import (
+    _limb_range,
+    _positive_int,
+    add_engine_arguments,
+    add_no_cleanup_argument,
+    add_read_arguments,
+)
 
 
 def _workers(text: str) -> int:
@@ -102,14 +108,7 @@ def add_batch_analysis_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="per muscle x side measures for every scan (DIR/<id>/<id>_muscles.csv); cohort.csv then has a row per muscle x side",
     )
-    g.add_argument(
-        "--no-cleanup",
-        "--no-clean",
-        dest="no_clean",
-        action="store_true",
-        help="with --analysis: skip the 3D clean-up (keep the small islands far from their muscle); "
-        "the clean-up is on by default wherever labels are analysed",
-    )
+    add_no_cleanup_argument(g)
     g.add_argument(
         "--split-sides",
         action="store_true",

@@ -155,14 +155,8 @@ def add_dicom_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
-    """Issue 19: sides, 3D clean-up, per muscle x side geometry and fat (docs/analysis.md)."""
-    g = p.add_argument_group('analysis (per muscle and side; needs pip install "limbseg-rt[analysis]")')
-    g.add_argument(
-        "--analysis",
-        action="store_true",
-        help="add left/right, ACSA, length, IMAT estimate, asymmetry; writes <stem>_muscles.csv",
-    )
+def add_no_cleanup_argument(g) -> None:
+    """``--no-cleanup`` (alias ``--no-clean``), shared by ``run`` and ``batch``."""
     g.add_argument(
         "--no-cleanup",
         "--no-clean",
@@ -171,6 +165,17 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
         help="with --analysis: skip the 3D clean-up (keep the small islands far from their muscle); "
         "the clean-up is on by default wherever labels are analysed",
     )
+
+
+def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
+    """Issue 19: sides, 3D clean-up, per muscle x side geometry and fat (docs/analysis.md)."""
+    g = p.add_argument_group('analysis (per muscle and side; needs pip install "limbseg-rt[analysis]")')
+    g.add_argument(
+        "--analysis",
+        action="store_true",
+        help="add left/right, ACSA, length, IMAT estimate, asymmetry; writes <stem>_muscles.csv",
+    )
+    add_no_cleanup_argument(g)
     g.add_argument(
         "--measures-csv", default=None, metavar="PATH", help="per muscle x side CSV (default: <stem>_muscles.csv)"
     )

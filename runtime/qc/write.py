@@ -109,31 +109,20 @@ def _intensities(result, scan_path, read_options):
     return read_image(Path(scan_path), options=read_options if read_options is not None else ReadOptions())[0]
 
 
+def _result_args(result, scan_path, read_options) -> tuple[np.ndarray, np.ndarray, tuple, object, dict]:
+    """The positional arguments ``stage_qc`` / ``write_qc`` take (after ``out``) for ``result``."""
+    canon = _intensities(result, scan_path, read_options)
+    return canon, result.labels_canonical, result.props.canonical_spacing, result.table, result.report.to_dict()
+
+
 def stage_qc_for_result(out, result, scan_path, labels_path, *, read_options=None) -> list[str]:
     """``stage_qc`` for a ``SegmentationResult`` of ``scan_path`` (intensities as ``_intensities``)."""
-    canon = _intensities(result, scan_path, read_options)
-    return stage_qc(
-        out,
-        canon,
-        result.labels_canonical,
-        result.props.canonical_spacing,
-        result.table,
-        result.report.to_dict(),
-        labels_path,
-    )
+    return stage_qc(out, *_result_args(result, scan_path, read_options), labels_path)
 
 
 def write_qc_for_result(result, scan_path, labels_path, *, read_options=None) -> dict[str, Path]:
     """QC files for a ``SegmentationResult`` of ``scan_path`` (intensities as ``_intensities``)."""
-    canon = _intensities(result, scan_path, read_options)
-    return write_qc(
-        canon,
-        result.labels_canonical,
-        result.props.canonical_spacing,
-        result.table,
-        result.report.to_dict(),
-        labels_path,
-    )
+    return write_qc(*_result_args(result, scan_path, read_options), labels_path)
 
 
 def _table_for(report: dict):
