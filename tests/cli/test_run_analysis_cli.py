@@ -220,7 +220,7 @@ def test_without_the_analysis_extra_run_stops_before_segmenting(
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_cc3d)
-    monkeypatch.setattr("limbseg_rt.runtime.api.Segmenter", None)  # any segmentation attempt would crash
+    monkeypatch.setattr("limbseg_rt.runtime.api.files.Segmenter", None)  # any segmentation attempt would crash
     scan = _copy_scan(dixon_scan, tmp_path)
     assert cli_main(["run", str(scan), "--model", str(tiny_unet_path), "--analysis"]) == EXIT_DEPENDENCY
     err = capsys.readouterr().err

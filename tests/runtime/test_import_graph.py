@@ -20,7 +20,7 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 PREFIX = "limbseg_rt.runtime"
 
 # What each top-level part of runtime/ may import (besides itself). The base modules (errors,
-# hashing) come first; api.py sits on top and may use everything; the DICOM service and cohort
+# hashing) come first; api/ sits on top and may use everything; the DICOM service and cohort
 # layers sit on top of api.
 BASE = {"errors", "hashing"}
 ALLOWED: dict[str, set[str]] = {

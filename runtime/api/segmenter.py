@@ -1,15 +1,5 @@
-"""The embedding API: build a ``Segmenter`` once, segment many scans, save when you choose.
-
-    from limbseg_rt.runtime.api import Segmenter
-
-    with Segmenter("unet", provider="cpu") as seg:
-        result = seg.segment("thigh.nii.gz")          # nothing written yet
-        print(result.report.total_volume_ml)
-        result.save("thigh_labels.nii.gz", report_json="thigh_report.json", csv="thigh_volumes.csv")
-
-``segment`` accepts a path or an in-memory nibabel image and never touches the disk (beyond
-reading the input). Labels come back on the input's own grid (same shape, affine, qform/sform).
-"""
+"""``Segmenter``: a model loaded once on an execution provider, segmenting scans one after another
+(read -> pipeline -> analysis -> report), writing nothing."""
 
 from __future__ import annotations
 
@@ -17,13 +7,19 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from limbseg_rt.runtime.errors import InputError, OutputError
+from limbseg_rt.runtime.api.result import (
+    FLAG_EMPTY,
+    FLAG_FALLBACK,
+    FLAG_FOV_CUT,
+    FLAG_SINGLE_SLICE,
+    SegmentationResult,
+)
+from limbseg_rt.runtime.errors import InputError
 from limbseg_rt.runtime.hashing import sha256_file
 from limbseg_rt.runtime.inference.pipeline import (
     DEFAULT_MAX_BATCH,
@@ -40,135 +36,6 @@ from limbseg_rt.runtime.report.run_report import (
 
 if TYPE_CHECKING:
     from limbseg_rt.runtime.io.nifti import ImageProps
-
-FLAG_EMPTY = "empty_image"
-FLAG_FOV_CUT = "fov_cut"
-FLAG_FALLBACK = "provider_fallback"
-FLAG_SINGLE_SLICE = "single_slice"
-
-
-@dataclass
-class SegmentationResult:
-    """One segmentation. ``labels``: uint8 ``Nifti1Image`` on the input grid; ``labels_canonical``:
-    uint8 ``[X, Y, Z]`` RAS+ array; ``props``: the input's ``ImageProps``; ``report``: ``Report``;
-    ``image_canonical``: the scan's float32 canonical volume, kept only when ``segment`` was asked to
-    (``keep_image=True``: the QC pictures need the intensities), else None.
-    """
-
-    labels: object
-    labels_canonical: np.ndarray
-    props: object
-    report: Report
-    table: object = field(repr=False, default=None)
-    image_canonical: np.ndarray | None = field(repr=False, default=None)
-
-    @property
-    def empty(self) -> bool:
-        return FLAG_EMPTY in self.report.flags
-
-    def save(
-        self,
-        out_path: str | os.PathLike,
-        report_json: str | os.PathLike | None = None,
-        csv: str | os.PathLike | None = None,
-        *,
-        input_path: str | os.PathLike | None = None,
-        measures_csv: str | os.PathLike | None = None,
-        split_sides: bool = False,
-    ) -> dict[str, Path]:
-        """Write the labels (atomic, verified, with ITK-SNAP/Slicer label files) and the reports.
-
-        One ``outputs.OutputSet``: refuses (``OutputError``) to write over the input file, or any
-        output onto another; all files are written to temporaries and published together (report
-        last), so a failure leaves any earlier files at these paths untouched. Returns the paths written
-        (keys ``labels``, ``itksnap``, ``slicer``, and ``report`` / ``csv`` when asked for).
-        With an analysis (``segment(..., analysis=...)``): ``measures_csv`` writes the per muscle x
-        side table; ``split_sides`` writes the label map with a right and a left label per muscle
-        (``runtime/analysis/split.py``).
-        """
-        from limbseg_rt.runtime.io.outputs import OutputSet
-
-        src = input_path or self.report.manifest.get("input", {}).get("path")
-        if (measures_csv is not None or split_sides) and self.report.analysis is None:
-            raise ValueError("measures_csv and split_sides need segment(..., analysis=AnalysisOptions())")
-        with OutputSet(inputs=[src] if src else ()) as out:
-            declare_outputs(out, out_path, report_json, csv, measures_csv=measures_csv)
-            out.check()
-            return self.write_outputs(out, split_sides=split_sides)
-
-    def write_outputs(
-        self, out, *, before_commit: Callable | None = None, split_sides: bool = False
-    ) -> dict[str, Path]:
-        """Write this result into a declared, checked ``OutputSet`` and publish it (report last).
-
-        ``out`` must hold ``labels`` (and ``itksnap``/``slicer``, ``csv``, ``measures_csv``, ``report``
-        as wanted), e.g. from ``declare_outputs``. ``before_commit(out)`` may add more staged files
-        (QC). ``split_sides``: the label map gets a right and a left label per muscle (needs the
-        analysis). Returns the paths published.
-        """
-        from limbseg_rt.runtime.io.labelio import stage_labels
-
-        t0 = time.perf_counter()
-        labels, table = self.labels_canonical, self.table
-        if split_sides:  # issue 19: a right and a left label per muscle
-            from limbseg_rt.runtime.analysis.split import split_labels, split_table
-
-            labels = split_labels(labels, self.report.analysis.sides, len(table.muscles))  # type: ignore[attr-defined]
-            table = split_table(table)
-        stage_labels(out, labels, self.props, table=table)
-        outputs = {k: str(v) for k, v in out.paths.items()}
-        self.report = dataclasses.replace(
-            self.report, manifest=self.report.manifest.saved(outputs, time.perf_counter() - t0, peak_rss_mib())
-        )
-        if "measures_csv" in out:
-            out.write_text("measures_csv", self.report.to_measures_csv() or "")
-        if "csv" in out:
-            out.write_text("csv", self.report.to_csv())
-        if "report" in out:
-            out.write_text("report", self.report.to_json())
-        if before_commit is not None:
-            before_commit(out)
-        return out.commit()
-
-    def save_seg(self, path: str | os.PathLike, *, seg_type: str = "binary", record_as=None) -> Path | None:
-        """Write a DICOM SEG over the source series (DICOM inputs only; see docs/dicom.md).
-
-        Returns the path, or None when no muscle was found (a SEG needs a segment). The model's
-        name, SHA-256 and whether it is a bundled demo model go into the SEG's algorithm
-        identification and SeriesDescription. The report's ``manifest.dicom_seg`` records it
-        (``record_as``: the path to record there when ``path`` is a temporary).
-        """
-        from limbseg_rt.runtime.io.dicom.seg import AlgorithmInfo, write_seg
-        from limbseg_rt.runtime.model.bundled import MODELS_DIR
-
-        model = self.report.manifest["model"]
-        model_path = Path(model["path"]).resolve()
-        demo = model_path.parent == MODELS_DIR.resolve()
-        version = self.report.manifest.get("versions", {}).get("limbseg_rt", "unknown")
-        algo = AlgorithmInfo(f"limbseg-rt {model['metadata']['architecture']}", str(version), model["sha256"], demo)
-        out = write_seg(self.labels_canonical, self.props, path, table=self.table, algorithm=algo, seg_type=seg_type)
-        recorded = (record_as or out) if out else None
-        self.report = dataclasses.replace(
-            self.report,
-            manifest=self.report.manifest.with_extra(
-                "dicom_seg", {"path": str(recorded) if recorded else None, "type": seg_type, "demo_model": demo}
-            ),
-        )
-        return out
-
-
-def declare_outputs(out, labels, report_json=None, csv=None, *, measures_csv=None) -> None:
-    """Declare one run's outputs in an ``OutputSet``: labels + side files, CSV, the per muscle x side
-    CSV, then the report (published last)."""
-    from limbseg_rt.runtime.io.labelio import declare_label_outputs
-
-    declare_label_outputs(out, labels)
-    if csv is not None:
-        out.add("csv", csv, what="volume CSV")
-    if measures_csv is not None:
-        out.add("measures_csv", measures_csv, what="per muscle x side CSV")
-    if report_json is not None:
-        out.add("report", report_json, what="report", last=True)
 
 
 class Segmenter:
@@ -481,121 +348,3 @@ def _flags_and_warnings(run, stats, props, md, limb_range, fallback) -> tuple[li
         flags.append(FLAG_FALLBACK)
         warnings.append(str(fallback))
     return flags, warnings
-
-
-def default_output_paths(scan: str | os.PathLike) -> dict[str, Path]:
-    """``<stem>_labels.nii.gz``, ``<stem>_report.json``, ``<stem>_volumes.csv`` next to the scan."""
-    from limbseg_rt.runtime.io.outputs import nifti_stem
-
-    scan = Path(scan)
-    name = nifti_stem(scan.name, suffixes=(".nii.gz", ".nii", ".gz", ".dcm", ".zip"))
-    return {
-        "labels": scan.with_name(f"{name}_labels.nii.gz"),
-        "report": scan.with_name(f"{name}_report.json"),
-        "csv": scan.with_name(f"{name}_volumes.csv"),
-        "seg": scan.with_name(f"{name}_seg.dcm"),
-    }
-
-
-def segment_file(
-    scan: str | os.PathLike,
-    *,
-    out: str | os.PathLike | None = None,
-    report_json: str | os.PathLike | None = None,
-    csv: str | os.PathLike | None = None,
-    limb_range: tuple[float, float] | None = None,
-    read_options=None,
-    progress: Callable[[int, int], None] | None = None,
-    segmenter: Segmenter | None = None,
-    qc: bool = False,
-    series: str | int | None = None,
-    seg: str | os.PathLike | None = None,
-    seg_type: str = "binary",
-    analysis=None,
-    measures_csv: str | os.PathLike | None = None,
-    split_sides: bool = False,
-    **segmenter_kwargs,
-) -> tuple[SegmentationResult, dict[str, Path]]:
-    """Segment a NIfTI file and write labels, JSON report and CSV (defaults: next to the scan).
-
-    Output paths are checked before any work (never the input, folders must exist); files are
-    written only after the segmentation succeeded. Uses ``segmenter`` if given, else builds one
-    from ``segmenter_kwargs`` (see ``Segmenter``) and closes it afterwards.
-    A DICOM input (folder, ``.zip``, file) also gets a DICOM SEG (``seg``, default
-    ``<name>_seg.dcm`` beside the input; ``seg_type`` ``"binary"`` or ``"labelmap"``); ``series``
-    picks its series. Returns the result and the paths written. ``qc``: also write the QC PNGs and
-    ``<stem>_report.html`` beside the labels (``runtime/qc``; needs the ``qc`` extra, checked first).
-    ``analysis`` (an ``AnalysisOptions``) adds the
-    per muscle x side measures and writes them to ``measures_csv`` (default ``<stem>_muscles.csv``);
-    ``split_sides`` writes the side-split label map.
-    """
-    from limbseg_rt.runtime.io.dicom import looks_like_dicom
-
-    if qc:
-        from limbseg_rt.runtime.qc.write import check_available
-
-        check_available()
-    if analysis is not None and analysis.clean:  # issue 19: fail before segmenting, not after
-        from limbseg_rt.runtime.analysis.cleanup import check_available as check_cleanup_available
-
-        check_cleanup_available()
-    scan = Path(scan)
-    is_dicom = looks_like_dicom(scan)
-    if not (scan.is_file() or (scan.is_dir() and is_dicom)):
-        raise InputError(f"input scan not found: {scan}")
-    from limbseg_rt.runtime.io.outputs import OutputSet
-
-    defaults = default_output_paths(scan)
-    if seg is not None and not is_dicom:
-        raise OutputError(f"{seg}: a DICOM SEG needs a DICOM input; {scan} is not DICOM")
-    if analysis is not None and measures_csv is None:
-        measures_csv = defaults["csv"].with_name(defaults["csv"].name.replace("_volumes.csv", "_muscles.csv"))
-    out_set = OutputSet(inputs=[scan])
-    declare_outputs(
-        out_set,
-        Path(out) if out is not None else defaults["labels"],
-        Path(report_json) if report_json is not None else defaults["report"],
-        Path(csv) if csv is not None else defaults["csv"],
-        measures_csv=measures_csv if analysis is not None else None,
-    )
-    if is_dicom:
-        out_set.add("seg", Path(seg) if seg is not None else defaults["seg"], what="DICOM SEG")
-    if not out_set.paths["labels"].name.lower().endswith((".nii.gz", ".nii")):
-        raise OutputError(
-            f"{out_set.paths['labels']}: a label file name must end in .nii.gz or .nii; choose another output name"
-        )
-    out_set.check()  # every output location is usable before the segmentation starts
-    own = segmenter is None
-    engine = segmenter if segmenter is not None else Segmenter(**segmenter_kwargs)
-    try:
-        result = engine.segment(
-            scan,
-            limb_range=limb_range,
-            read_options=read_options,
-            progress=progress,
-            series=series,
-            analysis=analysis,
-            keep_image=qc,
-        )
-    finally:
-        if own:
-            engine.close()
-    stage_qc = None
-    if qc:  # the QC PNGs and HTML page join the run's output set (published together, report last)
-        from limbseg_rt.runtime.qc.write import stage_qc_for_result
-
-        def stage_qc(o):
-            # the intensities were kept in memory (keep_image above): nothing is read again
-            stage_qc_for_result(o, result, scan, o.paths["labels"], read_options=read_options)
-
-    with out_set:
-        if "seg" in out_set:  # staged before the report is written, so the report names it
-            if result.labels_canonical.any():
-                result.save_seg(out_set.temp("seg"), seg_type=seg_type, record_as=out_set.paths["seg"])
-            else:
-                out_set.drop("seg")
-                result.report = result.report.with_warning(
-                    "no muscle was found, so no DICOM SEG was written (a SEG needs a segment)"
-                )
-        written = result.write_outputs(out_set, before_commit=stage_qc, split_sides=split_sides)
-    return result, written
